@@ -1,0 +1,161 @@
+"""The one dataset type the whole suite uses, and the ``load_dataset`` entry point.
+
+A :class:`RetrievalDataset` holds doc ids + doc embeddings (float32, possibly memory-mapped) and, per split,
+query ids + query embeddings + graded qrels (``dict[qid, dict[docid, int]]``), plus texts when known.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+Qrels = dict[str, dict[str, int]]
+
+
+class DatasetError(ValueError):
+    """Bad input: the message names the file/field and what was expected."""
+
+
+@dataclass
+class Split:
+    """Queries of one split. ``qrels`` is empty for an unlabeled query set."""
+
+    name: str
+    query_ids: list[str]
+    query_emb: np.ndarray
+    qrels: Qrels = field(default_factory=dict)
+    query_texts: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    @property
+    def labeled(self) -> bool:
+        return bool(self.qrels)
+
+
+@dataclass
+class RetrievalDataset:
+    """Doc embeddings + named query splits. ``splits`` maps split name -> :class:`Split`.
+
+    Conventional split names: ``train`` (labeled train queries), ``train-unlabeled`` (extra queries without
+    labels), ``dev``/``test`` (evaluation). ``eval_split`` names the split a benchmark reports on.
+    """
+
+    name: str
+    doc_ids: list[str]
+    doc_emb: np.ndarray
+    splits: dict[str, Split]
+    eval_split: str = "test"
+    doc_texts: list[str] | None = None
+    ignore_identical_ids: bool = False
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def dim(self) -> int:
+        return int(self.doc_emb.shape[1])
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.doc_emb.shape[0])
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise DatasetError(f"{self.name}: no split {name!r}; available splits: {sorted(self.splits)}")
+        return self.splits[name]
+
+    def __repr__(self) -> str:
+        parts = [f"{n}: {len(s)} queries" + (f", {sum(len(v) for v in s.qrels.values())} qrels" if s.qrels else
+                                              ", unlabeled") for n, s in self.splits.items()]
+        return (f"RetrievalDataset({self.name!r}, {self.num_docs} docs x {self.dim}-d "
+                f"{self.doc_emb.dtype}, splits {{{'; '.join(parts)}}}, eval_split={self.eval_split!r})")
+
+
+def check_embeddings(arr: np.ndarray, what: str, dim: int | None = None) -> None:
+    """Raise :class:`DatasetError` for a non-2-d, wrong-dim, empty or non-finite embedding matrix."""
+    if arr.ndim != 2:
+        raise DatasetError(f"{what}: expected a 2-d array (n, dim), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise DatasetError(f"{what}: empty (0 vectors)")
+    if dim is not None and arr.shape[1] != dim:
+        raise DatasetError(f"{what}: embedding dim mismatch: expected {dim}, got {arr.shape[1]}")
+    step = 65536
+    for start in range(0, arr.shape[0], step):
+        block = np.asarray(arr[start:start + step])
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            raise DatasetError(f"{what}: row {row} contains NaN/inf values ({int(bad.sum())} bad rows in "
+                               f"block starting at {start})")
+
+
+def check_unique(ids: list[str], what: str) -> None:
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dups = [i for i in ids if i in seen or seen.add(i)]
+        raise DatasetError(f"{what}: {len(dups)} duplicate ids, e.g. {dups[:5]}")
+
+
+def check_qrels(qrels: Mapping[str, Mapping[str, int]], doc_ids: set[str], query_ids: set[str], what: str,
+                drop_unknown: bool = False) -> Qrels:
+    """Return qrels restricted to known ids; unknown doc ids raise unless ``drop_unknown``."""
+    unknown_docs = [(q, d) for q, rel in qrels.items() for d in rel if d not in doc_ids]
+    if unknown_docs and not drop_unknown:
+        raise DatasetError(f"{what}: {len(unknown_docs)} qrels point at unknown doc ids, e.g. {unknown_docs[:5]} "
+                           f"(pass drop_unknown_qrels=True to drop them)")
+    unknown_q = [q for q in qrels if q not in query_ids]
+    if unknown_q and not drop_unknown:
+        raise DatasetError(f"{what}: {len(unknown_q)} qrels query ids have no query, e.g. {unknown_q[:5]}")
+    out: Qrels = {}
+    for q, rel in qrels.items():
+        if q not in query_ids:
+            continue
+        kept = {d: int(r) for d, r in rel.items() if d in doc_ids}
+        if kept:
+            out[q] = kept
+    return out
+
+
+def validate(ds: RetrievalDataset) -> None:
+    """Structural checks shared by every loader (cheap; NaN scan is done by loaders before heavy work)."""
+    if len(ds.doc_ids) != ds.doc_emb.shape[0]:
+        raise DatasetError(f"{ds.name}: {len(ds.doc_ids)} doc ids but {ds.doc_emb.shape[0]} doc embeddings")
+    if ds.doc_emb.ndim != 2:
+        raise DatasetError(f"{ds.name}: doc embeddings must be 2-d, got shape {ds.doc_emb.shape}")
+    for name, s in ds.splits.items():
+        if len(s.query_ids) == 0:
+            raise DatasetError(f"{ds.name}: split {name!r} has an empty query set")
+        if s.query_emb.shape != (len(s.query_ids), ds.dim):
+            raise DatasetError(f"{ds.name}: split {name!r} query embeddings have shape {s.query_emb.shape}, "
+                               f"expected ({len(s.query_ids)}, {ds.dim}) (embedding dim mismatch?)")
+    if ds.eval_split not in ds.splits:
+        raise DatasetError(f"{ds.name}: eval split {ds.eval_split!r} missing; available: {sorted(ds.splits)}")
+
+
+def load_dataset(name: str, **kwargs) -> RetrievalDataset:
+    """Load a dataset by name.
+
+    - ``synthetic`` (optionally ``synthetic:quick``): the embedded deterministic default; kwargs go to the generator.
+    - ``beir/<name>`` or ``beir:<folder-or-zip>``: a BEIR dataset (catalog name, folder or .zip), encoded with a
+      sentence-transformers model (``model=``) unless precomputed embeddings are given.
+    - ``msmarco``: MS MARCO passage via the BEIR loader (dev = dev.small; TREC DL 19/20 if present).
+    - ``npy:<dir>``: your own embeddings (see :mod:`benchmark.npy_loader`).
+    """
+    if name == "synthetic" or name.startswith("synthetic:"):
+        from benchmark.synthetic import make_synthetic, SYNTHETIC_PRESETS
+        preset = name.split(":", 1)[1] if ":" in name else "default"
+        if preset not in SYNTHETIC_PRESETS:
+            raise DatasetError(f"unknown synthetic preset {preset!r}; valid: {sorted(SYNTHETIC_PRESETS)}")
+        return make_synthetic(**{**SYNTHETIC_PRESETS[preset], **kwargs})
+    if name.startswith("npy:"):
+        from benchmark.npy_loader import load_npy_dataset
+        return load_npy_dataset(name[4:], **kwargs)
+    if name == "msmarco" or name.startswith("beir/") or name.startswith("beir:"):
+        from benchmark.beir_loader import load_beir_dataset
+        return load_beir_dataset(name, **kwargs)
+    raise DatasetError(f"unknown dataset {name!r}; valid: 'synthetic', 'synthetic:quick', 'beir/<name>', "
+                       f"'beir:<folder-or-zip>', 'msmarco', 'npy:<dir>'")

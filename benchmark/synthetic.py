@@ -1,0 +1,106 @@
+"""The embedded default dataset: a deterministic synthetic *retrieval* problem.
+
+Rationale. A reconstruction objective (k-means / PQ / OPQ) spends its bits where the *documents* have variance; a
+ranking objective (contrastive, distillation) spends them where the *queries* look. The generator makes those two
+places differ, as they do for real dual encoders, so that the training objective matters:
+
+* The space splits into a hidden **signal** subspace S (``signal_dim`` dims) and a **nuisance** subspace N (the
+  rest), mixed by a random rotation so no coordinate axis lines up with either.
+* Documents are hierarchical: topic -> parent -> doc. Each level adds an offset in S and in N. N carries most of the
+  document energy (``nuisance_energy``, with a decaying, anisotropic spectrum), so distortion-minimising quantizers and
+  k-means lists are shaped by N.
+* Queries come from a *different distribution* (asymmetric, like a query tower): a query is generated from one
+  source document by keeping its S part, passing it through a fixed random query-side linear map close to identity,
+  adding noise, and keeping only a little of N. Scores ⟨q, d⟩ therefore depend almost only on S.
+* Relevance comes from the generative relation, not from nearest neighbours: the source doc is grade 2 and its
+  siblings (same parent) are grade 1. Query noise makes the exact dense ranking imperfect (the ceiling is < 1).
+
+All embeddings are L2-normalised float32. The same seed gives bit-identical arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from benchmark.data import RetrievalDataset, Split
+
+SYNTHETIC_PRESETS: dict[str, dict] = {
+    "default": {},
+    "quick": {"num_docs": 4000, "dim": 64, "num_topics": 32, "num_train": 800, "num_unlabeled": 800,
+              "num_test": 200, "signal_dim": 24},
+}
+
+
+def _orthonormal(rng: np.random.Generator, dim: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    return q * np.sign(np.diag(r))
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_synthetic(num_docs: int = 50_000, dim: int = 128, num_topics: int = 256, docs_per_parent: int = 4,
+                   num_train: int = 5000, num_unlabeled: int = 5000, num_test: int = 1500, signal_dim: int = 40,
+                   nuisance_energy: float = 0.75, query_noise: float = 1.2, seed: int = 0,
+                   name: str | None = None) -> RetrievalDataset:
+    """Generate the synthetic dataset (see the module docstring for the design)."""
+    rng = np.random.default_rng(seed)
+    basis = _orthonormal(rng, dim)
+    sig, nui = basis[:, :signal_dim], basis[:, signal_dim:]
+    nui_dim = dim - signal_dim
+    # anisotropic nuisance spectrum: a few directions carry most of the nuisance energy
+    nui_scale = 1.0 / np.sqrt(1.0 + np.arange(nui_dim) / 4.0)
+    nui_scale *= np.sqrt(nui_dim / np.sum(nui_scale ** 2))
+    s_amp = np.sqrt((1 - nuisance_energy) / signal_dim)
+    n_amp = np.sqrt(nuisance_energy / nui_dim)
+
+    def offsets(n: int, s_std: float, n_std: float) -> tuple[np.ndarray, np.ndarray]:
+        return (rng.standard_normal((n, signal_dim)) * s_std * s_amp,
+                rng.standard_normal((n, nui_dim)) * nui_scale * n_std * n_amp)
+
+    num_parents = -(-num_docs // docs_per_parent)
+    topic_of_parent = rng.integers(0, num_topics, num_parents)
+    t_s, t_n = offsets(num_topics, 1.0, 1.0)
+    p_s, p_n = offsets(num_parents, 0.8, 0.8)
+    parent_of_doc = np.repeat(np.arange(num_parents), docs_per_parent)[:num_docs]
+    c_s, c_n = offsets(num_docs, 0.5, 0.6)
+    doc_s = t_s[topic_of_parent[parent_of_doc]] + p_s[parent_of_doc] + c_s
+    doc_n = t_n[topic_of_parent[parent_of_doc]] + p_n[parent_of_doc] + c_n
+    doc_raw = doc_s @ sig.T + doc_n @ nui.T
+    doc_emb = _normalise(doc_raw)
+    doc_ids = [f"d{i}" for i in range(num_docs)]
+
+    # fixed query-side map in S: identity + a random perturbation (the "query tower")
+    query_map = np.eye(signal_dim) + 0.3 * rng.standard_normal((signal_dim, signal_dim)) / np.sqrt(signal_dim)
+    siblings: dict[int, list[int]] = {}
+    for doc, parent in enumerate(parent_of_doc):
+        siblings.setdefault(int(parent), []).append(doc)
+
+    def queries(n: int, prefix: str) -> tuple[list[str], np.ndarray, dict[str, dict[str, int]]]:
+        src = rng.integers(0, num_docs, n)
+        norm = np.linalg.norm(doc_raw[src], axis=1, keepdims=True)
+        q_s = (doc_s[src] / norm) @ query_map.T
+        q_s += rng.standard_normal(q_s.shape) * query_noise * s_amp
+        q_n = 0.1 * doc_n[src] / norm
+        emb = _normalise(q_s @ sig.T + q_n @ nui.T)
+        ids = [f"{prefix}{i}" for i in range(n)]
+        qrels = {}
+        for qid, s in zip(ids, src):
+            rel = {f"d{d}": 1 for d in siblings[int(parent_of_doc[s])]}
+            rel[f"d{s}"] = 2
+            qrels[qid] = rel
+        return ids, emb, qrels
+
+    splits = {}
+    for split_name, n, prefix, keep_labels in (("train", num_train, "tr", True),
+                                               ("train-unlabeled", num_unlabeled, "tu", False),
+                                               ("test", num_test, "te", True)):
+        if n <= 0:
+            continue
+        ids, emb, qrels = queries(n, prefix)
+        splits[split_name] = Split(split_name, ids, emb, qrels if keep_labels else {})
+    params = dict(num_docs=num_docs, dim=dim, num_topics=num_topics, docs_per_parent=docs_per_parent,
+                  num_train=num_train, num_unlabeled=num_unlabeled, num_test=num_test, signal_dim=signal_dim,
+                  nuisance_energy=nuisance_energy, query_noise=query_noise, seed=seed)
+    return RetrievalDataset(name=name or "synthetic", doc_ids=doc_ids, doc_emb=doc_emb, splits=splits,
+                            eval_split="test", meta={"generator": "benchmark.synthetic", "params": params})
