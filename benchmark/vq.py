@@ -1,0 +1,199 @@
+"""Trained VQ parameters and their round trip to and from a real faiss index.
+
+A method's ``fit`` returns :class:`VQParams`; the harness turns it into a faiss index with :func:`build_index`
+(IndexPQ or IndexIVFPQ, inner product, optional OPQ pre-transform). :func:`params_from_index` reads a trained faiss
+index back into :class:`VQParams` (how learned methods are initialised from faiss).
+
+Conventions: ``rotation`` is faiss's OPQ matrix A (d x d), applied as ``x @ A.T``; IVF centroids and PQ codebooks live
+in the rotated space; the PQ encodes the residual ``x - centroid[assign]`` (``by_residual``) when there is an IVF.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import faiss
+import numpy as np
+from faiss.contrib import inspect_tools, ivf_tools
+
+WRITEBACK_MODES = ("codes", "preassigned", "reencode")
+ADD_CHUNK = 65536
+
+
+@dataclass
+class VQParams:
+    """What a VQ method learned. Optional doc assignment/codes are the training-time ones (for write-back)."""
+
+    pq_codebooks: np.ndarray                      # (M, 256, d/M) float32
+    ivf_centroids: np.ndarray | None = None       # (nlist, d) float32, rotated space
+    rotation: np.ndarray | None = None            # (d, d) float32, faiss OPQ matrix A
+    doc_assign: np.ndarray | None = None          # (n,) int64 IVF list of each doc
+    doc_codes: np.ndarray | None = None           # (n, M) uint8 PQ codes of each doc
+    query_map: np.ndarray | None = None           # (d, d) float32 applied to queries only: q @ query_map.T
+    writeback: str = "reencode"                   # how build_index writes docs (see WRITEBACK_MODES)
+    info: dict = field(default_factory=dict)      # method-specific facts worth recording (losses, epochs, ...)
+
+    def __post_init__(self) -> None:
+        if self.writeback not in WRITEBACK_MODES:
+            raise ValueError(f"writeback must be one of {WRITEBACK_MODES}, got {self.writeback!r}")
+        if self.pq_codebooks.ndim != 3:
+            raise ValueError(f"pq_codebooks must be (M, ksub, dsub), got shape {self.pq_codebooks.shape}")
+
+    @property
+    def M(self) -> int:
+        return int(self.pq_codebooks.shape[0])
+
+    @property
+    def nbits(self) -> int:
+        return int(np.log2(self.pq_codebooks.shape[1]))
+
+    @property
+    def dim(self) -> int:
+        return int(self.pq_codebooks.shape[0] * self.pq_codebooks.shape[2])
+
+    @property
+    def nlist(self) -> int:
+        return 0 if self.ivf_centroids is None else int(self.ivf_centroids.shape[0])
+
+    @property
+    def factory(self) -> str:
+        """The faiss ``index_factory`` string of the index this builds."""
+        parts = [f"OPQ{self.M}"] if self.rotation is not None else []
+        if self.nlist:
+            parts.append(f"IVF{self.nlist}")
+        parts.append(f"PQ{self.M}x{self.nbits}")
+        return ",".join(parts)
+
+    @property
+    def bytes_per_vector(self) -> int:
+        return self.M * self.nbits // 8
+
+    def with_writeback(self, writeback: str) -> "VQParams":
+        return replace(self, writeback=writeback)
+
+
+def empty_index(vq: VQParams) -> faiss.Index:
+    """A trained-but-empty faiss index holding ``vq``'s rotation, centroids and codebooks."""
+    d, M, nbits = vq.dim, vq.M, vq.nbits
+    if vq.nlist:
+        quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(np.ascontiguousarray(vq.ivf_centroids, dtype=np.float32))
+        base = faiss.IndexIVFPQ(quantizer, d, vq.nlist, M, nbits, faiss.METRIC_INNER_PRODUCT)
+        base.own_fields = True
+        quantizer.this.disown()
+        pq = base.pq
+    else:
+        base = faiss.IndexPQ(d, M, nbits, faiss.METRIC_INNER_PRODUCT)
+        pq = base.pq
+    faiss.copy_array_to_vector(np.ascontiguousarray(vq.pq_codebooks, dtype=np.float32).ravel(), pq.centroids)
+    base.is_trained = True
+    if vq.rotation is None:
+        return base
+    opq = faiss.OPQMatrix(d, M)
+    faiss.copy_array_to_vector(np.ascontiguousarray(vq.rotation, dtype=np.float32).ravel(), opq.A)
+    opq.is_trained = True
+    opq.set_is_orthonormal()
+    index = faiss.IndexPreTransform(opq, base)
+    index.own_fields = True
+    base.this.disown()
+    opq.this.disown()
+    return index
+
+
+def _base(index: faiss.Index) -> faiss.Index:
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+
+
+def rotate(vq: VQParams, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x if vq.rotation is None else x @ vq.rotation.T
+
+
+def _sa_codes(vq: VQParams, index: faiss.Index, rows: slice) -> np.ndarray:
+    codes = np.ascontiguousarray(vq.doc_codes[rows], dtype=np.uint8)
+    if not vq.nlist:
+        return codes
+    ccs = _base(index).coarse_code_size()
+    listno = np.ascontiguousarray(vq.doc_assign[rows], dtype="<i8").view(np.uint8).reshape(-1, 8)[:, :ccs]
+    return np.ascontiguousarray(np.hstack([listno, codes]))
+
+
+def build_index(vq: VQParams, doc_emb: np.ndarray, writeback: str | None = None) -> faiss.Index:
+    """Build a searchable faiss index from learned parameters; doc i gets id i.
+
+    ``writeback``: ``codes`` keeps the training-time list assignment and PQ codes as they are (no re-encoding);
+    ``preassigned`` keeps the training-time IVF assignment and PQ-encodes the residuals with the learned codebooks
+    (``ivf_tools.add_preassigned``); ``reencode`` assigns and encodes every doc afresh with the learned parameters.
+    """
+    mode = writeback or vq.writeback
+    if mode not in WRITEBACK_MODES:
+        raise ValueError(f"writeback must be one of {WRITEBACK_MODES}, got {mode!r}")
+    if mode == "codes" and (vq.doc_codes is None or (vq.nlist and vq.doc_assign is None)):
+        raise ValueError("writeback='codes' needs doc_codes (and doc_assign for an IVF index)")
+    if mode == "preassigned" and vq.nlist and vq.doc_assign is None:
+        raise ValueError("writeback='preassigned' needs doc_assign for an IVF index")
+    index = empty_index(vq)
+    n = doc_emb.shape[0]
+    for start in range(0, n, ADD_CHUNK):
+        rows = slice(start, min(n, start + ADD_CHUNK))
+        ids = np.arange(rows.start, rows.stop, dtype=np.int64)  # keep a reference: faiss only sees a pointer
+        if mode == "codes":
+            _base(index).add_sa_codes(_sa_codes(vq, index, rows), ids)
+        elif mode == "preassigned" and vq.nlist:
+            x = rotate(vq, doc_emb[rows])
+            ivf_tools.add_preassigned(_base(index), x, np.asarray(vq.doc_assign[rows], dtype=np.int64), ids=ids)
+        else:
+            index.add(np.ascontiguousarray(doc_emb[rows], dtype=np.float32))
+        index.ntotal = _base(index).ntotal
+    return index
+
+
+def params_from_index(index: faiss.Index, with_doc_codes: bool = True) -> VQParams:
+    """Read rotation, IVF centroids, PQ codebooks and (optionally) each doc's list and codes from a faiss index.
+
+    Doc ids must be 0..n-1 (as :func:`build_index` and sequential ``add`` produce).
+    """
+    rotation = None
+    base = index
+    if isinstance(index, faiss.IndexPreTransform):
+        if index.chain.size() != 1:
+            raise ValueError("only a single OPQ/linear pre-transform is supported")
+        lt = faiss.downcast_VectorTransform(index.chain.at(0))
+        A, _ = inspect_tools.get_LinearTransform_matrix(lt)
+        rotation = A.astype(np.float32)
+        base = faiss.downcast_index(index.index)
+    pq = base.pq
+    codebooks = inspect_tools.get_pq_centroids(pq).astype(np.float32)
+    centroids = assign = codes = None
+    if isinstance(base, faiss.IndexIVF):
+        quantizer = faiss.downcast_index(base.quantizer)
+        centroids = quantizer.reconstruct_n(0, quantizer.ntotal).astype(np.float32)
+        if with_doc_codes and base.ntotal:
+            assign = np.full(base.ntotal, -1, dtype=np.int64)
+            codes = np.zeros((base.ntotal, pq.M), dtype=np.uint8)
+            for lst in range(base.nlist):
+                ids, lcodes = inspect_tools.get_invlist(base.invlists, lst)
+                assign[ids] = lst
+                codes[ids] = lcodes.reshape(len(ids), -1)
+    elif with_doc_codes and base.ntotal:
+        codes = inspect_tools.get_flat_codes(base).reshape(base.ntotal, pq.M)
+    return VQParams(pq_codebooks=codebooks, ivf_centroids=centroids, rotation=rotation, doc_assign=assign,
+                    doc_codes=codes, writeback="codes" if codes is not None else "reencode")
+
+
+def reconstruct(vq: VQParams, rows: np.ndarray | slice | None = None) -> np.ndarray:
+    """Numpy reconstruction (rotated space) centroid[assign] + PQ(codes) of docs from their stored codes."""
+    rows = slice(None) if rows is None else rows
+    codes = vq.doc_codes[rows]
+    M = vq.M
+    out = np.concatenate([vq.pq_codebooks[m][codes[:, m]] for m in range(M)], axis=1)
+    if vq.nlist:
+        out = out + vq.ivf_centroids[vq.doc_assign[rows]]
+    return out.astype(np.float32)
+
+
+def encode_pq(codebooks: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """Nearest-codeword (L2) PQ codes of ``residuals`` (n, d) under ``codebooks`` (M, ksub, dsub)."""
+    M, ksub, dsub = codebooks.shape
+    pq = faiss.ProductQuantizer(M * dsub, M, int(np.log2(ksub)))
+    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, dtype=np.float32).ravel(), pq.centroids)
+    return pq.compute_codes(np.ascontiguousarray(residuals, dtype=np.float32))

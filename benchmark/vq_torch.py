@@ -1,0 +1,110 @@
+"""Torch side of a VQ: trainable IVF centroids and PQ codebooks over fixed doc assignments/codes.
+
+Learned methods (JPQ, Distill-VQ) train a :class:`TorchVQ` and hand back :meth:`TorchVQ.to_params`; the harness
+then searches a faiss index built from exactly these tensors, so torch and faiss scores agree.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.vq import VQParams
+
+
+class TorchVQ(nn.Module):
+    """IVF centroids O (nlist, d), PQ codebooks C (M, K, d/M), fixed rotation R, per-doc list a(d) and codes."""
+
+    def __init__(self, vq: VQParams, train_centroids: bool = True, train_codebooks: bool = True,
+                 query_adapter: bool = False) -> None:
+        super().__init__()
+        if vq.doc_codes is None or (vq.nlist and vq.doc_assign is None):
+            raise ValueError("TorchVQ needs the docs' PQ codes (and IVF assignment for an IVF index)")
+        self.codebooks = nn.Parameter(torch.from_numpy(np.array(vq.pq_codebooks, dtype=np.float32)),
+                                      requires_grad=train_codebooks)
+        self.centroids = (nn.Parameter(torch.from_numpy(np.array(vq.ivf_centroids, dtype=np.float32)),
+                                       requires_grad=train_centroids) if vq.nlist else None)
+        rot = None if vq.rotation is None else torch.from_numpy(np.array(vq.rotation, dtype=np.float32))
+        self.register_buffer("rotation", rot)
+        self.register_buffer("codes", torch.from_numpy(np.asarray(vq.doc_codes).astype(np.int64)))
+        assign = None if not vq.nlist else torch.from_numpy(np.asarray(vq.doc_assign, dtype=np.int64))
+        self.register_buffer("assign", assign)
+        d = vq.dim
+        self.query_map = nn.Parameter(torch.eye(d)) if query_adapter else None
+        if query_adapter and vq.query_map is not None:
+            self.query_map.data.copy_(torch.from_numpy(np.asarray(vq.query_map, dtype=np.float32)))
+        self.writeback = vq.writeback
+        self._m_index = torch.arange(vq.M)
+
+    @property
+    def M(self) -> int:
+        return int(self.codebooks.shape[0])
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.rotation is None else x @ self.rotation.T
+
+    def encode_queries(self, q: torch.Tensor) -> torch.Tensor:
+        """Queries as faiss sees them: optional adapter, then the rotation."""
+        if self.query_map is not None:
+            q = q @ self.query_map.T
+        return self.rotate(q)
+
+    def pq_part(self, codes: torch.Tensor) -> torch.Tensor:
+        """Sum of codewords: (..., M) codes -> (..., d) reconstruction of the residual."""
+        words = self.codebooks[self._m_index.to(codes.device), codes]          # (..., M, dsub)
+        return words.reshape(*codes.shape[:-1], -1)
+
+    def ivf_part(self, doc_idx: torch.Tensor) -> torch.Tensor | None:
+        return None if self.centroids is None else self.centroids[self.assign[doc_idx]]
+
+    def reconstruct(self, doc_idx: torch.Tensor) -> torch.Tensor:
+        """o(d) + PQ(codes of d) in the rotated space, for doc indices of any shape."""
+        rec = self.pq_part(self.codes[doc_idx])
+        ivf = self.ivf_part(doc_idx)
+        return rec if ivf is None else rec + ivf
+
+    def scores(self, q_rot: torch.Tensor, doc_idx: torch.Tensor) -> torch.Tensor:
+        """⟨q, o(d) + PQ(d)⟩ for q_rot (B, d) and doc_idx (B, K) -> (B, K)."""
+        return torch.einsum("bd,bkd->bk", q_rot, self.reconstruct(doc_idx))
+
+    @torch.no_grad()
+    def all_doc_scores(self, q_rot: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+        """Scores of queries against every doc's current reconstruction, (B, n)."""
+        n = self.codes.shape[0]
+        out = [q_rot @ self.reconstruct(torch.arange(s, min(n, s + chunk))).T for s in range(0, n, chunk)]
+        return torch.cat(out, dim=1)
+
+    def to_params(self, writeback: str = "codes", info: dict | None = None) -> VQParams:
+        """Current parameters + the fixed codes/assignments as :class:`VQParams`."""
+        def np32(t: torch.Tensor | None) -> np.ndarray | None:
+            return None if t is None else t.detach().cpu().numpy().astype(np.float32)
+        return VQParams(pq_codebooks=np32(self.codebooks), ivf_centroids=np32(self.centroids),
+                        rotation=np32(self.rotation),
+                        doc_assign=None if self.assign is None else self.assign.cpu().numpy(),
+                        doc_codes=self.codes.cpu().numpy().astype(np.uint8), query_map=np32(self.query_map),
+                        writeback=writeback, info=dict(info or {}))
+
+
+def warmup_linear(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and numpy globally and return a torch generator for sampling."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def num_steps(num_queries: int, batch_size: int, epochs: float) -> int:
+    return max(1, math.ceil(num_queries * epochs / batch_size))

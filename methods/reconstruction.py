@@ -1,0 +1,84 @@
+"""Reconstruction baselines (faiss k-means / PQ / OPQ, minimising distortion) and the exact ``flat`` reference."""
+from __future__ import annotations
+
+
+from benchmark.faiss_train import trained_params
+from benchmark.registry import BaseMethod, TrainData, register
+from benchmark.vq import VQParams
+
+
+@register
+class Flat(BaseMethod):
+    """Exact inner-product search over the uncompressed embeddings (IndexFlatIP): the quality ceiling."""
+
+    name = "flat"
+    family = "reference"
+    params: dict = {}
+
+    def exact(self) -> bool:
+        return True
+
+    def fit(self, train: TrainData) -> VQParams:
+        raise NotImplementedError("flat is searched exactly; the harness builds an IndexFlatIP")
+
+
+class FaissQuantizer(BaseMethod):
+    """A faiss ``index_factory`` quantizer trained for reconstruction; subclasses set the factory shape."""
+
+    family = "reconstruction"
+    opq = False
+    ivf = False
+    params = {"M": 16, "max_train_points": 65536, "opq_niter": 20}
+
+    def factory(self) -> str:
+        M = self.config["M"]
+        parts = [f"OPQ{M}"] if self.opq else []
+        if self.ivf:
+            parts.append(f"IVF{self.config['nlist']}")
+        parts.append(f"PQ{M}x8")
+        return ",".join(parts)
+
+    def fit(self, train: TrainData) -> VQParams:
+        if train.dim % self.config["M"]:
+            raise ValueError(f"{self.name}: M={self.config['M']} must divide the embedding dim {train.dim}")
+        vq = trained_params(train.doc_emb, self.factory(), seed=train.seed, cache_dir=train.cache_dir,
+                            max_train_points=self.config["max_train_points"], opq_niter=self.config["opq_niter"])
+        vq.writeback = "codes"
+        return vq
+
+
+IVF_PARAMS = {**FaissQuantizer.params, "nlist": 256}
+
+
+@register
+class FaissPQ(FaissQuantizer):
+    """Flat product quantization, ``PQ{M}x8``."""
+
+    name = "faiss-pq"
+
+
+@register
+class FaissOPQ(FaissQuantizer):
+    """OPQ rotation + flat PQ, ``OPQ{M},PQ{M}x8``."""
+
+    name = "faiss-opq"
+    opq = True
+
+
+@register
+class FaissIVFPQ(FaissQuantizer):
+    """Spherical k-means IVF + residual PQ, ``IVF{nlist},PQ{M}x8``."""
+
+    name = "faiss-ivfpq"
+    ivf = True
+    params = IVF_PARAMS
+
+
+@register
+class FaissIVFOPQ(FaissQuantizer):
+    """OPQ rotation + IVF + residual PQ, ``OPQ{M},IVF{nlist},PQ{M}x8``."""
+
+    name = "faiss-ivfopq"
+    opq = True
+    ivf = True
+    params = IVF_PARAMS
