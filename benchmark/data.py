@@ -136,6 +136,23 @@ def validate(ds: RetrievalDataset) -> None:
         raise DatasetError(f"{ds.name}: eval split {ds.eval_split!r} missing; available: {sorted(ds.splits)}")
 
 
+DATASET_FORMS = "'synthetic', 'synthetic:quick', 'beir/<name>', 'beir:<folder-or-zip>', 'msmarco', 'npy:<dir>'"
+
+
+def check_dataset_name(name: str) -> None:
+    """Raise :class:`DatasetError` (listing the valid forms) unless ``name`` is a loadable dataset name."""
+    if name.startswith("synthetic"):
+        from benchmark.synthetic import SYNTHETIC_PRESETS
+        preset = name.split(":", 1)[1] if ":" in name else "default"
+        if name != "synthetic" and not name.startswith("synthetic:") or preset not in SYNTHETIC_PRESETS:
+            raise DatasetError(f"unknown synthetic preset in {name!r}; valid: "
+                               f"{['synthetic'] + [f'synthetic:{p}' for p in SYNTHETIC_PRESETS if p != 'default']}")
+        return
+    if name == "msmarco" or any(name.startswith(p) and len(name) > len(p) for p in ("beir/", "beir:", "npy:")):
+        return
+    raise DatasetError(f"unknown dataset {name!r}; valid forms: {DATASET_FORMS}")
+
+
 def load_dataset(name: str, **kwargs) -> RetrievalDataset:
     """Load a dataset by name.
 
@@ -145,17 +162,15 @@ def load_dataset(name: str, **kwargs) -> RetrievalDataset:
     - ``msmarco``: MS MARCO passage via the BEIR loader (dev = dev.small; TREC DL 19/20 if present).
     - ``npy:<dir>``: your own embeddings (see :mod:`benchmark.npy_loader`).
     """
-    if name == "synthetic" or name.startswith("synthetic:"):
+    check_dataset_name(name)
+    if name.startswith("synthetic"):
         from benchmark.synthetic import make_synthetic, SYNTHETIC_PRESETS
         preset = name.split(":", 1)[1] if ":" in name else "default"
-        if preset not in SYNTHETIC_PRESETS:
-            raise DatasetError(f"unknown synthetic preset {preset!r}; valid: {sorted(SYNTHETIC_PRESETS)}")
-        return make_synthetic(**{**SYNTHETIC_PRESETS[preset], **kwargs})
+        return make_synthetic(**{"name": name, **SYNTHETIC_PRESETS[preset], **kwargs})
     if name.startswith("npy:"):
         from benchmark.npy_loader import load_npy_dataset
         return load_npy_dataset(name[4:], **kwargs)
     if name == "msmarco" or name.startswith("beir/") or name.startswith("beir:"):
         from benchmark.beir_loader import load_beir_dataset
         return load_beir_dataset(name, **kwargs)
-    raise DatasetError(f"unknown dataset {name!r}; valid: 'synthetic', 'synthetic:quick', 'beir/<name>', "
-                       f"'beir:<folder-or-zip>', 'msmarco', 'npy:<dir>'")
+    raise DatasetError(f"unknown dataset {name!r}; valid forms: {DATASET_FORMS}")

@@ -80,7 +80,7 @@ class Runner:
 
     def __init__(self, out_dir: str | Path, settings: SearchSettings | None = None, save_index: bool = False,
                  device: str = "cpu", cache_dir: str | Path | None = DEFAULT_CACHE,
-                 dataset_kwargs: dict[str, dict[str, Any]] | None = None, resume: bool = True,
+                 datasets: dict[str, tuple[str, dict[str, Any]]] | None = None, resume: bool = True,
                  log: Callable[[str], None] = print) -> None:
         self.out_dir = Path(out_dir)
         self.results = self.out_dir / "results.jsonl"
@@ -88,7 +88,7 @@ class Runner:
         self.save_index = save_index
         self.device = device
         self.cache_dir = str(cache_dir) if cache_dir else None
-        self.dataset_kwargs = dataset_kwargs or {}
+        self.datasets = datasets or {}  # alias -> (loader name, loader kwargs); default: the alias itself
         self.resume = resume
         self.log = log
         self.exact = ExactReference()
@@ -106,7 +106,9 @@ class Runner:
             by_dataset.setdefault(job.dataset, []).append(job)
         bar = tqdm(total=len(jobs), desc="jobs", unit="fit")
         for name, ds_jobs in by_dataset.items():
-            ds = load_dataset(name, **self.dataset_kwargs.get(name, {}))
+            loader, kwargs = self.datasets.get(name, (name, {}))
+            ds = load_dataset(loader, **kwargs)
+            ds.name = name
             for job in ds_jobs:
                 method = make_method(job.method, job.params)
                 fid = fit_id(job.dataset, ds.eval_split, job.method, method.config, job.seed)

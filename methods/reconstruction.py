@@ -28,7 +28,7 @@ class FaissQuantizer(BaseMethod):
     family = "reconstruction"
     opq = False
     ivf = False
-    params = {"M": 16, "max_train_points": 65536, "opq_niter": 20}
+    params = {"M": 16, "max_train_points": 65536}
 
     def factory(self) -> str:
         M = self.config["M"]
@@ -42,12 +42,13 @@ class FaissQuantizer(BaseMethod):
         if train.dim % self.config["M"]:
             raise ValueError(f"{self.name}: M={self.config['M']} must divide the embedding dim {train.dim}")
         vq = trained_params(train.doc_emb, self.factory(), seed=train.seed, cache_dir=train.cache_dir,
-                            max_train_points=self.config["max_train_points"], opq_niter=self.config["opq_niter"])
+                            max_train_points=self.config["max_train_points"],
+                            opq_niter=self.config.get("opq_niter", 20))
         vq.writeback = "codes"
         return vq
 
 
-IVF_PARAMS = {**FaissQuantizer.params, "nlist": 256}
+OPQ_PARAMS = {**FaissQuantizer.params, "opq_niter": 20}
 
 
 @register
@@ -63,6 +64,7 @@ class FaissOPQ(FaissQuantizer):
 
     name = "faiss-opq"
     opq = True
+    params = OPQ_PARAMS
 
 
 @register
@@ -71,7 +73,7 @@ class FaissIVFPQ(FaissQuantizer):
 
     name = "faiss-ivfpq"
     ivf = True
-    params = IVF_PARAMS
+    params = {**FaissQuantizer.params, "nlist": 256}
 
 
 @register
@@ -81,4 +83,4 @@ class FaissIVFOPQ(FaissQuantizer):
     name = "faiss-ivfopq"
     opq = True
     ivf = True
-    params = IVF_PARAMS
+    params = {**OPQ_PARAMS, "nlist": 256}

@@ -1,0 +1,92 @@
+"""The results record: schema validation, atomic appends, torn lines reported (never silently skipped)."""
+import copy
+import json
+
+import pytest
+
+from benchmark.records import (RecordError, append_record, merge_results, read_records, recorded_ids, run_id,
+                               validate_record)
+
+RECORD = {
+    "run_id": "r1", "dataset": "synthetic", "split": "test", "method": "faiss-pq", "family": "reconstruction",
+    "params": {"M": 16}, "seed": 0, "nprobe": None, "status": "ok", "train_seconds": 1.5,
+    "index": {"factory": "PQ16x8", "nlist": 0, "M": 16, "nbits": 8, "bytes_per_vector": 16, "writeback": "codes"},
+    "metrics": {"nDCG@10": 0.5, "RR@10": 0.6, "R@10": 0.55, "R@100": 0.9, "R@1000": 0.99},
+    "fidelity": {"overlap@10": 0.7, "overlap@100": 0.8},
+    "latency": {"p50_ms": 0.1, "p95_ms": 0.2, "qps": 1000.0, "threads": 2},
+    "per_query": "per_query/r1.json",
+    "provenance": {"git_sha": "abc", "cpu": "x", "timestamp": "2026-01-01T00:00:00+00:00",
+                   "versions": {"torch": "2", "faiss": "1", "ir_measures": "0", "beir": "2", "python": "3.11"}},
+}
+
+
+def test_valid_record_passes_and_each_missing_field_is_named():
+    validate_record(RECORD)
+    for key in ("run_id", "metrics", "provenance", "status"):
+        broken = {k: v for k, v in RECORD.items() if k != key}
+        with pytest.raises(RecordError, match=repr(key)):
+            validate_record(broken)
+    broken = copy.deepcopy(RECORD)
+    del broken["metrics"]["R@1000"]
+    with pytest.raises(RecordError, match="metrics missing 'R@1000'"):
+        validate_record(broken)
+    broken = copy.deepcopy(RECORD)
+    broken["fidelity"]["overlap@10"] = 1.5
+    with pytest.raises(RecordError, match=r"in \[0, 1\]"):
+        validate_record(broken)
+
+
+def test_failed_record_needs_a_reason():
+    failed = {**RECORD, "status": "failed", "metrics": None, "fidelity": None, "latency": None}
+    with pytest.raises(RecordError, match="error"):
+        validate_record(failed)
+    validate_record({**failed, "error": "MethodError: no labels"})
+
+
+def test_append_and_read_round_trip(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_record(path, RECORD)
+    append_record(path, {**RECORD, "run_id": "r2"})
+    append_record(path, {**RECORD, "metrics": {**RECORD["metrics"], "RR@10": 0.7}})  # re-run replaces r1
+    records, problems = read_records(path)
+    assert problems == []
+    assert {r["run_id"]: r["metrics"]["RR@10"] for r in records} == {"r1": 0.7, "r2": 0.6}
+    assert recorded_ids(path) == {"r1", "r2"}
+
+
+def test_interrupted_append_leaves_a_readable_file(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_record(path, RECORD)
+    with open(path, "a") as f:  # a writer killed mid-line
+        f.write(json.dumps({**RECORD, "run_id": "torn"})[:57])
+    append_record(path, {**RECORD, "run_id": "r3"})
+    records, problems = read_records(path)
+    assert sorted(r["run_id"] for r in records) == ["r1", "r3"]
+    assert len(problems) == 1 and "results.jsonl:2" in problems[0]
+    with pytest.raises(RecordError, match="results.jsonl:2"):
+        read_records(path, strict=True)
+
+
+def test_invalid_record_is_refused_before_writing(tmp_path):
+    path = tmp_path / "results.jsonl"
+    with pytest.raises(RecordError):
+        append_record(path, {"run_id": "x"})
+    assert not path.exists() or path.read_text() == ""
+
+
+def test_run_id_is_stable_and_param_sensitive():
+    a = run_id("d", "test", "m", {"M": 16, "lr": 1e-3}, 0, 4)
+    assert a == run_id("d", "test", "m", {"lr": 1e-3, "M": 16}, 0, 4)
+    assert a != run_id("d", "test", "m", {"M": 32, "lr": 1e-3}, 0, 4)
+    assert a != run_id("d", "test", "m", {"M": 16, "lr": 1e-3}, 1, 4)
+
+
+def test_merge_deduplicates_by_run_id(tmp_path):
+    for shard, ids in (("s0", ["r1", "r2"]), ("s1", ["r2", "r3"])):
+        for rid in ids:
+            append_record(tmp_path / shard / "results.jsonl", {**RECORD, "run_id": rid})
+    n = merge_results([tmp_path / "s0" / "results.jsonl", tmp_path / "s1" / "results.jsonl"],
+                      tmp_path / "all" / "results.jsonl")
+    assert n == 3
+    records, problems = read_records(tmp_path / "all" / "results.jsonl")
+    assert sorted(r["run_id"] for r in records) == ["r1", "r2", "r3"] and not problems

@@ -1,0 +1,85 @@
+"""VQParams <-> faiss round trip, write-back modes, and faiss scores == torch reconstruction scores."""
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from benchmark.faiss_train import train_index
+from benchmark.vq import VQParams, build_index, params_from_index, reconstruct, rotate
+from benchmark.vq_torch import TorchVQ
+
+FACTORIES = ["PQ8x8", "OPQ8,PQ8x8", "IVF16,PQ8x8", "OPQ8,IVF16,PQ8x8"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((4000, 32)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    queries = rng.standard_normal((100, 32)).astype(np.float32)
+    return docs, queries
+
+
+def _search(index, queries, k=10):
+    if "IVF" in index.__class__.__name__ or isinstance(index, faiss.IndexPreTransform):
+        try:
+            faiss.extract_index_ivf(index).nprobe = 16
+        except RuntimeError:
+            pass
+    return index.search(queries, k)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("writeback", ["codes", "preassigned", "reencode"])
+def test_round_trip_reproduces_faiss(data, factory, writeback):
+    docs, queries = data
+    original = train_index(docs, factory, seed=0)
+    vq = params_from_index(original)
+    assert vq.factory == factory and vq.bytes_per_vector == 8
+    rebuilt = build_index(vq, docs, writeback)
+    assert rebuilt.ntotal == len(docs)
+    d0, i0 = _search(original, queries)
+    d1, i1 = _search(rebuilt, queries)
+    np.testing.assert_array_equal(i0, i1)
+    np.testing.assert_allclose(d0, d1, atol=1e-6)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_faiss_scores_equal_torch_reconstruction(data, factory):
+    """Top-10 of 100 queries: faiss scores == <q, c + PQ(r)> computed in torch from the same parameters."""
+    docs, queries = data
+    vq = params_from_index(train_index(docs, factory, seed=1))
+    rng = np.random.default_rng(3)
+    vq.pq_codebooks = vq.pq_codebooks + 0.01 * rng.standard_normal(vq.pq_codebooks.shape).astype(np.float32)
+    if vq.nlist:
+        vq.ivf_centroids = vq.ivf_centroids + 0.01 * rng.standard_normal(vq.ivf_centroids.shape).astype(np.float32)
+    index = build_index(vq, docs, "codes")
+    scores, ids = _search(index, queries)
+    model = TorchVQ(vq)
+    q_rot = model.encode_queries(torch.from_numpy(queries))
+    torch_scores = model.scores(q_rot, torch.from_numpy(ids)).detach().numpy()
+    np.testing.assert_allclose(scores, torch_scores, atol=1e-4)
+    exhaustive = model.all_doc_scores(q_rot).numpy()
+    if not vq.nlist:  # flat PQ: faiss's top-10 is the torch top-10
+        np.testing.assert_allclose(np.sort(exhaustive, axis=1)[:, ::-1][:, :10], scores, atol=1e-4)
+    np.testing.assert_allclose(rotate(vq, queries) @ reconstruct(vq).T, exhaustive, atol=1e-4)
+
+
+def test_codes_writeback_keeps_codes_reencode_changes_them(data):
+    docs, _ = data
+    vq = params_from_index(train_index(docs, "IVF16,PQ8x8", seed=0))
+    vq.pq_codebooks = vq.pq_codebooks * 1.5  # codes are no longer the nearest codewords
+    kept = params_from_index(build_index(vq, docs, "codes"))
+    np.testing.assert_array_equal(kept.doc_codes, vq.doc_codes)
+    np.testing.assert_array_equal(kept.doc_assign, vq.doc_assign)
+    fresh = params_from_index(build_index(vq, docs, "reencode"))
+    assert (fresh.doc_codes != vq.doc_codes).any()
+
+
+def test_missing_codes_is_a_clear_error(data):
+    docs, _ = data
+    vq = params_from_index(train_index(docs, "IVF16,PQ8x8", seed=0), with_doc_codes=False)
+    with pytest.raises(ValueError, match="needs doc_codes"):
+        build_index(vq, docs, "codes")
+    with pytest.raises(ValueError, match="writeback must be one of"):
+        VQParams(pq_codebooks=vq.pq_codebooks, writeback="bogus")
