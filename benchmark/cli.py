@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -59,6 +61,18 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def expand_env(text: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` (shell style) in a config string."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), text)
+
+
+def _check_local_data(alias: str, name: str, hint: str | None) -> None:
+    """A config dataset backed by local files must exist before any work starts."""
+    for prefix in ("npy:", "beir:"):
+        if name.startswith(prefix) and not Path(name[len(prefix):]).exists():
+            raise ConfigError(f"dataset {alias!r}: {name[len(prefix):]} does not exist. {hint or ''}".strip())
+
+
 def _csv(text: str | None) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
@@ -85,8 +99,9 @@ def _method_params(method: str, params: dict[str, Any], strict: bool) -> dict[st
     return {k: v for k, v in params.items() if k in declared}
 
 
-def plan_from_args(args: argparse.Namespace) -> tuple[list[Job], dict[str, tuple[str, dict]], dict[str, Any]]:
-    """Jobs, dataset specs (alias -> (loader name, kwargs)) and search settings from the command line/config."""
+def plan_from_args(args: argparse.Namespace
+                   ) -> tuple[list[Job], dict[str, tuple[str, dict]], dict[str, Any], str | None]:
+    """Jobs, dataset specs (alias -> (loader name, kwargs)), search settings and the config's ``out`` folder."""
     config: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
@@ -100,7 +115,9 @@ def plan_from_args(args: argparse.Namespace) -> tuple[list[Job], dict[str, tuple
     for alias, spec in config.get("datasets", {}).items():
         if not isinstance(spec, dict) or "name" not in spec:
             raise ConfigError(f"{args.config}: [datasets.{alias}] needs a 'name' (a loader name like npy:<dir>)")
-        datasets[alias] = (spec["name"], {k: v for k, v in spec.items() if k != "name"})
+        name = expand_env(spec["name"])
+        _check_local_data(alias, name, spec.get("hint"))
+        datasets[alias] = (name, {k: v for k, v in spec.items() if k not in ("name", "hint")})
     names = _csv(args.datasets) or list(datasets) or (["synthetic:quick"] if args.quick else ["synthetic"])
     for n in names:
         datasets.setdefault(n, (n, {}))
@@ -126,15 +143,17 @@ def plan_from_args(args: argparse.Namespace) -> tuple[list[Job], dict[str, tuple
             for params in grid:
                 params = {**(_method_params(method, QUICK_PARAMS, False) if args.quick else {}), **params,
                           **_method_params(method, cli_params, strict=False)}
+                group_seeds = seeds[:group["seeds"]] if "seeds" in group else seeds
                 for ds in names:
-                    jobs += [Job(ds, method, params, seed) for seed in seeds]
+                    jobs += [Job(ds, method, params, seed) for seed in group_seeds]
     unknown_cli = sorted(k for k in cli_params if not any(k in get_method(j.method).params for j in jobs))
     if unknown_cli:
         raise ConfigError(f"--param {unknown_cli}: no selected method declares it")
+    jobs.sort(key=lambda job: job.seed)  # every method's first seed before any second seed
     search = {**config.get("search", {}), **(QUICK_SEARCH if args.quick else {})}
     if args.nprobes:
         search["nprobes"] = [int(x) for x in _csv(args.nprobes)]
-    return jobs, datasets, search
+    return jobs, datasets, search, config.get("out")
 
 
 def select_shard(jobs: list[Job], shard: str | None) -> list[Job]:
@@ -191,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"merged {n} records from {len(args.merge)} shard(s) into {out / 'results.jsonl'}")
             _report(out)
             return 0
-        jobs, datasets, search = plan_from_args(args)
+        jobs, datasets, search, config_out = plan_from_args(args)
+        out = Path(args.out) if args.out else Path(config_out) if config_out else DEFAULT_OUT
         jobs = select_shard(jobs, args.shard)
         _configure_threads(args.threads)
         runner = Runner(out, SearchSettings(**search), save_index=args.save_index, device=args.device,

@@ -17,7 +17,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -57,7 +57,8 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
            "nlist": _num(index.get("nlist")), "bytes_per_vector": _num(index.get("bytes_per_vector")),
            "label_fraction": _num(rec["params"].get("label_fraction")), "status": rec["status"],
            "error": rec.get("error") or "", "per_query": str(run_dir / sidecar) if sidecar else None,
-           "train_seconds": _num(rec.get("train_seconds"))}
+           "train_seconds": _num(rec.get("train_seconds")),
+           "git_sha": str((rec.get("provenance") or {}).get("git_sha") or "")}
     row.update({key: _num(values.get(key)) for key in NUMERIC if key != "train_seconds"})
     return row
 
@@ -147,7 +148,7 @@ def select_fixed(points: pd.DataFrame, nprobe: int | None = None) -> pd.DataFram
     return _per_variant(points, pick)
 
 
-def _per_variant(points: pd.DataFrame, pick) -> pd.DataFrame:
+def _per_variant(points: pd.DataFrame, pick: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
     parts = [pick(sub) for _, sub in points.groupby(["dataset", "label"], sort=True)]
     return pd.concat(parts, ignore_index=True) if parts else points.assign(flag="").iloc[0:0]
 
@@ -170,19 +171,20 @@ class Footnotes:
 
 
 def complete_rows(selected: pd.DataFrame, df: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Every variant of the run on ``dataset``: the selected ok rows plus failed/missing ones, with ``status`` and
-    ``reason`` (failures, flags)."""
+    """Every variant of the run on ``dataset``: the selected (significance-marked) ok rows plus failed/missing ones,
+    with ``status`` and ``reason`` (failures, flags, untested †)."""
     variants = df.drop_duplicates("label")[["label", "method", "family"]]
     sel = selected[selected["dataset"] == dataset].drop(columns=["method", "family", "dataset"])
     out = variants.merge(sel, on="label", how="left").assign(dataset=dataset)
     here = df[df["dataset"] == dataset]
     failed = here[here["status"] == "failed"]
     status, reasons = [], []
-    for label, flag in zip(out["label"], out["flag"].fillna("")):
+    for label, flag, no_test in zip(out["label"], out["flag"].fillna(""), out["untested"].map(is_true)):
         fails = failed[failed["label"] == label]
         if label in set(sel["label"]):
             status.append("ok")
-            reasons.append("; ".join(filter(None, [flag, _failure_text(fails, "some runs failed")])))
+            no_test_text = "† not tested: per-query values missing" if no_test else ""
+            reasons.append("; ".join(filter(None, [flag, _failure_text(fails, "some runs failed"), no_test_text])))
         elif not fails.empty:
             status.append("failed")
             reasons.append(_failure_text(fails, "failed"))
@@ -215,7 +217,7 @@ def display_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> pd.Data
                  "Family": r["family"], "nprobe": _int_cell(r["nprobe"], ok, "n/a"), "Seeds": n if ok else DASH}
         for key, digits in DISPLAY:
             cells[key] = format_cell(r[key], r[f"{key}_std"], n, digits) if ok else DASH
-            if key == quality and ok and _is_true(r.get("significant")):
+            if key == quality and ok and is_true(r.get("significant")):
                 cells[key] += " †"
         cells["B/vec"] = _int_cell(r["bytes_per_vector"], ok, DASH)
         cells["p50 ms"] = format_cell(r["p50_ms"], r["p50_ms_std"], n, 3) if ok else DASH
@@ -233,7 +235,8 @@ def format_cell(mean: float, std: float, n: int, digits: int) -> str:
     return text + f" ± {std:.{digits}f}" if n > 1 and not pd.isna(std) else text
 
 
-def _is_true(value: Any) -> bool:
+def is_true(value: Any) -> bool:
+    """True for a Python or numpy True (not for NaN/None)."""
     return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
@@ -325,12 +328,18 @@ def table3(rows: pd.DataFrame, datasets: list[str]) -> pd.DataFrame | None:
     return table.rename_axis(["Method", "loss", "candidates"])
 
 
-def sweep_table(rows: pd.DataFrame, quality: str, base: str, x: str, x_text) -> pd.DataFrame | None:
+def swept(rows: pd.DataFrame, quality: str, base: str, x: str) -> pd.DataFrame:
+    """The compressed rows whose ``base`` variant was run at >= 2 values of ``x``."""
+    sub = rows[rows["family"] != "reference"].dropna(subset=[x, quality])
+    counts = sub.groupby(base)[x].nunique()
+    return sub[sub[base].isin(counts[counts >= 2].index)]
+
+
+def sweep_table(rows: pd.DataFrame, quality: str, base: str, x: str,
+                x_text: Callable[[float], str]) -> pd.DataFrame | None:
     """Rows = variants without the swept param (``base`` label column), columns = (dataset, value of ``x``),
     cell = mean ``quality``; only variants run at >= 2 values of ``x``."""
-    sub = rows[(rows["family"] != "reference")].dropna(subset=[x, quality])
-    counts = sub.groupby(base)[x].nunique()
-    sub = sub[sub[base].isin(counts[counts >= 2].index)]
+    sub = swept(rows, quality, base, x)
     if sub.empty:
         return None
     table = sub.pivot_table(index=base, columns=["dataset", x], values=quality, aggfunc="max")
