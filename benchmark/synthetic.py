@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmark.data import RetrievalDataset, Split
 
+CHUNK = 65536
 SYNTHETIC_PRESETS: dict[str, dict] = {
     "default": {},
     "quick": {"num_docs": 4000, "dim": 64, "num_topics": 32, "num_train": 800, "num_unlabeled": 800,
@@ -42,8 +43,11 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def make_synthetic(num_docs: int = 50_000, dim: int = 128, num_topics: int = 256, docs_per_parent: int = 4,
                    num_train: int = 5000, num_unlabeled: int = 5000, num_test: int = 1500, signal_dim: int = 40,
                    nuisance_energy: float = 0.75, query_noise: float = 1.2, seed: int = 0,
-                   name: str | None = None) -> RetrievalDataset:
-    """Generate the synthetic dataset (see the module docstring for the design)."""
+                   name: str | None = None, out_path: str | None = None) -> RetrievalDataset:
+    """Generate the synthetic dataset (see the module docstring for the design).
+
+    Docs are generated in chunks; with ``out_path`` they are written to a memory-mapped ``.npy`` (large sizes).
+    """
     rng = np.random.default_rng(seed)
     basis = _orthonormal(rng, dim)
     sig, nui = basis[:, :signal_dim], basis[:, signal_dim:]
@@ -63,30 +67,34 @@ def make_synthetic(num_docs: int = 50_000, dim: int = 128, num_topics: int = 256
     t_s, t_n = offsets(num_topics, 1.0, 1.0)
     p_s, p_n = offsets(num_parents, 0.8, 0.8)
     parent_of_doc = np.repeat(np.arange(num_parents), docs_per_parent)[:num_docs]
-    c_s, c_n = offsets(num_docs, 0.5, 0.6)
-    doc_s = t_s[topic_of_parent[parent_of_doc]] + p_s[parent_of_doc] + c_s
-    doc_n = t_n[topic_of_parent[parent_of_doc]] + p_n[parent_of_doc] + c_n
-    doc_raw = doc_s @ sig.T + doc_n @ nui.T
-    doc_emb = _normalise(doc_raw)
+    doc_emb = (np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=(num_docs, dim))
+               if out_path else np.empty((num_docs, dim), dtype=np.float32))
+    for chunk, start in enumerate(range(0, num_docs, CHUNK)):  # chunked: 1M x 384 never needs float64 copies
+        rows = slice(start, min(num_docs, start + CHUNK))
+        crng = np.random.default_rng([seed, chunk])
+        n = rows.stop - rows.start
+        parents = parent_of_doc[rows]
+        doc_s = t_s[topic_of_parent[parents]] + p_s[parents] + crng.standard_normal((n, signal_dim)) * 0.5 * s_amp
+        doc_n = (t_n[topic_of_parent[parents]] + p_n[parents]
+                 + crng.standard_normal((n, nui_dim)) * nui_scale * 0.6 * n_amp)
+        doc_emb[rows] = _normalise(doc_s @ sig.T + doc_n @ nui.T)
     doc_ids = [f"d{i}" for i in range(num_docs)]
 
     # fixed query-side map in S: identity + a random perturbation (the "query tower")
     query_map = np.eye(signal_dim) + 0.3 * rng.standard_normal((signal_dim, signal_dim)) / np.sqrt(signal_dim)
-    siblings: dict[int, list[int]] = {}
-    for doc, parent in enumerate(parent_of_doc):
-        siblings.setdefault(int(parent), []).append(doc)
 
     def queries(n: int, prefix: str) -> tuple[list[str], np.ndarray, dict[str, dict[str, int]]]:
         src = rng.integers(0, num_docs, n)
-        norm = np.linalg.norm(doc_raw[src], axis=1, keepdims=True)
-        q_s = (doc_s[src] / norm) @ query_map.T
+        source = np.asarray(doc_emb[src], dtype=np.float64)   # unit docs: their S and N coordinates
+        q_s = (source @ sig) @ query_map.T
         q_s += rng.standard_normal(q_s.shape) * query_noise * s_amp
-        q_n = 0.1 * doc_n[src] / norm
+        q_n = 0.1 * (source @ nui)
         emb = _normalise(q_s @ sig.T + q_n @ nui.T)
         ids = [f"{prefix}{i}" for i in range(n)]
         qrels = {}
         for qid, s in zip(ids, src):
-            rel = {f"d{d}": 1 for d in siblings[int(parent_of_doc[s])]}
+            first = int(parent_of_doc[s]) * docs_per_parent   # siblings: the docs of the same parent
+            rel = {f"d{d}": 1 for d in range(first, min(num_docs, first + docs_per_parent))}
             rel[f"d{s}"] = 2
             qrels[qid] = rel
         return ids, emb, qrels
