@@ -22,7 +22,7 @@ from benchmark.registry import BaseMethod, TrainData, make_method
 from benchmark.vq import VQParams, build_index
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CACHE = REPO / "datasets" / "cache"
+DEFAULT_CACHE = REPO / "datasets" / "cache" / "train"  # faiss inits and mined candidates
 
 
 @dataclass

@@ -1,0 +1,341 @@
+"""BEIR-layout datasets: ``beir/<catalog name>``, ``msmarco``, ``beir:<folder or .zip>``.
+
+A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``) and
+``qrels/<split>.tsv``. Every qrels file becomes a split holding the queries judged in it. Files are read by beir's
+``GenericDataLoader`` with validating line parsers, so bad input raises one :class:`DatasetError` (file:line) before
+any encoding. Docs are encoded as ``(title + " " + text).strip()``; texts are kept in the dataset.
+
+Catalog datasets live in ``<cache>/beir/<name>/`` (``<cache>`` = ``data_dir``, ``$VQBENCH_DATA_DIR`` or
+``datasets/cache``) and are downloaded there when missing. A ``.zip`` given as ``beir:<file>`` is extracted once to
+``<cache>/beir-zip/<content hash>/``.
+
+MS MARCO: ``msmarco`` is BEIR's copy, evaluated on ``dev`` = the official dev.small (6,980 queries, the BEIR msmarco
+number); BEIR's ``test`` is TREC DL 2019 (43 queries). ``qrels/dl19.tsv`` / ``qrels/dl20.tsv`` (TREC or BEIR format)
+become splits ``dl19`` / ``dl20``; their queries must be in ``queries.jsonl``.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from beir.datasets.data_loader import GenericDataLoader
+from tqdm.auto import tqdm
+
+from benchmark.data import DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels, check_unique
+from benchmark.encode import DEFAULT_MODEL, REPO_ROOT, cache_root, encode_texts
+from benchmark.npy_loader import UNLABELED_SPLIT, as_float32, find_file, open_matrix, read_qrels
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+CATALOG_PATH = REPO_ROOT / "datasets" / "catalog.toml"
+log = logging.getLogger(__name__)
+
+
+def load_catalog() -> dict[str, dict]:
+    """``datasets/catalog.toml`` as ``{name: entry}``."""
+    with open(CATALOG_PATH, "rb") as f:
+        return tomllib.load(f)
+
+
+def _synthetic_summary(preset: str) -> str:
+    from benchmark.synthetic import SYNTHETIC_PRESETS, make_synthetic
+    p = {k: v.default for k, v in inspect.signature(make_synthetic).parameters.items()} | SYNTHETIC_PRESETS[preset]
+    return (f"embedded deterministic synthetic retrieval data: {p['num_docs']:,} docs x {p['dim']}-d, "
+            f"{p['num_train']:,} train / {p['num_unlabeled']:,} unlabeled / {p['num_test']:,} test queries")
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    """``(name, short description)`` rows for ``--list-datasets``; ``[cached]`` marks BEIR data already on disk."""
+    rows = [("synthetic", _synthetic_summary("default")), ("synthetic:quick", _synthetic_summary("quick"))]
+    beir_dir = cache_root() / "beir"
+    for name, e in load_catalog().items():
+        label = name if name == "msmarco" else f"beir/{name}" + ("/<subset>" if "subsets" in e else "")
+        desc = f"{e['description']}; {e['num_docs']:,} docs, {e['num_queries']:,} {e['eval_split']} queries"
+        if "url" not in e:
+            desc += "; manual download"
+        if (beir_dir / name).is_dir():
+            desc += " [cached]"
+        rows.append((label, desc))
+    rows += [("beir:<folder-or-zip>", "any folder or .zip in BEIR layout (corpus.jsonl, queries.jsonl, qrels/)"),
+             ("npy:<dir>", "your own embeddings: corpus.npy + corpus_ids.txt, queries.npy + queries_ids.txt, "
+                           "qrels/<split>.tsv (see benchmark.npy_loader)")]
+    return rows
+
+
+def _file_hash(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download(base: str, entry: dict, target: Path, beir_dir: Path) -> None:
+    """Fetch catalog dataset ``base`` into ``beir_dir`` (its zip unpacks to ``beir_dir/base``)."""
+    url = entry.get("url")
+    put = (f"so that {target}/corpus.jsonl, {target}/queries.jsonl and {target}/qrels/<split>.tsv exist (or set "
+           f"VQBENCH_DATA_DIR / data_dir=, or load any folder or zip with 'beir:<path>')")
+    if not url:
+        raise DatasetError(f"beir/{base} is not publicly downloadable: {entry['obtain']}; put the files in place {put}")
+    manual = f"Download {url} by hand and unzip it in {beir_dir}/ {put}."
+    try:
+        from beir import util as beir_util
+    except ImportError as exc:
+        raise DatasetError(f"cannot download beir/{base}: importing beir.util failed ({exc}; it needs the 'requests' "
+                           f"package: pip install requests). {manual}") from exc
+    zip_path = beir_dir / url.rsplit("/", 1)[-1]
+    log.info("downloading %s to %s", url, beir_dir)
+    try:
+        beir_util.download_and_unzip(url, str(beir_dir))
+    except Exception as exc:
+        zip_path.unlink(missing_ok=True)
+        shutil.rmtree(beir_dir / base, ignore_errors=True)
+        raise DatasetError(f"download of beir/{base} failed; is the network unavailable? "
+                           f"({type(exc).__name__}: {exc}). URL: {url}. {manual}") from exc
+    if entry.get("md5") and zip_path.is_file() and _file_hash(zip_path, "md5") != entry["md5"]:
+        log.warning("%s: md5 differs from the catalog (%s); the upstream file may have changed", zip_path, entry["md5"])
+    zip_path.unlink(missing_ok=True)
+
+
+def _unzip_cached(zip_path: Path, root: Path) -> Path:
+    """Extract ``zip_path`` once to ``root/beir-zip/<sha256 prefix>/``; return the folder holding corpus.jsonl."""
+    target = root / "beir-zip" / _file_hash(zip_path, "sha256")[:16]
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                zf.extractall(tmp)
+            os.replace(tmp, target)
+        except zipfile.BadZipFile as exc:
+            raise DatasetError(f"{zip_path}: not a readable zip file ({exc})") from exc
+        except OSError:
+            if not target.is_dir():  # else another process extracted it first
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if (target / "corpus.jsonl").is_file():
+        return target
+    inner = [d for d in target.iterdir() if d.is_dir() and (d / "corpus.jsonl").is_file()]
+    if len(inner) != 1:
+        raise DatasetError(f"{zip_path}: expected corpus.jsonl at the top level or in exactly one top-level folder, "
+                           f"found it in {len(inner)} folders")
+    return inner[0]
+
+
+def _resolve(name: str, root: Path) -> tuple[Path, str | None]:
+    """Return the BEIR folder for ``name`` (downloading a catalog dataset if needed) and its catalog name."""
+    catalog = load_catalog()
+    if name.startswith("beir:"):
+        src = Path(name[len("beir:"):]).expanduser()
+        if src.is_dir():
+            folder = src
+        elif src.is_file() and src.suffix.lower() == ".zip":
+            folder = _unzip_cached(src, root)
+        else:
+            raise DatasetError(f"{src}: no such folder or .zip file (expected BEIR layout: corpus.jsonl, "
+                               f"queries.jsonl, qrels/<split>.tsv)")
+        stem = src.name.removesuffix(".zip")
+        return folder, stem if stem in catalog else None
+    key = name.removeprefix("beir/")
+    base, _, subset = key.partition("/")
+    if base not in catalog:
+        raise DatasetError(f"unknown BEIR dataset {base!r}; known: {sorted(catalog)} (or use beir:<folder-or-zip>)")
+    subsets = catalog[base].get("subsets", [])
+    if subsets and subset not in subsets:
+        raise DatasetError(f"beir/{base} is {len(subsets)} datasets evaluated separately: load beir/{base}/<subset> "
+                           f"with <subset> in {subsets}")
+    if subset and not subsets:
+        raise DatasetError(f"beir/{base} has no subsets (got {name!r})")
+    folder = root / "beir" / key
+    if not (root / "beir" / base).is_dir():
+        _download(base, catalog[base], folder, root / "beir")
+    return folder, base
+
+
+def _records(path: str) -> Iterator[tuple[str, str, str]]:
+    """Yield ``(_id, text, title)`` per non-blank jsonl line; bad JSON or fields raise DatasetError (file:line)."""
+    with open(path, "rb") as f:
+        lines = tqdm(f, desc=f"reading {path}", unit=" lines", disable=os.path.getsize(path) < 64 << 20)
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from None
+            except UnicodeDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason})") from None
+            if not isinstance(rec, dict):
+                raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            for fld in ("_id", "text"):
+                if fld not in rec:
+                    raise DatasetError(f"{path}:{lineno}: missing field {fld!r}")
+            rid, text, title = rec["_id"], rec["text"], rec.get("title") or ""
+            if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+                raise DatasetError(f"{path}:{lineno}: field '_id' must be a non-empty string, got {rid!r}")
+            if not isinstance(text, str) or not isinstance(title, str):
+                raise DatasetError(f"{path}:{lineno}: fields 'text' and 'title' must be strings")
+            yield str(rid), text, title
+
+
+class _CheckedLoader(GenericDataLoader):
+    """beir's GenericDataLoader with validating parsers: bad JSON, missing fields, duplicate ids and unknown qrels ids
+    raise DatasetError (file:line) instead of crashing or being silently overwritten."""
+
+    def __init__(self, folder: Path, drop_unknown_qrels: bool):
+        super().__init__(data_folder=str(folder))
+        self.drop_unknown_qrels = drop_unknown_qrels
+        self.dropped: dict[str, int] = {}
+
+    def _load_corpus(self) -> None:
+        ids = []
+        for did, text, title in _records(self.corpus_file):
+            ids.append(did)
+            self.corpus[did] = {"title": title, "text": text}
+        if not ids:
+            raise DatasetError(f"{self.corpus_file}: no documents")
+        check_unique(ids, f"{self.corpus_file} (field '_id')")
+
+    def _load_queries(self) -> None:
+        ids = []
+        for qid, text, _ in _records(self.query_file):
+            ids.append(qid)
+            self.queries[qid] = text
+        if not ids:
+            raise DatasetError(f"{self.query_file}: no queries")
+        check_unique(ids, f"{self.query_file} (field '_id')")
+
+    def _load_qrels(self) -> None:
+        raw = read_qrels(Path(self.qrels_file))
+        self.qrels = check_qrels(raw, self.corpus.keys(), self.queries.keys(), self.qrels_file,
+                                 drop_unknown=self.drop_unknown_qrels)
+        dropped = sum(map(len, raw.values())) - sum(map(len, self.qrels.values()))
+        if dropped:
+            self.dropped[Path(self.qrels_file).stem] = dropped
+            log.warning("%s: dropped %d judgments with unknown doc or query ids", self.qrels_file, dropped)
+        if not self.qrels:
+            raise DatasetError(f"{self.qrels_file}: empty query set (no judgments for known queries and docs)")
+
+    def load_queries(self) -> dict[str, str]:
+        """All queries of queries.jsonl."""
+        self._load_queries()
+        return dict(self.queries)
+
+    def load_split(self, split: str, all_queries: dict[str, str]) -> tuple[dict[str, str], Qrels]:
+        """``(queries judged in split, qrels)`` through ``GenericDataLoader.load``."""
+        self.queries, self.qrels = dict(all_queries), {}
+        _, queries, qrels = self.load(split)
+        return queries, qrels
+
+
+def _check_layout(folder: Path) -> list[str]:
+    """Return the split names under ``folder/qrels``; raise if the BEIR layout is incomplete."""
+    missing = [str(p) for p in (folder / "corpus.jsonl", folder / "queries.jsonl") if not p.is_file()]
+    if not (folder / "qrels").is_dir():
+        missing.append(f"{folder / 'qrels'}/")
+    if missing:
+        raise DatasetError(f"{folder}: not a BEIR folder, missing {', '.join(missing)}")
+    splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+    if not splits:
+        raise DatasetError(f"{folder / 'qrels'}: no <split>.tsv files")
+    return splits
+
+
+def _precomputed(emb_dir: Path, doc_ids: list[str], doc_texts: list[str],
+                 query_ids: list[str]) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Doc ids/texts in the embedding file's order, doc embeddings, and query embeddings in ``query_ids`` order."""
+    doc_npy = find_file(emb_dir, ("corpus.npy", "docs.npy"), "doc embeddings")
+    emb_ids, doc_raw = open_matrix(doc_npy, emb_dir / f"{doc_npy.stem}_ids.txt")
+    known = set(emb_ids)
+    if known != set(doc_ids):
+        missing = [d for d in doc_ids if d not in known]
+        extra = sorted(known.difference(doc_ids))
+        raise DatasetError(f"{emb_dir / (doc_npy.stem + '_ids.txt')}: ids differ from corpus.jsonl: {len(missing)} "
+                           f"docs without embedding (e.g. {missing[:5]}), {len(extra)} unknown ids (e.g. {extra[:5]})")
+    q_npy = find_file(emb_dir, ("queries.npy",), "query embeddings")
+    q_ids, q_raw = open_matrix(q_npy, emb_dir / "queries_ids.txt")
+    if q_raw.shape[1] != doc_raw.shape[1]:
+        raise DatasetError(f"{q_npy}: embedding dim mismatch: queries are {q_raw.shape[1]}-d but docs ({doc_npy}) "
+                           f"are {doc_raw.shape[1]}-d")
+    row = {q: i for i, q in enumerate(q_ids)}
+    missing = [q for q in query_ids if q not in row]
+    if missing:
+        raise DatasetError(f"{emb_dir / 'queries_ids.txt'}: {len(missing)} queries have no embedding, "
+                           f"e.g. {missing[:5]}")
+    text_of = dict(zip(doc_ids, doc_texts))
+    doc_emb = as_float32(doc_raw)
+    check_embeddings(doc_emb, str(doc_npy))
+    q_emb = as_float32(q_raw[np.asarray([row[q] for q in query_ids])])
+    check_embeddings(q_emb, str(q_npy), dim=doc_emb.shape[1])
+    return emb_ids, [text_of[d] for d in emb_ids], doc_emb, q_emb
+
+
+def load_beir_dataset(name: str, split: str | None = None, model: str = DEFAULT_MODEL,
+                      embeddings: str | Path | None = None, data_dir: str | Path | None = None,
+                      max_length: int | None = None, normalize: bool = True, batch_size: int = 64,
+                      drop_unknown_qrels: bool = False, device: str = "cpu", include_unlabeled: bool = False,
+                      ignore_identical_ids: bool | None = None) -> RetrievalDataset:
+    """Load a BEIR dataset and embed it.
+
+    ``name``: ``beir/<catalog name>`` (``beir/cqadupstack/<subset>``), ``msmarco``, or ``beir:<folder-or-zip>``.
+    ``split``: evaluation split (default: the catalog's, else ``test``; ``dev`` for msmarco). ``embeddings``: a folder
+    with precomputed ``corpus.npy`` + ``corpus_ids.txt`` and ``queries.npy`` + ``queries_ids.txt`` (see
+    :mod:`benchmark.npy_loader`) used instead of ``model``. ``max_length=None`` keeps the model's own limit.
+    ``include_unlabeled`` adds the queries judged in no qrels file as split ``train-unlabeled``.
+    ``ignore_identical_ids`` defaults to the catalog flag (true for arguana and quora).
+    """
+    root = Path(data_dir).expanduser() if data_dir is not None else cache_root()
+    folder, cat = _resolve(name, root)
+    entry = load_catalog().get(cat, {}) if cat else {}
+    split_names = _check_layout(folder)
+    eval_split = split or entry.get("eval_split", "test")
+    if eval_split not in split_names:
+        raise DatasetError(f"{folder}: split {eval_split!r} not found; available splits: {split_names} (pass split=)")
+
+    loader = _CheckedLoader(folder, drop_unknown_qrels)
+    corpus = loader.load_corpus()
+    all_queries = loader.load_queries()
+    per_split = {s: loader.load_split(s, all_queries) for s in split_names}
+    if include_unlabeled:
+        judged = {q for queries, _ in per_split.values() for q in queries}
+        unlabeled = {q: t for q, t in all_queries.items() if q not in judged}
+        if not unlabeled:
+            raise DatasetError(f"{loader.query_file}: every query is judged, so split {UNLABELED_SPLIT!r} "
+                               f"would be empty")
+        per_split[UNLABELED_SPLIT] = (unlabeled, {})
+
+    doc_ids = list(corpus)
+    doc_texts = [f"{d['title']} {d['text']}".strip() for d in corpus.values()]
+    query_ids = list(dict.fromkeys(q for queries, _ in per_split.values() for q in queries))
+    if embeddings is None:
+        enc = dict(model=model, batch_size=batch_size, max_length=max_length, normalize=normalize, device=device,
+                   cache_dir=root / "embeddings")
+        doc_emb = encode_texts(doc_texts, **enc)
+        query_emb = encode_texts([all_queries[q] for q in query_ids], **enc)
+    else:
+        doc_ids, doc_texts, doc_emb, query_emb = _precomputed(Path(embeddings).expanduser(), doc_ids, doc_texts,
+                                                              query_ids)
+    row = {q: i for i, q in enumerate(query_ids)}
+    splits = {s: Split(s, list(queries), np.asarray(query_emb[[row[q] for q in queries]]), qrels,
+                       list(queries.values()))
+              for s, (queries, qrels) in per_split.items()}
+    meta = {"source": str(folder.resolve()), "embeddings": str(embeddings) if embeddings is not None else None,
+            "model": None if embeddings is not None else model, "max_length": max_length, "normalize": normalize,
+            "dropped_qrels": loader.dropped}
+    return RetrievalDataset(name=name, doc_ids=doc_ids, doc_emb=doc_emb, splits=splits, eval_split=eval_split,
+                            doc_texts=doc_texts, meta=meta,
+                            ignore_identical_ids=bool(entry.get("ignore_identical_ids", False)
+                                                      if ignore_identical_ids is None else ignore_identical_ids))
