@@ -1,0 +1,141 @@
+"""JPQ (methods/jpq.py): the losses by hand, candidate building, faiss == torch after training, labels, seeds."""
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from benchmark.data import load_dataset
+from benchmark.faiss_train import trained_params
+from benchmark.harness import prepare_queries
+from benchmark.registry import MethodError, TrainData, make_method
+from benchmark.runner import train_data
+from benchmark.vq import build_index, reconstruct
+from benchmark.vq_torch import TorchVQ
+from methods.jpq import build_candidates, labeled_queries, lambda_loss, softmax_loss
+
+FAST = {"M": 8, "top_k": 50, "opq_niter": 2, "max_train_points": 2000}   # 64-d quick preset; a cheap init
+FAST_IVF = {**FAST, "nlist": 16}
+
+
+@pytest.fixture(scope="module")
+def quick():
+    return load_dataset("synthetic:quick")
+
+
+@pytest.fixture(scope="module")
+def train(quick, tmp_path_factory) -> TrainData:
+    return train_data(quick, seed=0, device="cpu", cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+def one_query() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidates in retrieval order (ranks 1, 2, 3); only the rank-2 doc is relevant."""
+    return torch.tensor([[0.5, 0.2, 0.4]]), torch.tensor([[0.0, 1.0, 0.0]]), torch.ones(1, 3, dtype=torch.bool)
+
+
+def test_lambda_loss_by_hand() -> None:
+    scores, grade, valid = one_query()
+    # pairs (relevant rank 2, irrelevant rank j): softplus(s_j - s_2) * |1/2 - 1/j|, averaged over the 2 pairs
+    #   j=1: log(1 + e^(0.5-0.2)) = log(1 + e^0.3) = 0.854355, weight |1/2 - 1/1| = 1/2
+    #   j=3: log(1 + e^(0.4-0.2)) = log(1 + e^0.2) = 0.798139, weight |1/2 - 1/3| = 1/6
+    #   loss = (0.854355 / 2 + 0.798139 / 6) / 2 = (0.427178 + 0.133023) / 2 = 0.280100
+    expected = (math.log(1 + math.exp(0.3)) / 2 + math.log(1 + math.exp(0.2)) / 6) / 2
+    assert expected == pytest.approx(0.280100, abs=1e-6)
+    assert lambda_loss(scores, grade, valid, lambda_cut=0).item() == pytest.approx(expected, rel=1e-6)
+    # lambda_cut=2 zeroes 1/rank beyond rank 2: the j=3 weight becomes |1/2 - 0| = 1/2
+    #   loss = (0.854355 / 2 + 0.798139 / 2) / 2 = 0.413124
+    cut = (math.log(1 + math.exp(0.3)) / 2 + math.log(1 + math.exp(0.2)) / 2) / 2
+    assert lambda_loss(scores, grade, valid, lambda_cut=2).item() == pytest.approx(cut, rel=1e-6)
+    # temperature 0.5 doubles the score differences: softplus(0.6) and softplus(0.4)
+    hot = (math.log(1 + math.exp(0.6)) / 2 + math.log(1 + math.exp(0.4)) / 6) / 2
+    assert lambda_loss(scores, grade, valid, 0, temperature=0.5).item() == pytest.approx(hot, rel=1e-6)
+
+
+def test_softmax_loss_by_hand() -> None:
+    scores, grade, valid = one_query()
+    # logits = scores / 0.5 = [1.0, 0.4, 0.8]; target = [0, 1, 0]
+    #   loss = -log(e^0.4 / (e^1.0 + e^0.4 + e^0.8)) = log(2.718282 + 1.491825 + 2.225541) - 0.4
+#        = log(6.435648) - 0.4 = 1.861852 - 0.4 = 1.461852
+    expected = math.log(math.exp(1.0) + math.exp(0.4) + math.exp(0.8)) - 0.4
+    assert expected == pytest.approx(1.461852, abs=1e-6)
+    assert softmax_loss(scores, grade, valid, temperature=0.5).item() == pytest.approx(expected, rel=1e-6)
+    # an invalid (padding) candidate takes no probability mass
+    masked = softmax_loss(torch.tensor([[0.5, 0.2, 0.4, 9.0]]), torch.tensor([[0.0, 1.0, 0.0, 0.0]]),
+                          torch.tensor([[True, True, True, False]]), temperature=0.5)
+    assert masked.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_learning_rates() -> None:
+    assert make_method("jpq", {"lr": "reference"}).learning_rates() == {"lr": 5e-6}           # JPQ, M <= 24
+    assert make_method("jpq", {"lr": "reference", "M": 32}).learning_rates() == {"lr": 2e-5}
+    rates = make_method("jpq-ivf", {"lr": 0.01, "query_adapter": True}).learning_rates()
+    assert rates == {"lr": 0.01, "ivf_lr": 0.01, "adapter_lr": 1e-2}
+    with pytest.raises(MethodError, match="lr must be"):
+        make_method("jpq", {"lr": "fast"}).learning_rates()
+
+
+def test_build_candidates_appends_missing_relevant() -> None:
+    top = torch.tensor([[5, 3, 7]])
+    rel_idx, rel_grade = torch.tensor([[3, 9, -1]]), torch.tensor([[1.0, 2.0, 0.0]])
+    idx, grade, valid = build_candidates(top, rel_idx, rel_grade)
+    # doc 3 was retrieved at rank 2 (grade 1); doc 9 was not and is appended at rank 4 (grade 2)
+    assert idx[0, :4].tolist() == [5, 3, 7, 9]
+    assert grade[0, :4].tolist() == [0.0, 1.0, 0.0, 2.0]
+    assert valid[0].tolist() == [True, True, True, True, False, False]
+
+
+def test_fold_single_centroid_keeps_reconstructions(train: TrainData) -> None:
+    method = make_method("jpq", FAST)
+    ivf1 = trained_params(train.doc_emb, method.factory(), seed=0, cache_dir=train.cache_dir,
+                          max_train_points=FAST["max_train_points"], opq_niter=FAST["opq_niter"])
+    flat = method.init_params(train)
+    assert flat.nlist == 0 and flat.factory == "OPQ8,PQ8x8"
+    np.testing.assert_allclose(reconstruct(flat), reconstruct(ivf1), atol=1e-6)
+
+
+@pytest.mark.parametrize("name,params", [("jpq", FAST), ("jpq-ivf", {**FAST_IVF, "query_adapter": True})])
+def test_faiss_search_equals_torch_scores(quick, train: TrainData, name: str, params: dict) -> None:
+    vq = make_method(name, params).fit(train)
+    assert vq.writeback == "codes" and vq.info["steps"] == 25
+    index = build_index(vq, quick.doc_emb)
+    if vq.nlist:
+        faiss.extract_index_ivf(index).nprobe = vq.nlist      # exhaustive, like the training-time retrieval
+    queries = quick.split("test").query_emb[:100]
+    faiss_scores, faiss_ids = index.search(prepare_queries(queries, vq.query_map), 10)
+    model = TorchVQ(vq, query_adapter=vq.query_map is not None)
+    top = model.all_doc_scores(model.encode_queries(torch.from_numpy(queries))).topk(10, dim=1)
+    np.testing.assert_allclose(faiss_scores, top.values.numpy(), atol=1e-4)
+    # the ids match, up to the order of exact ties: docs with identical codes (and list), e.g. near-duplicates
+    torch_ids = top.indices.numpy()
+    differ = faiss_ids != torch_ids
+    key = vq.doc_codes if not vq.nlist else np.hstack([vq.doc_codes, vq.doc_assign[:, None]])
+    np.testing.assert_array_equal(key[faiss_ids[differ]], key[torch_ids[differ]])
+    assert differ.mean() < 0.01
+
+
+def test_missing_labels_raise(train: TrainData) -> None:
+    unlabeled = TrainData(doc_emb=train.doc_emb, doc_ids=train.doc_ids, train_query_emb=train.train_query_emb,
+                          train_query_ids=train.train_query_ids, train_qrels=None, cache_dir=train.cache_dir)
+    with pytest.raises(MethodError, match="labeled train queries"):
+        make_method("jpq", FAST).fit(unlabeled)
+
+
+def test_same_seed_same_codebooks(train: TrainData) -> None:
+    params = {**FAST, "epochs": 0.5}
+    a, b = (make_method("jpq", params).fit(train) for _ in range(2))
+    np.testing.assert_array_equal(a.pq_codebooks, b.pq_codebooks)
+    assert a.info == b.info
+
+
+def test_label_fraction_subsamples(train: TrainData) -> None:
+    n = len(train.train_query_ids)
+    labels = labeled_queries(train, 0.25, seed=0)
+    assert len(labels.query_emb) == round(n * 0.25)
+    rows = {tuple(r) for r in np.asarray(train.train_query_emb).round(6).tolist()}
+    assert all(tuple(r) in rows for r in labels.query_emb.numpy().round(6).tolist())
+    assert not torch.equal(labels.query_emb, labeled_queries(train, 0.25, seed=1).query_emb)
+    vq = make_method("jpq", {**FAST, "label_fraction": 0.25}).fit(train)
+    assert vq.info["train_queries"] == round(n * 0.25) and vq.info["steps"] == math.ceil(n * 0.25 / 32)
