@@ -9,6 +9,7 @@ import numpy as np
 
 from benchmark.data import RetrievalDataset, Split
 from benchmark.metrics import FIDELITY_KS, MEASURES, mean, overlap_at_k, per_query_measures, ranked_run
+from benchmark.mining import exact_topk
 
 
 @dataclass
@@ -90,15 +91,22 @@ class ExactReference:
         self._cache: dict[tuple[str, str, int], np.ndarray] = {}
 
     def top_k(self, ds: RetrievalDataset, split: Split, k: int) -> np.ndarray:
+        """Doc indices (nq, k) of the exact top-``k``, -1-padded past ``num_docs``.
+
+        Searched chunk by chunk over the docs (:func:`benchmark.mining.exact_topk`), so a memory-mapped corpus is
+        never copied whole into RAM (an IndexFlatIP of all docs would be a second full float32 copy).
+        """
         key = (ds.name, split.name, k)
         if key not in self._cache:
-            index = exact_index(ds.doc_emb)
-            _, idx = index.search(np.ascontiguousarray(split.query_emb, dtype=np.float32), k)
+            _, idx = exact_topk(ds.doc_emb, split.query_emb, k)
+            if idx.shape[1] < k:  # fewer docs than k: pad like faiss does
+                idx = np.hstack([idx, np.full((len(idx), k - idx.shape[1]), -1, dtype=idx.dtype)])
             self._cache[key] = idx
         return self._cache[key]
 
 
 def exact_index(doc_emb: np.ndarray) -> faiss.Index:
+    """A searchable IndexFlatIP over all docs (the ``flat`` method's index: holds a full float32 copy)."""
     index = faiss.IndexFlatIP(doc_emb.shape[1])
     for start in range(0, doc_emb.shape[0], 65536):
         index.add(np.ascontiguousarray(doc_emb[start:start + 65536], dtype=np.float32))

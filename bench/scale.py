@@ -1,0 +1,422 @@
+"""Scale sweep on the synthetic generator: per-stage time and peak RSS vs number of docs (issue #8).
+
+Each size runs in a fresh subprocess, so the reported peak RSS (the child's ``ru_maxrss``, read with ``wait4``) is
+that size's own peak, not a high-water mark carried over from a smaller one. Docs are generated into a memory-mapped
+``.npy`` under ``--workdir``; the number of train/test queries is the same at every size (queries, not docs, drive
+training cost). Stages, timed separately:
+
+* ``generate``   make_synthetic(out_path=...) (memmap, float32), flushed and reopened read-only
+* ``init``       faiss ``OPQ{M},IVF{nlist},PQ{M}x8`` training on a sample + chunked add (``trained_params``, fresh
+                 cache dir)
+* ``mining``     exact top-K of the training queries (``cached_topk``)
+* ``cache_load`` the two caches read back (what ``fit`` pays before training)
+* ``fit``        ``method.fit`` with warm caches; ``train/epoch`` is the training loop's own time from
+                 ``VQParams.info['train_loop_seconds']`` (else fit time) divided by epochs
+* ``build``      ``build_index`` (chunked write-back)
+* ``exact``      exact top-k of the test queries (chunked ``ExactReference``)
+* ``eval``       ``harness.evaluate`` at one nprobe (batch search + single-thread latency)
+
+Choices (overridable): nlist = 4*sqrt(n) rounded to the nearest power of two, M = 48 (8 dims per sub-vector at d=384,
+48 bytes/doc = 32x compression of float32, i.e. the 96-sub-vector setting of JPQ/Distill-VQ at d=768),
+K = 200 mined candidates, faiss training sample = min(n, max(65536, 39*nlist)) (faiss' 39 points per centroid),
+nprobe = nlist/16. Then the growth exponent b of ``seconds ~ a * n^b`` is fitted per stage (least squares in
+log-log). The key number: per-epoch training time should be flat in the number of docs (b ~ 0); its CPU seconds
+(``process_time`` around the method's training loop) are reported too, as wall time on a shared machine is noisy.
+
+Memory: peak RSS includes the memory-mapped corpus pages this process touched (``RssFile``, ~one float32 copy at most:
+they are file-backed and reclaimable); per-stage peaks of ``RssAnon`` (heap) are sampled from /proc/self/status.
+On a loaded machine prefer ``--threads 1``: oversubscribed OpenMP made faiss PQ training ~3x slower with 2 threads.
+
+Usage: python bench/scale.py [--sizes 10000,100000,1000000] [--dim 384] [--method distill-vq] [--epochs 1]
+       [--train-queries 5000] [--test-queries 1000] [--workdir /tmp/vqbench-scale] [--threads N] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+STAGES = ("generate", "init", "mining", "cache_load", "fit", "train/epoch", "build", "exact", "eval")
+MiB = 1024.0
+
+
+def nlist_for(n: int) -> int:
+    """4*sqrt(n) rounded (in log2) to the nearest power of two."""
+    return 1 << max(0, round(math.log2(4 * math.sqrt(n))))
+
+
+def train_points_for(n: int, nlist: int) -> int:
+    return min(n, max(65536, 39 * nlist))
+
+
+# ----------------------------------------------------------------------------------------------------- memory
+def _status_mb() -> dict[str, float]:
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                out[key] = int(line.split()[1]) / MiB
+    except OSError:
+        pass
+    return out
+
+
+class RssSampler:
+    """Samples /proc/self/status every ``interval`` s; :meth:`window` gives the peaks since the last call.
+
+    ``ru_maxrss`` is a process-lifetime high-water mark, so per-stage peaks come from sampling (may miss spikes
+    shorter than the interval). ``RssFile`` is the memory-mapped corpus pages resident in this process; ``RssAnon``
+    is heap (numpy/faiss/torch allocations).
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self._peak: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        s = _status_mb()
+        with self._lock:
+            for key in ("VmRSS", "RssAnon", "RssFile"):
+                if key in s:
+                    self._peak[key] = max(self._peak.get(key, 0.0), s[key])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def window(self) -> dict[str, float]:
+        self._sample()
+        with self._lock:
+            peak, self._peak = self._peak, {}
+        return peak
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MiB
+
+
+# ------------------------------------------------------------------------------------------------------ child
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_size(args: argparse.Namespace, n: int) -> dict:
+    """One size, in this (fresh) process: every stage timed, per-stage peak RSS sampled."""
+    import faiss
+    import numpy as np
+    import torch
+
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+
+    from benchmark.faiss_train import trained_params
+    from benchmark.harness import ExactReference, SearchSettings, evaluate
+    from benchmark.mining import cached_topk
+    from benchmark.provenance import cpu, threads
+    from benchmark.registry import make_method
+    from benchmark.runner import train_data
+    from benchmark.synthetic import make_synthetic
+    from benchmark.vq import build_index
+
+    size_dir = Path(args.workdir) / f"n{n}"
+    shutil.rmtree(size_dir, ignore_errors=True)
+    cache_dir = size_dir / "cache"
+    cache_dir.mkdir(parents=True)
+    docs_path = size_dir / "docs.npy"
+
+    nlist = args.nlist or nlist_for(n)
+    probe = args.nprobe or max(1, nlist // 16)
+    probe = min(probe, nlist)
+    cls_params = make_method(args.method).params
+    wanted = {"nlist": nlist, "M": args.M, "epochs": args.epochs, "topk": args.K,
+              "max_train_points": args.max_train_points or train_points_for(n, nlist)}
+    params = {k: v for k, v in wanted.items() if k in cls_params}
+    method = make_method(args.method, params)
+    cfg = method.config
+    result: dict = {"n": n, "dim": args.dim, "method": args.method, "params": params, "nlist": nlist,
+                    "nprobe": probe if "nlist" in cfg else None, "K": args.K, "train_queries": args.train_queries,
+                    "test_queries": args.test_queries, "threads": threads(), "cpu": cpu(), "stages": {}}
+    log(f"n={n}: {args.method} {params} | threads {result['threads']} | {result['cpu']}")
+
+    sampler = RssSampler()
+
+    @contextmanager
+    def stage(name: str):
+        sampler.window()
+        load0 = os.getloadavg()[0]
+        log(f"n={n}: {name} ...")
+        t0, c0 = time.perf_counter(), time.process_time()
+        yield
+        secs, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        peak = sampler.window()
+        result["stages"][name] = {"seconds": secs, "cpu_seconds": cpu_s, "peak_rss_mb": peak.get("VmRSS"),
+                                  "peak_anon_mb": peak.get("RssAnon"), "peak_file_mb": peak.get("RssFile"),
+                                  "maxrss_after_mb": maxrss_mb(), "loadavg": [load0, os.getloadavg()[0]]}
+        log(f"n={n}: {name} {secs:.2f} s, peak RSS {peak.get('VmRSS', 0):.0f} MiB "
+            f"(anon {peak.get('RssAnon', 0):.0f}, file {peak.get('RssFile', 0):.0f})")
+
+    with stage("generate"):
+        ds = make_synthetic(num_docs=n, dim=args.dim, num_train=args.train_queries, num_unlabeled=0,
+                            num_test=args.test_queries, seed=args.seed, name=f"synthetic-scale-{n}",
+                            out_path=str(docs_path))
+        ds.doc_emb.flush()
+        mm = ds.doc_emb
+        ds.doc_emb = np.load(docs_path, mmap_mode="r")  # read-only reopen, as a user of a saved corpus would
+        del mm
+    train_q = np.asarray(ds.split("train").query_emb, dtype=np.float32)
+
+    has_factory = hasattr(method, "factory")
+    init_kw = {"seed": args.seed, "cache_dir": str(cache_dir),
+               "max_train_points": cfg.get("max_train_points", 65536), "opq_niter": cfg.get("opq_niter", 20)}
+    if has_factory:
+        result["factory"] = method.factory()
+        with stage("init"):
+            trained_params(ds.doc_emb, method.factory(), **init_kw)
+    with stage("mining"):
+        cached_topk(ds.doc_emb, train_q, args.K, str(cache_dir))
+    with stage("cache_load"):  # both caches hit now: what fit pays before its first step
+        if has_factory:
+            trained_params(ds.doc_emb, method.factory(), **init_kw)
+        cached_topk(ds.doc_emb, train_q, args.K, str(cache_dir))
+
+    loop_cpu: list[float] = []
+    with stage("fit"), _time_train_loop(method, loop_cpu):
+        vq = method.fit(train_data(ds, args.seed, "cpu", str(cache_dir)))
+    fit_s = result["stages"]["fit"]["seconds"]
+    loop_s = vq.info.get("train_loop_seconds")
+    epochs = float(cfg.get("epochs", 1.0))
+    result["train_seconds_source"] = "info.train_loop_seconds" if loop_s is not None else "fit (warm caches)"
+    result["stages"]["train/epoch"] = {
+        "seconds": (loop_s if loop_s is not None else fit_s) / epochs,
+        "cpu_seconds": (loop_cpu[0] if loop_cpu else result["stages"]["fit"]["cpu_seconds"]) / epochs}
+    result["train_info"] = {k: v for k, v in vq.info.items() if isinstance(v, (int, float, str, bool))}
+
+    with stage("build"):
+        index = build_index(vq, ds.doc_emb)
+    split = ds.split(ds.eval_split)
+    settings = SearchSettings()
+    with stage("exact"):
+        exact_top = ExactReference().top_k(ds, split, max(100, settings.latency_k))
+    with stage("eval"):
+        ev = evaluate(index, ds, split, exact_top, settings, probe if vq.nlist else None, vq.query_map)
+    result["metrics"], result["fidelity"], result["latency"] = ev.metrics, ev.fidelity, ev.latency
+    sampler.stop()
+    result["maxrss_mb"] = maxrss_mb()
+    result["docs_bytes"] = int(n * args.dim * 4)
+    if not args.keep_docs:
+        del ds, index, vq
+        docs_path.unlink(missing_ok=True)
+    return result
+
+
+@contextmanager
+def _time_train_loop(method, out: list[float]):
+    """Record the CPU seconds of the method module's ``train_student`` loop (distill-vq), if it has one.
+
+    Wall time of the loop comes from ``VQParams.info``; CPU time is the load-robust companion on a shared machine.
+    Only this process's module attribute is wrapped, for the duration of the fit.
+    """
+    module = sys.modules.get(type(method).__module__)
+    orig = getattr(module, "train_student", None)
+    if orig is None:
+        yield
+        return
+
+    def timed(*a, **k):
+        c0 = time.process_time()
+        try:
+            return orig(*a, **k)
+        finally:
+            out.append(time.process_time() - c0)
+
+    module.train_student = timed
+    try:
+        yield
+    finally:
+        module.train_student = orig
+
+
+# ----------------------------------------------------------------------------------------------------- parent
+def spawn(args: argparse.Namespace, n: int) -> dict:
+    """Run one size in a fresh interpreter; its peak RSS is the child's own ru_maxrss (via wait4)."""
+    out = Path(args.workdir) / f"result-n{n}.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--child-out", str(out),
+           *args.argv]
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or not out.exists():
+        return {"n": n, "status": "failed", "returncode": proc.returncode,
+                "child_maxrss_mb": usage.ru_maxrss / MiB}
+    result = json.loads(out.read_text())
+    result["status"] = "ok"
+    result["child_maxrss_mb"] = usage.ru_maxrss / MiB  # peak RSS of that child (ru_maxrss), per size
+    return result
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def size_table(r: dict) -> str:
+    lines = [f"n={r['n']:,}  d={r['dim']}  {r['method']}  factory={r.get('factory', '-')}  nprobe={r['nprobe']}  "
+             f"K={r['K']}  queries train/test={r['train_queries']}/{r['test_queries']}  "
+             f"threads={r['threads']}",
+             f"{'stage':<12}{'seconds':>10}{'cpu s':>9}{'peak RSS':>10}{'anon':>8}{'file':>8}{'maxrss':>9}  (MiB)"]
+    for name in STAGES:
+        s = r["stages"].get(name)
+        if s is None:
+            continue
+        lines.append(f"{name:<12}{s['seconds']:>10.2f}{fmt(s.get('cpu_seconds')):>9}"
+                     f"{fmt(s.get('peak_rss_mb'), '.0f'):>10}"
+                     f"{fmt(s.get('peak_anon_mb'), '.0f'):>8}{fmt(s.get('peak_file_mb'), '.0f'):>8}"
+                     f"{fmt(s.get('maxrss_after_mb'), '.0f'):>9}")
+    m = r.get("metrics", {})
+    lines.append(f"peak RSS of the process (ru_maxrss): {r['child_maxrss_mb']:.0f} MiB; docs on disk "
+                 f"{r['docs_bytes'] / 2**20:.0f} MiB; train loop from {r['train_seconds_source']}; "
+                 + ", ".join(f"{k}={v:.4f}" for k, v in {**m, **r.get('fidelity', {})}.items()
+                             if k in ("nDCG@10", "ndcg@10", "RR@10", "overlap@10", "overlap@100")))
+    return "\n".join(lines)
+
+
+def _stage_value(r: dict, name: str, key: str) -> float | None:
+    if name == "total":  # every timed stage (train/epoch is part of fit)
+        vals = [s.get(key) for k, s in r["stages"].items() if k != "train/epoch"]
+        return None if any(v is None for v in vals) else float(sum(vals))
+    return r["stages"].get(name, {}).get(key)
+
+
+def _slope(ns: list[int], values: list[float | None]) -> float | None:
+    import numpy as np
+    pts = [(n, v) for n, v in zip(ns, values) if v is not None and v > 0]
+    if len({n for n, _ in pts}) < 2:
+        return None
+    return float(np.polyfit(np.log([n for n, _ in pts]), np.log([v for _, v in pts]), 1)[0])
+
+
+def exponents(results: list[dict]) -> dict[str, float | None]:
+    """b of ``value ~ a * n^b`` per stage (wall seconds; ``<stage> cpu`` for CPU seconds) and for peak RSS."""
+    ok = [r for r in results if r.get("status") == "ok"]
+    ns = [r["n"] for r in ok]
+    out: dict[str, float | None] = {}
+    for name in STAGES + ("total",):
+        out[name] = _slope(ns, [_stage_value(r, name, "seconds") for r in ok])
+        out[f"{name} cpu"] = _slope(ns, [_stage_value(r, name, "cpu_seconds") for r in ok])
+    out["peak_rss"] = _slope(ns, [r["child_maxrss_mb"] for r in ok])
+    return out
+
+
+def summary(results: list[dict], exps: dict[str, float | None]) -> str:
+    ok = [r for r in results if r.get("status") == "ok"]
+    cols = "".join(f"{'n=' + format(r['n'], ','):>20}" for r in ok)
+    lines = ["wall (cpu) seconds per stage vs docs; b = slope of log(seconds) on log(n) (numpy.polyfit), "
+             "wall (cpu)", f"{'stage':<12}{cols}{'b wall':>9}{'b cpu':>8}"]
+    for name in STAGES + ("total",):
+        row = f"{name:<12}"
+        for r in ok:
+            w, c = _stage_value(r, name, "seconds"), _stage_value(r, name, "cpu_seconds")
+            row += f"{fmt(w) + ' (' + fmt(c) + ')':>20}"
+        lines.append(row + f"{fmt(exps.get(name), '.3f'):>9}{fmt(exps.get(name + ' cpu'), '.3f'):>8}")
+    lines.append(f"{'peak RSS MiB':<12}" + "".join(f"{r['child_maxrss_mb']:>20.0f}" for r in ok)
+                 + f"{fmt(exps.get('peak_rss'), '.3f'):>9}")
+    for r in results:
+        if r.get("status") != "ok":
+            lines.append(f"n={r['n']}: FAILED (exit {r.get('returncode')})")
+    if exps.get("train/epoch") is not None:
+        per = [r["stages"]["train/epoch"]["seconds"] for r in ok]
+        lines.append(f"per-epoch training time vs docs: b = {exps['train/epoch']:.3f} wall, "
+                     f"{fmt(exps.get('train/epoch cpu'), '.3f')} cpu; wall max/min over sizes = "
+                     f"{max(per) / min(per):.2f} (flat: b ~ 0)")
+    loads = [s.get("loadavg") for r in ok for s in r["stages"].values() if s.get("loadavg")]
+    if loads:
+        lo, hi = min(min(x) for x in loads), max(max(x) for x in loads)
+        lines.append(f"1-min load average during stages: {lo:.1f}..{hi:.1f} on {os.cpu_count()} cores "
+                     "(shared machine: wall times include contention)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated numbers of docs")
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--method", default="distill-vq", help="any registered method (default distill-vq)")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--train-queries", type=int, default=5000, help="same at every size")
+    ap.add_argument("--test-queries", type=int, default=1000)
+    ap.add_argument("--M", type=int, default=48, help="PQ sub-vectors (must divide --dim)")
+    ap.add_argument("--K", type=int, default=200, help="mined exact top-K per training query")
+    ap.add_argument("--nlist", type=int, default=0, help="0 = 4*sqrt(n) rounded to a power of two")
+    ap.add_argument("--nprobe", type=int, default=0, help="0 = nlist/16")
+    ap.add_argument("--max-train-points", type=int, default=0,
+                    help="faiss training sample; 0 = min(n, max(65536, 39*nlist))")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default="/tmp/vqbench-scale", help="memmapped docs and caches live here")
+    ap.add_argument("--threads", type=int, default=0, help="faiss omp and torch threads (0 = library defaults)")
+    ap.add_argument("--json", default=None, help="also write the results JSON here")
+    ap.add_argument("--keep-docs", action="store_true", help="keep each size's docs.npy (default: delete)")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.dim % args.M:
+        ap.error(f"--M {args.M} must divide --dim {args.dim}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    if args.child is not None:
+        result = run_size(args, args.child)
+        Path(args.child_out).write_text(json.dumps(result, indent=1, default=str))
+        return
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    results: list[dict] = []
+    out_paths = [Path(args.workdir) / "scale-results.json"] + ([Path(args.json)] if args.json else [])
+    for i, n in enumerate(sizes):
+        print(f"=== size {i + 1}/{len(sizes)}: n={n:,} (fresh subprocess) ===", flush=True)
+        t0 = time.perf_counter()
+        r = spawn(args, n)
+        r["wall_seconds"] = time.perf_counter() - t0
+        results.append(r)
+        if r.get("status") == "ok":
+            print(size_table(r), flush=True)
+        else:
+            print(f"n={n}: FAILED (exit {r.get('returncode')}), peak RSS {r['child_maxrss_mb']:.0f} MiB",
+                  flush=True)
+        exps = exponents(results)
+        kept = {k: v for k, v in vars(args).items() if not k.startswith("child") and k != "argv"}
+        doc = {"args": kept, "results": results, "exponents": exps}
+        for p in out_paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(doc, indent=1, default=str))
+    print(summary(results, exponents(results)), flush=True)
+    print("results JSON: " + ", ".join(map(str, out_paths)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Scale-sweep helpers and the chunked exact reference (no full in-RAM copy of a memory-mapped corpus)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from benchmark.data import RetrievalDataset, Split
+from benchmark.harness import ExactReference
+from benchmark.mining import exact_topk
+
+SCALE = Path(__file__).resolve().parent.parent / "bench" / "scale.py"
+
+
+def _scale():
+    spec = importlib.util.spec_from_file_location("bench_scale", SCALE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_exact_topk_chunked_equals_flat(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = np.lib.format.open_memmap(tmp_path / "docs.npy", mode="w+", dtype=np.float32, shape=(3000, 16))
+    docs[:] = _unit(rng, 3000, 16)
+    q = _unit(rng, 50, 16)
+    flat = faiss.IndexFlatIP(16)
+    flat.add(np.ascontiguousarray(docs))
+    d_ref, i_ref = flat.search(q, 20)
+    d, i = exact_topk(np.load(tmp_path / "docs.npy", mmap_mode="r"), q, 20, doc_chunk=700)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-5, atol=1e-6)
+    assert (i == i_ref).mean() > 0.99  # ties aside, same ranking
+
+
+def test_exact_reference_pads_when_fewer_docs_than_k():
+    rng = np.random.default_rng(1)
+    docs, q = _unit(rng, 30, 8), _unit(rng, 4, 8)
+    split = Split("test", [f"q{i}" for i in range(4)], q, {})
+    ds = RetrievalDataset("tiny", [f"d{i}" for i in range(30)], docs, {"test": split})
+    top = ExactReference().top_k(ds, split, 100)
+    assert top.shape == (4, 100)
+    assert (top[:, 30:] == -1).all() and sorted(top[0, :30]) == list(range(30))
+
+
+def test_scale_choices():
+    scale = _scale()
+    assert [scale.nlist_for(n) for n in (10_000, 100_000, 1_000_000)] == [512, 1024, 4096]
+    assert scale.train_points_for(10_000, 512) == 10_000
+    assert scale.train_points_for(1_000_000, 4096) == 39 * 4096
+    results = [{"n": n, "status": "ok", "child_maxrss_mb": 100.0,
+                "stages": {"fit": {"seconds": 2e-4 * n}, "train/epoch": {"seconds": 5.0}}}
+               for n in (1000, 10_000, 100_000)]
+    exps = scale.exponents(results)
+    assert abs(exps["fit"] - 1.0) < 1e-9 and abs(exps["train/epoch"]) < 1e-9 and abs(exps["peak_rss"]) < 1e-9
