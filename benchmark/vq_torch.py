@@ -28,7 +28,8 @@ class TorchVQ(nn.Module):
                                        requires_grad=train_centroids) if vq.nlist else None)
         rot = None if vq.rotation is None else torch.from_numpy(np.array(vq.rotation, dtype=np.float32))
         self.register_buffer("rotation", rot)
-        self.register_buffer("codes", torch.from_numpy(np.asarray(vq.doc_codes).astype(np.int64)))
+        # uint8 as faiss stores them (8x smaller than int64 at 1M docs); widened per gather in reconstruct()
+        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(vq.doc_codes, dtype=np.uint8)))
         assign = None if not vq.nlist else torch.from_numpy(np.asarray(vq.doc_assign, dtype=np.int64))
         self.register_buffer("assign", assign)
         d = vq.dim
@@ -61,7 +62,7 @@ class TorchVQ(nn.Module):
 
     def reconstruct(self, doc_idx: torch.Tensor) -> torch.Tensor:
         """o(d) + PQ(codes of d) in the rotated space, for doc indices of any shape."""
-        rec = self.pq_part(self.codes[doc_idx])
+        rec = self.pq_part(self.codes[doc_idx].long())
         ivf = self.ivf_part(doc_idx)
         return rec if ivf is None else rec + ivf
 
@@ -83,7 +84,7 @@ class TorchVQ(nn.Module):
         return VQParams(pq_codebooks=np32(self.codebooks), ivf_centroids=np32(self.centroids),
                         rotation=np32(self.rotation),
                         doc_assign=None if self.assign is None else self.assign.cpu().numpy(),
-                        doc_codes=self.codes.cpu().numpy().astype(np.uint8), query_map=np32(self.query_map),
+                        doc_codes=self.codes.cpu().numpy(), query_map=np32(self.query_map),
                         writeback=writeback, info=dict(info or {}))
 
 
