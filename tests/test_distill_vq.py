@@ -1,0 +1,220 @@
+"""Distill-VQ: losses by hand, the STE, write-back equality (faiss == torch), determinism, errors, mining."""
+import math
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from benchmark.data import load_dataset
+from benchmark.faiss_train import trained_params
+from benchmark.harness import prepare_queries
+from benchmark.mining import cached_topk, exact_topk
+from benchmark.registry import MethodError, TrainData, get_method, make_method
+from benchmark.runner import train_data
+from benchmark.vq import build_index, encode_pq, rotate
+from benchmark.vq_torch import TorchVQ
+from methods._distill_losses import LOSSES
+from methods.distill_vq import DistillStudent, combined_loss, parse_candidates, ste_quantize
+
+SMALL = {"M": 8, "nlist": 16, "batch_size": 64, "topk": 50, "opq_niter": 4}
+FACTORY = "OPQ8,IVF16,PQ8x8"
+
+
+@pytest.fixture(scope="module")
+def quick():
+    return load_dataset("synthetic:quick")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("dvq-cache"))
+
+
+def _train(ds, cache, seed=0, labeled=True) -> TrainData:
+    td = train_data(ds, seed, "cpu", cache)
+    if not labeled:
+        td.train_qrels = None
+    return td
+
+
+def _fit(ds, cache, seed=0, **params):
+    return make_method("distill-vq", {**SMALL, **params}).fit(_train(ds, cache, seed))
+
+
+# --- losses on a hand-built example ---------------------------------------------------------------------------
+
+T = torch.tensor([[1.0, 0.0, 0.5]])
+S = torch.tensor([[0.5, 0.0, 1.0]])
+
+
+def test_listnet_and_kl_by_hand():
+    # t/tau = [ln 3, 0] -> p = [3/4, 1/4]; s = [0, 0] -> q = [1/2, 1/2]  (tau = 0.5)
+    t = torch.tensor([[0.5 * math.log(3.0), 0.0]])
+    s = torch.zeros(1, 2)
+    # ListNet = -(3/4 ln 1/2 + 1/4 ln 1/2) = ln 2
+    assert LOSSES["listnet"](t, s, 0.5).item() == pytest.approx(math.log(2.0), abs=1e-6)
+    # KL = 3/4 ln(3/4 / 1/2) + 1/4 ln(1/4 / 1/2) = 3/4 ln 3 - ln 2
+    assert LOSSES["kl"](t, s, 0.5).item() == pytest.approx(0.75 * math.log(3.0) - math.log(2.0), abs=1e-6)
+    # two queries: the mean of the per-query values (second query: t == s -> CE = entropy = ln 2, KL = 0)
+    t2, s2 = torch.cat([t, torch.zeros(1, 2)]), torch.cat([s, torch.zeros(1, 2)])
+    assert LOSSES["listnet"](t2, s2, 0.5).item() == pytest.approx(math.log(2.0), abs=1e-6)
+    assert LOSSES["kl"](t2, s2, 0.5).item() == pytest.approx((0.75 * math.log(3.0) - math.log(2.0)) / 2, abs=1e-6)
+
+
+def test_mse_by_hand():
+    # s - t = [-0.5, 0, 0.5] -> (0.25 + 0 + 0.25) / 3 = 1/6
+    assert LOSSES["mse"](T, S, 1.0).item() == pytest.approx(1 / 6, abs=1e-6)
+
+
+def test_margin_mse_by_hand():
+    # teacher's best p = 0; teacher margins t_p - t = [0, 1, 0.5]; student margins s_p - s = [0, 0.5, -0.5]
+    # squared differences [0, 0.25, 1] -> mean 1.25 / 3 = 5/12
+    assert LOSSES["margin_mse"](T, S, 1.0).item() == pytest.approx(5 / 12, abs=1e-6)
+
+
+def test_ranknet_by_hand():
+    # pairs with t_a > t_j: (0,1) w=1 s_a-s_j=0.5; (0,2) w=0.5 s_a-s_j=-0.5; (2,1) w=0.5 s_a-s_j=1
+    # loss = [1 ln(1+e^-0.5) + 0.5 ln(1+e^0.5) + 0.5 ln(1+e^-1)] / (1 + 0.5 + 0.5)
+    def sp(x):
+        return math.log1p(math.exp(x))
+    want = (1.0 * sp(-0.5) + 0.5 * sp(0.5) + 0.5 * sp(-1.0)) / 2.0
+    assert LOSSES["ranknet"](T, S, 1.0).item() == pytest.approx(want, abs=1e-6)
+    # tau = 0.5 doubles the student differences
+    want_half = (1.0 * sp(-1.0) + 0.5 * sp(1.0) + 0.5 * sp(-2.0)) / 2.0
+    assert LOSSES["ranknet"](T, S, 0.5).item() == pytest.approx(want_half, abs=1e-6)
+
+
+def test_ivf_weight_auto_scales_ivf_loss_to_pq_loss_once():
+    loss, w = combined_loss(torch.tensor(4.0), torch.tensor(2.0), None)       # w = 2 / 4; loss = 2 + 0.5 * 4
+    assert w == pytest.approx(0.5, rel=1e-5) and loss.item() == pytest.approx(4.0, rel=1e-5)
+    loss, w = combined_loss(torch.tensor(1.0), torch.tensor(3.0), w)          # kept: 3 + 0.5 * 1
+    assert w == pytest.approx(0.5, rel=1e-5) and loss.item() == pytest.approx(3.5, rel=1e-5)
+    assert combined_loss(None, torch.tensor(3.0), None) == (torch.tensor(3.0), None)
+
+
+# --- straight-through estimator -------------------------------------------------------------------------------
+
+def test_ste_forward_is_hard_assignment_and_passes_gradients():
+    gen = torch.Generator().manual_seed(0)
+    codebooks = torch.randn(4, 256, 3, generator=gen).requires_grad_(True)
+    residual = torch.randn(50, 12, generator=gen).requires_grad_(True)
+    out = ste_quantize(residual, codebooks)
+    codes = encode_pq(codebooks.detach().numpy(), residual.detach().numpy())          # faiss nearest codewords
+    hard = torch.cat([codebooks[m, torch.from_numpy(codes[:, m].astype(np.int64))] for m in range(4)], dim=1)
+    assert torch.equal(out, hard)
+    (out * torch.randn(out.shape, generator=gen)).sum().backward()
+    assert codebooks.grad.abs().sum() > 0
+    assert residual.grad.abs().sum() > 0          # through the soft assignment: the residual (centroids) learn
+
+
+def _init(ds, cache, seed=0):
+    """The faiss init a SMALL fit starts from (same cache entry)."""
+    return trained_params(ds.doc_emb, FACTORY, seed=seed, cache_dir=cache, opq_niter=SMALL["opq_niter"])
+
+
+def test_student_gradients_reach_codebooks_and_centroids(quick, cache):
+    init = _init(quick, cache)
+    for codes in ("ste", "fixed"):
+        student = DistillStudent(init, codes, train_ivf=True, train_pq=True, query_adapter=True)
+        idx = np.arange(0, 400, 7)
+        s_ivf, s_pq = student(torch.from_numpy(quick.split("train").query_emb[:8]),
+                              torch.from_numpy(quick.doc_emb[idx]), torch.from_numpy(idx))
+        (s_ivf.sum() + s_pq.sum()).backward()
+        for p in (student.vq.codebooks, student.vq.centroids, student.vq.query_map):
+            assert p.grad is not None and p.grad.abs().sum() > 0, (codes, p.shape)
+
+
+# --- write-back: faiss scores == torch scores -----------------------------------------------------------------
+
+def _faiss_top10(vq, ds, queries):
+    index = build_index(vq, ds.doc_emb)
+    faiss.extract_index_ivf(index).nprobe = vq.nlist
+    return index.search(prepare_queries(queries, vq.query_map), 10)
+
+
+def _assert_torch_equals_faiss(vq, queries, d_faiss, i_faiss):
+    """Top-10 scores equal to 1e-4; ids equal except between docs with tied scores (same list and codes)."""
+    model = TorchVQ(vq, query_adapter=vq.query_map is not None)
+    q_rot = model.encode_queries(torch.from_numpy(queries))
+    top = model.all_doc_scores(q_rot).topk(11, dim=1)                 # the 11th shows a tie at rank 10
+    d_all, i_all = top.values.numpy(), top.indices.numpy()
+    d_torch, i_torch = d_all[:, :10], i_all[:, :10]
+    np.testing.assert_allclose(d_faiss, d_torch, atol=1e-4)
+    np.testing.assert_allclose(model.scores(q_rot, torch.from_numpy(i_faiss)).detach().numpy(), d_faiss, atol=1e-4)
+    for row, col in zip(*np.nonzero(i_faiss != i_torch)):
+        assert np.sum(np.abs(d_all[row] - d_torch[row, col]) < 1e-6) > 1, "ids differ at an untied score"
+
+
+def test_fixed_codes_writeback_equals_torch(quick, cache):
+    vq = _fit(quick, cache, codes="fixed", writeback="codes", query_adapter=True)
+    assert vq.writeback == "codes" and vq.query_map is not None
+    queries = quick.split("test").query_emb[:100]
+    _assert_torch_equals_faiss(vq, queries, *_faiss_top10(vq, quick, queries))
+
+
+def test_ste_preassigned_equals_torch_with_fresh_codes(quick, cache):
+    vq = _fit(quick, cache)
+    assert vq.writeback == "preassigned"
+    residual = rotate(vq, quick.doc_emb) - vq.ivf_centroids[vq.doc_assign]
+    fresh = encode_pq(vq.pq_codebooks, residual)
+    np.testing.assert_array_equal(vq.doc_codes, fresh)
+    queries = quick.split("test").query_emb[:100]
+    _assert_torch_equals_faiss(vq, queries, *_faiss_top10(vq, quick, queries))
+
+
+# --- determinism, training moves parameters, errors, presets ---------------------------------------------------
+
+def test_same_seed_same_params_and_training_moves_them(quick, cache):
+    a = _fit(quick, cache, candidates="ib+topk+random", epochs=0.5)
+    b = _fit(quick, cache, candidates="ib+topk+random", epochs=0.5)
+    for x, y in ((a.pq_codebooks, b.pq_codebooks), (a.ivf_centroids, b.ivf_centroids), (a.doc_codes, b.doc_codes)):
+        np.testing.assert_array_equal(x, y)
+    init = _init(quick, cache)
+    assert np.abs(a.pq_codebooks - init.pq_codebooks).max() > 1e-4
+    assert np.abs(a.ivf_centroids - init.ivf_centroids).max() > 1e-4
+    assert a.info["steps"] == math.ceil(1600 * 0.5 / 64) and a.info["num_queries"] == 1600
+
+
+def test_labeled_queries_need_labels(quick, cache):
+    with pytest.raises(MethodError, match="labeled"):
+        make_method("distill-vq-labeled", SMALL).fit(_train(quick, cache, labeled=False))
+    with pytest.raises(MethodError, match="gt"):
+        make_method("distill-vq", {**SMALL, "candidates": "gt+topk"}).fit(_train(quick, cache))
+
+
+def test_labeled_and_doc_queries_train(quick, cache):
+    vq = make_method("distill-vq-labeled", {**SMALL, "epochs": 0.2}).fit(_train(quick, cache))
+    assert vq.info["queries"] == "labeled" and vq.info["num_queries"] == 800
+    vq = _fit(quick, cache, queries="docs", doc_queries=256, codes="fixed")
+    assert vq.info["num_queries"] == 256 and vq.writeback == "codes"
+
+
+def test_candidate_specs_and_presets():
+    assert parse_candidates("gt+ib+topk") == {"gt", "ib", "topk"}
+    for bad in ("ib", "topk+bm25"):
+        with pytest.raises(MethodError):
+            parse_candidates(bad)
+    base = get_method("distill-vq")
+    assert base.family == "distillation" and base.params["queries"] == "unlabeled"
+    for name, diff in (("distill-vq-labeled", {"queries", "candidates", "topk_sample"}),
+                       ("distill-vq-ivf-only", {"train_pq"}), ("distill-vq-pq-only", {"train_ivf"})):
+        cls = get_method(name)
+        assert issubclass(cls, base) and cls.family == "distillation"
+        assert {k for k in base.params if base.params[k] != cls.params[k]} == diff
+    with pytest.raises(MethodError):
+        make_method("distill-vq", {"nope": 1})
+
+
+def test_mining_matches_brute_force_and_is_cached(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((1000, 16)).astype(np.float32)
+    queries = rng.standard_normal((30, 16)).astype(np.float32)
+    want = np.argsort(-(queries @ docs.T), axis=1)[:, :20]
+    _, got = exact_topk(docs, queries, 20, doc_chunk=300)          # 4 doc chunks merged
+    np.testing.assert_array_equal(got, want)
+    ids = cached_topk(docs, queries, 20, str(tmp_path))
+    np.testing.assert_array_equal(ids, want)
+    (path,) = tmp_path.glob("topk-*.npy")
+    np.save(path, np.zeros_like(want))                              # a cache hit reads the file back
+    assert not cached_topk(docs, queries, 20, str(tmp_path)).any()
