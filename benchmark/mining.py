@@ -20,7 +20,7 @@ QUERY_CHUNK = 16384
 
 def exact_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, doc_chunk: int = DOC_CHUNK
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-``k`` (scores, doc indices) of ``queries``; docs are read ``doc_chunk`` rows at a time."""
+    """Exact inner-product top-``k`` (scores, doc indices) of ``queries``, reading ``doc_chunk`` doc rows at a time."""
     n = doc_emb.shape[0]
     k = min(k, n)
     q = np.ascontiguousarray(queries, dtype=np.float32)
