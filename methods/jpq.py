@@ -32,7 +32,6 @@ as ``VQParams.query_map``) has its own ``adapter_lr``: :data:`DEFAULT_ADAPTER_LR
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
@@ -44,7 +43,7 @@ from tqdm.auto import tqdm
 from benchmark.faiss_train import trained_params
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
 from benchmark.vq import WRITEBACK_MODES, VQParams
-from benchmark.vq_torch import TorchVQ, num_steps, seed_everything, warmup_linear
+from benchmark.vq_torch import deterministic_torch, TorchVQ, num_steps, seed_everything, warmup_linear
 
 LOSSES = ("lambda", "softmax")
 DEFAULT_LR = 1e-3
@@ -71,18 +70,6 @@ def resolve_lr(lr: float | str | None, reference: float, default: float) -> floa
     if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0:
         return float(lr)
     raise MethodError(f"lr must be None, 'reference' or a positive number, got {lr!r}")
-
-
-@contextmanager
-def deterministic_torch() -> Iterator[None]:
-    """Deterministic torch kernels while inside (CPU ``index_put_`` accumulation, the codebook gather's backward,
-    otherwise adds with atomics in thread order); the previous setting is restored on exit."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 @dataclass
