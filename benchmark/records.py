@@ -18,8 +18,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-MEASURES = ("nDCG@10", "RR@10", "R@10", "R@100", "R@1000")
-FIDELITY = ("overlap@10", "overlap@100")
+from benchmark import metrics
+
+MEASURES = tuple(metrics.MEASURES)
+FIDELITY = tuple(f"overlap@{k}" for k in metrics.FIDELITY_KS)
 LATENCY = ("p50_ms", "p95_ms", "qps", "threads")
 INDEX_KEYS = ("factory", "nlist", "M", "nbits", "bytes_per_vector", "writeback")
 PROVENANCE_KEYS = ("git_sha", "versions", "cpu", "timestamp")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
@@ -39,7 +39,6 @@ class TrainData:
     device: str = "cpu"
     dataset: str = ""
     cache_dir: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
