@@ -1,4 +1,5 @@
-"""Exact-dense top-K mining (the teacher's candidate lists), chunked over the docs and cached on disk.
+"""Top-K mining, cached on disk: exact dense top-K (Distill-VQ's teacher candidates), chunked over the docs, and
+the top-K of a faiss VQ index (JPQ's negative pool).
 
 Mined once per (docs, queries, K) and keyed by content fingerprints, so training steps only gather rows and never
 scan the corpus: per-step cost does not grow with the number of docs.
@@ -8,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
 
 from benchmark.faiss_train import fingerprint
+from benchmark.vq import VQParams, build_index
 
 DOC_CHUNK = 262144
 QUERY_CHUNK = 16384
@@ -38,18 +41,44 @@ def exact_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, doc_chunk: int 
     return scores, ids
 
 
+def _cached_ids(cache_dir: str | None, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()`` once per ``key`` under ``cache_dir`` (atomic write), else straight through."""
+    if not cache_dir:
+        return compute()
+    path = Path(cache_dir) / f"topk-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npy"
+    if path.exists():
+        return np.load(path)
+    ids = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
+    np.save(tmp, ids)
+    os.replace(tmp, path)
+    return ids
+
+
 def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None) -> np.ndarray:
     """Doc indices (nq, k) of each query's exact top-``k``, cached under ``cache_dir`` when given."""
-    path = None
-    if cache_dir:
-        key = hashlib.sha1(f"{fingerprint(doc_emb)}|{fingerprint(queries)}|{k}|{faiss.__version__}".encode())
-        path = Path(cache_dir) / f"topk-{key.hexdigest()[:20]}.npy"
-        if path.exists():
-            return np.load(path)
-    _, ids = exact_topk(doc_emb, queries, k)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-        np.save(tmp, ids)
-        os.replace(tmp, path)
-    return ids
+    key = f"{fingerprint(doc_emb)}|{fingerprint(queries)}|{k}|{faiss.__version__}"
+    return _cached_ids(cache_dir, key, lambda: exact_topk(doc_emb, queries, k)[1])
+
+
+def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None
+               ) -> np.ndarray:
+    """Doc indices (nq, k) int32 of each query's top-``k`` in the faiss index of ``vq`` (every IVF list probed, as
+    an exhaustive scan of the codes), searched in query chunks and cached under ``cache_dir`` when given."""
+    def search() -> np.ndarray:
+        index = build_index(vq, doc_emb)
+        if vq.nlist:
+            faiss.extract_index_ivf(index).nprobe = vq.nlist
+        q = np.asarray(queries, dtype=np.float32)
+        if vq.query_map is not None:
+            q = q @ vq.query_map.T
+        out = np.empty((len(q), min(k, doc_emb.shape[0])), dtype=np.int32)
+        for start in range(0, len(q), QUERY_CHUNK):
+            out[start:start + QUERY_CHUNK] = index.search(np.ascontiguousarray(q[start:start + QUERY_CHUNK]),
+                                                          out.shape[1])[1]
+        return out
+    parts = [vq.pq_codebooks, vq.ivf_centroids, vq.rotation, vq.query_map, vq.doc_codes, vq.doc_assign]
+    model = hashlib.sha1(b"".join(b"-" if a is None else np.ascontiguousarray(a).tobytes() for a in parts))
+    key = f"index|{model.hexdigest()}|{fingerprint(queries)}|{k}|{faiss.__version__}"
+    return _cached_ids(cache_dir, key, search)

@@ -73,6 +73,17 @@ class TorchVQ(nn.Module):
         return torch.einsum("bd,bkd->bk", q_rot, self.reconstruct(doc_idx))
 
     @torch.no_grad()
+    def lookup_scores(self, q_rot: torch.Tensor, doc_idx: torch.Tensor) -> torch.Tensor:
+        """:meth:`scores` without gradients, computed as faiss does (per-query tables of ⟨q_m, codeword⟩ summed over
+        each doc's codes, + ⟨q, centroid⟩): q_rot (B, d), doc_idx (B, K) -> (B, K); ~50x cheaper than reconstructing."""
+        B = q_rot.shape[0]
+        lut = torch.einsum("bmd,mkd->bmk", q_rot.reshape(B, self.M, -1), self.codebooks)   # (B, M, 256)
+        out = lut.gather(2, self.codes[doc_idx].long().transpose(1, 2)).sum(1)            # (B, K)
+        if self.centroids is None:
+            return out
+        return out + (q_rot @ self.centroids.T).gather(1, self.assign[doc_idx])
+
+    @torch.no_grad()
     def all_doc_scores(self, q_rot: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """Scores of queries against every doc's current reconstruction, (B, n)."""
         n = self.codes.shape[0]

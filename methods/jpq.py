@@ -4,8 +4,18 @@ The index is initialised by faiss (OPQ rotation + PQ, shared with the reconstruc
 cache). Each doc keeps its PQ code (and IVF list); training moves only the codewords (and the IVF centroids), so the
 index the harness builds from the returned parameters scores exactly as the trained model did (``writeback='codes'``).
 
-Every step retrieves the top-``top_k`` docs of the batch's queries from the *current* index (exhaustive torch scores
-over the fixed codes, equal to faiss's), appends the relevant docs that were not retrieved, and ranks them with
+Every step retrieves the top-``top_k`` docs of the batch's queries from the *current* index, appends the relevant
+docs that were not retrieved, and ranks them with the loss below. Retrieval (``negatives``):
+
+* ``pool`` (default): each train query's top-``pool_size`` docs in the *initial* faiss index are mined once (faiss,
+  every list probed, cached under the init cache); each step re-scores that pool with the current codebooks (lookup
+  tables, as faiss scores) and keeps its top-``top_k``. Per-step cost is independent of the corpus size. The share
+  of the exhaustive current top-``top_k`` that lies in the pool is measured on 256 queries after training and
+  recorded as ``train_info['pool_recall']``.
+* ``dynamic``: exhaustive torch scores of every doc's current reconstruction (equal to faiss's) each step, as in JPQ;
+  per-step cost grows linearly with the corpus.
+
+The losses:
 
 * ``lambda`` (JPQ's loss): for every pair (i more relevant than j) ``softplus((s_j - s_i) / temperature) *
   |1/r_i - 1/r_j|``, where ``r`` is the retrieval rank and ``1/r`` is zeroed beyond ``lambda_cut`` (0 = no cut),
@@ -41,11 +51,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from benchmark.faiss_train import trained_params
+from benchmark.mining import index_topk
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
 from benchmark.vq import WRITEBACK_MODES, VQParams
 from benchmark.vq_torch import deterministic_torch, TorchVQ, num_steps, seed_everything, warmup_linear
 
 LOSSES = ("lambda", "softmax")
+NEGATIVES = ("pool", "dynamic")
+POOL_CHECK_QUERIES = 256
 DEFAULT_LR = 1e-3
 DEFAULT_ADAPTER_LR = 1e-2
 REFERENCE_ENCODER_LR = 5e-6  # JPQ's query-encoder lr: what adapter_lr='reference' means
@@ -79,6 +92,7 @@ class Labels:
     query_emb: torch.Tensor      # (Q, d)
     rel_idx: torch.Tensor        # (Q, R) int64, -1 = padding
     rel_grade: torch.Tensor      # (Q, R) float32, 0 = padding
+    pool: torch.Tensor | None = None  # (Q, P) int32 candidate pool per query (negatives='pool')
 
 
 def labeled_queries(train: TrainData, fraction: float, seed: int) -> Labels:
@@ -158,6 +172,23 @@ def fold_single_centroid(vq: VQParams) -> VQParams:
                    doc_assign=None)
 
 
+def retrieve(model: TorchVQ, q_rot: torch.Tensor, pool: torch.Tensor | None, k: int) -> torch.Tensor:
+    """Top-``k`` doc indices (B, k) under the current model: of each query's ``pool`` row, or of every doc."""
+    if pool is None:
+        return model.all_doc_scores(q_rot).topk(k, dim=1).indices
+    pool = pool.long()
+    return pool.gather(1, model.lookup_scores(q_rot, pool).topk(k, dim=1).indices)
+
+
+@torch.no_grad()
+def pool_recall(model: TorchVQ, labels: Labels, k: int, gen: torch.Generator) -> float:
+    """Share of the exhaustive current top-``k`` found by re-scoring the pool, on a seeded sample of queries."""
+    rows = torch.randperm(len(labels.query_emb), generator=gen)[:POOL_CHECK_QUERIES]
+    q_rot = model.encode_queries(labels.query_emb[rows])
+    exact = retrieve(model, q_rot, None, k)
+    return float((exact[:, :, None] == labels.pool[rows].long()[:, None, :]).any(-1).float().mean())
+
+
 def first_relevant_rr(grade: torch.Tensor, valid: torch.Tensor, depth: int = 10) -> float:
     """Mean RR@depth of the retrieved candidates (JPQ's training MRR), for the progress bar / info."""
     hit = (grade[:, :depth] > 0) & valid[:, :depth]
@@ -175,7 +206,8 @@ class JPQ(BaseMethod):
     ivf = False
     params: dict[str, Any] = {
         "M": 16, "epochs": 1.0, "batch_size": 32, "lr": None, "warmup_ratio": 0.1, "loss": "lambda",
-        "lambda_cut": 200, "temperature": 0.02, "top_k": 200, "label_fraction": 1.0, "query_adapter": False,
+        "lambda_cut": 200, "temperature": 0.02, "top_k": 200, "negatives": "pool", "pool_size": 1000,
+        "label_fraction": 1.0, "query_adapter": False,
         "adapter_lr": None, "writeback": "codes", "max_train_points": 65536, "opq_niter": 20,
     }
 
@@ -195,6 +227,10 @@ class JPQ(BaseMethod):
             raise MethodError(f"{self.name}: label_fraction must be in (0, 1], got {cfg['label_fraction']}")
         if not 0 < cfg["top_k"] <= train.num_docs:
             raise MethodError(f"{self.name}: top_k must be in [1, {train.num_docs}], got {cfg['top_k']}")
+        if cfg["negatives"] not in NEGATIVES:
+            raise MethodError(f"{self.name}: negatives must be one of {NEGATIVES}, got {cfg['negatives']!r}")
+        if cfg["negatives"] == "pool" and not cfg["top_k"] <= cfg["pool_size"]:
+            raise MethodError(f"{self.name}: pool_size must be >= top_k ({cfg['top_k']}), got {cfg['pool_size']}")
         if cfg["temperature"] <= 0 or cfg["batch_size"] < 1 or cfg["epochs"] <= 0:
             raise MethodError(f"{self.name}: temperature and epochs must be > 0 and batch_size >= 1")
 
@@ -222,7 +258,11 @@ class JPQ(BaseMethod):
         cfg = self.config
         gen = seed_everything(train.seed)
         labels = labeled_queries(train, cfg["label_fraction"], train.seed)
-        model = TorchVQ(self.init_params(train), train_centroids=self.ivf, query_adapter=cfg["query_adapter"])
+        init = self.init_params(train)
+        if cfg["negatives"] == "pool":
+            pool = index_topk(init, train.doc_emb, labels.query_emb.numpy(), cfg["pool_size"], train.cache_dir)
+            labels = replace(labels, pool=torch.from_numpy(pool))
+        model = TorchVQ(init, train_centroids=self.ivf, query_adapter=cfg["query_adapter"])
         rates = self.learning_rates()
         steps = num_steps(len(labels.query_emb), cfg["batch_size"], cfg["epochs"])
         optimizer = torch.optim.AdamW(self.param_groups(model, rates), weight_decay=0.0)
@@ -232,6 +272,8 @@ class JPQ(BaseMethod):
         info = {"final_loss": float(np.mean(losses[-LOG_TAIL:])), "first_loss": losses[0],
                 "train_rr@10": float(np.mean(rrs[-LOG_TAIL:])), "steps": steps, "epochs": cfg["epochs"],
                 "train_queries": len(labels.query_emb), "init": self.factory(), **rates}
+        if labels.pool is not None:
+            info["pool_recall"] = pool_recall(model, labels, cfg["top_k"], gen)
         return model.to_params(cfg["writeback"], info)
 
     def batches(self, num_queries: int, steps: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -248,7 +290,7 @@ class JPQ(BaseMethod):
         """Retrieve from the current index, append missing relevant docs, and score the candidates."""
         cfg = self.config
         q_rot = model.encode_queries(labels.query_emb[rows])
-        top = model.all_doc_scores(q_rot.detach()).topk(cfg["top_k"], dim=1).indices
+        top = retrieve(model, q_rot.detach(), None if labels.pool is None else labels.pool[rows], cfg["top_k"])
         idx, grade, valid = build_candidates(top, labels.rel_idx[rows], labels.rel_grade[rows])
         scores = model.scores(q_rot, idx)
         if cfg["loss"] == "lambda":

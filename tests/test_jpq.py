@@ -15,6 +15,7 @@ from benchmark.registry import MethodError, TrainData, make_method
 from benchmark.runner import train_data
 from benchmark.vq import build_index, reconstruct
 from benchmark.vq_torch import TorchVQ
+from benchmark.mining import index_topk
 from methods.jpq import build_candidates, labeled_queries, lambda_loss, softmax_loss
 
 FAST = {"M": 8, "top_k": 50, "opq_niter": 2, "max_train_points": 2000}   # 64-d quick preset; a cheap init
@@ -139,3 +140,37 @@ def test_label_fraction_subsamples(train: TrainData) -> None:
     assert not torch.equal(labels.query_emb, labeled_queries(train, 0.25, seed=1).query_emb)
     vq = make_method("jpq", {**FAST, "label_fraction": 0.25}).fit(train)
     assert vq.info["train_queries"] == round(n * 0.25) and vq.info["steps"] == math.ceil(n * 0.25 / 32)
+
+
+def test_lookup_scores_equal_reconstruction_scores(train: TrainData) -> None:
+    vq = make_method("jpq-ivf", FAST_IVF).init_params(train)
+    model = TorchVQ(vq, query_adapter=False)
+    q_rot = model.encode_queries(torch.from_numpy(np.asarray(train.train_query_emb[:8], dtype=np.float32)))
+    idx = torch.randint(0, train.num_docs, (8, 30), generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(model.lookup_scores(q_rot, idx).numpy(), model.scores(q_rot, idx).detach().numpy(),
+                               atol=1e-5)
+
+
+def test_negative_pool_is_the_init_index_top(train: TrainData) -> None:
+    vq = make_method("jpq-ivf", FAST_IVF).init_params(train)
+    queries = np.asarray(train.train_query_emb[:50], dtype=np.float32)
+    pool = index_topk(vq, train.doc_emb, queries, 40, cache_dir=train.cache_dir)
+    assert pool.dtype == np.int32 and pool.shape == (50, 40)
+    model = TorchVQ(vq)
+    scores = model.all_doc_scores(model.encode_queries(torch.from_numpy(queries)))
+    # the pool is the faiss top-40 of the init index: its scores are the 40 largest of the exhaustive torch scores
+    np.testing.assert_allclose(scores.gather(1, torch.from_numpy(pool).long()).numpy(),
+                               scores.topk(40, dim=1).values.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(index_topk(vq, train.doc_emb, queries, 40, cache_dir=train.cache_dir), pool)
+
+
+def test_pool_of_every_doc_trains_like_dynamic_negatives(train: TrainData) -> None:
+    params = {**FAST, "epochs": 0.5}
+    dynamic = make_method("jpq", {**params, "negatives": "dynamic"}).fit(train)
+    full_pool = make_method("jpq", {**params, "pool_size": train.num_docs}).fit(train)
+    assert full_pool.info["pool_recall"] == 1.0 and "pool_recall" not in dynamic.info
+    np.testing.assert_allclose(full_pool.pq_codebooks, dynamic.pq_codebooks, atol=1e-5)
+    small = make_method("jpq", {**params, "pool_size": 60}).fit(train)       # top_k 50 of a 60-doc pool
+    assert 0.5 < small.info["pool_recall"] < 1.0
+    with pytest.raises(MethodError, match="pool_size must be >= top_k"):
+        make_method("jpq", {**params, "pool_size": 10}).fit(train)
