@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes (synthetic:quick, nlist=32): a smoke run")
     p.add_argument("--save-index", action="store_true", help="write each trained index as a .faiss file")
     p.add_argument("--threads", type=int, default=0, help="faiss/torch threads for training and batch search")
-    p.add_argument("--device", default="cpu", help="torch device for training: cpu (default) or cuda")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for training (cpu, cuda, cuda:N); with cuda, faiss-GPU mines when installed")
     p.add_argument("--shard", help="run only shard i of n (0-based, e.g. 0/4); merge shards with --merge")
     p.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="merge shard folders into --out, then report")
     p.add_argument("--no-resume", action="store_true", help="re-run fits already recorded in --out")
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"merged {n} records from {len(args.merge)} shard(s) into {out / 'results.jsonl'}")
             _report(out)
             return 0
+        check_device(args.device)
         jobs, datasets, search, config_out = plan_from_args(args)
         out = Path(args.out) if args.out else Path(config_out) if config_out else DEFAULT_OUT
         jobs = select_shard(jobs, args.shard)
@@ -224,6 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MethodError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def check_device(name: str) -> None:
+    """``--device`` must name a usable torch device before any work starts."""
+    from benchmark.vq_torch import torch_device
+    try:
+        torch_device(name)
+    except ValueError as exc:
+        raise ConfigError(f"--device: {exc}") from exc
 
 
 def _configure_threads(threads: int) -> None:

@@ -21,9 +21,16 @@ DOC_CHUNK = 262144
 QUERY_CHUNK = 16384
 
 
-def exact_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, doc_chunk: int = DOC_CHUNK
+def faiss_gpus() -> int:
+    """Number of GPUs faiss can use (0 with faiss-cpu)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def exact_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, doc_chunk: int = DOC_CHUNK, gpu: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-``k`` (scores, doc indices) of ``queries``, reading ``doc_chunk`` doc rows at a time."""
+    """Exact inner-product top-``k`` (scores, doc indices) of ``queries``, reading ``doc_chunk`` doc rows at a time;
+    ``gpu``: search each chunk with faiss-GPU when it is installed and sees a GPU (same results, up to ties)."""
+    on_gpu = gpu and faiss_gpus() > 0
     n = doc_emb.shape[0]
     k = min(k, n)
     q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -33,6 +40,8 @@ def exact_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, doc_chunk: int 
         heap = faiss.ResultHeap(min(QUERY_CHUNK, len(q) - qs), k, keep_max=True)
         for start in range(0, n, doc_chunk):
             index = faiss.IndexFlatIP(doc_emb.shape[1])
+            if on_gpu:
+                index = faiss.index_cpu_to_all_gpus(index)
             index.add(np.ascontiguousarray(doc_emb[start:start + doc_chunk], dtype=np.float32))
             d, i = index.search(q[qs:qs + QUERY_CHUNK], min(k, index.ntotal))
             heap.add_result(d, np.where(i >= 0, i + start, -1))
@@ -56,10 +65,11 @@ def _cached_ids(cache_dir: str | None, key: str, compute: Callable[[], np.ndarra
     return ids
 
 
-def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None) -> np.ndarray:
+def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None, gpu: bool = False
+                ) -> np.ndarray:
     """Doc indices (nq, k) of each query's exact top-``k``, cached under ``cache_dir`` when given."""
     key = f"{fingerprint(doc_emb)}|{fingerprint(queries)}|{k}|{faiss.__version__}"
-    return _cached_ids(cache_dir, key, lambda: exact_topk(doc_emb, queries, k)[1])
+    return _cached_ids(cache_dir, key, lambda: exact_topk(doc_emb, queries, k, gpu=gpu)[1])
 
 
 def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None

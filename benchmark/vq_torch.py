@@ -6,6 +6,7 @@ then searches a faiss index built from exactly these tensors, so torch and faiss
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -87,7 +88,8 @@ class TorchVQ(nn.Module):
     def all_doc_scores(self, q_rot: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """Scores of queries against every doc's current reconstruction, (B, n)."""
         n = self.codes.shape[0]
-        out = [q_rot @ self.reconstruct(torch.arange(s, min(n, s + chunk))).T for s in range(0, n, chunk)]
+        dev = self.codes.device
+        out = [q_rot @ self.reconstruct(torch.arange(s, min(n, s + chunk), device=dev)).T for s in range(0, n, chunk)]
         return torch.cat(out, dim=1)
 
     def to_params(self, writeback: str = "codes", info: dict | None = None) -> VQParams:
@@ -99,6 +101,25 @@ class TorchVQ(nn.Module):
                         doc_assign=None if self.assign is None else self.assign.cpu().numpy(),
                         doc_codes=self.codes.cpu().numpy(), query_map=np32(self.query_map),
                         writeback=writeback, info=dict(info or {}))
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device a method trains on (``cpu``, ``cuda``, ``cuda:1``, ...); a clear error if it is not usable."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown torch device {name!r}: use cpu or cuda[:N]") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but torch sees no CUDA GPU (torch {torch.__version__}, "
+                             f"CUDA build: {torch.version.cuda or 'no'}); install a CUDA build of torch or use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        # deterministic cuBLAS (torch.use_deterministic_algorithms) needs a fixed workspace, set before first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r} is not supported: use cpu or cuda[:N]")
+    return device
 
 
 def warmup_linear(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int

@@ -39,7 +39,8 @@ from benchmark.faiss_train import trained_params
 from benchmark.mining import cached_topk
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
 from benchmark.vq import VQParams, WRITEBACK_MODES, encode_pq, rotate
-from benchmark.vq_torch import deterministic_torch, TorchVQ, num_steps, seed_everything, warmup_linear
+from benchmark.vq_torch import (deterministic_torch, TorchVQ, num_steps, seed_everything, torch_device,
+                               warmup_linear)
 from methods._distill_losses import LOSSES
 
 QUERY_SOURCES = ("labeled", "unlabeled", "docs")
@@ -125,7 +126,8 @@ def query_set(train: TrainData, cfg: dict, sources: set[str]) -> QuerySet:
         arrays = _sources(train, cfg["queries"], cfg["doc_queries"])
         qs = QuerySet(np.concatenate(arrays))
     if "topk" in sources:
-        qs.topk = np.concatenate([cached_topk(train.doc_emb, a, cfg["topk"], train.cache_dir) for a in arrays])
+        qs.topk = np.concatenate([cached_topk(train.doc_emb, a, cfg["topk"], train.cache_dir,
+                                              gpu=train.device.startswith("cuda")) for a in arrays])
     return qs
 
 
@@ -233,13 +235,14 @@ def batch_scores(student: DistillStudent, q: np.ndarray, cand: np.ndarray, doc_e
     Each distinct doc is gathered (and quantized) once. ``in_batch``: every query is scored against the union of
     the batch's candidates (B, U); otherwise against its own (B, C).
     """
+    device = student.vq.codebooks.device
     uniq, inv = np.unique(cand, return_inverse=True)
-    docs = torch.from_numpy(np.asarray(doc_emb[uniq], dtype=np.float32))
-    q_t = torch.from_numpy(q)
-    scores = (q_t @ docs.T, *student(q_t, docs, torch.from_numpy(uniq)))
+    docs = torch.from_numpy(np.asarray(doc_emb[uniq], dtype=np.float32)).to(device)
+    q_t = torch.from_numpy(q).to(device)
+    scores = (q_t @ docs.T, *student(q_t, docs, torch.from_numpy(uniq).to(device)))
     if in_batch:
         return scores
-    cols = torch.from_numpy(inv.reshape(cand.shape))
+    cols = torch.from_numpy(inv.reshape(cand.shape)).to(device)
     return tuple(x.gather(1, cols) for x in scores)
 
 
@@ -326,6 +329,7 @@ class DistillVQ(BaseMethod):
         qs = query_set(train, cfg, sources)
         sampler = CandidateSampler(qs, sources, cfg["topk_sample"], cfg["num_random"], train.num_docs, rng)
         student = DistillStudent(init, cfg["codes"], cfg["train_ivf"], cfg["train_pq"], cfg["query_adapter"])
+        student.to(torch_device(train.device))
         with deterministic_torch():
             log = train_student(student, qs, train.doc_emb, sampler, cfg, rng, in_batch="ib" in sources)
         params = student.vq.to_params(self.writeback(), self._info(cfg, qs, log))

@@ -42,7 +42,7 @@ as ``VQParams.query_map``) has its own ``adapter_lr``: :data:`DEFAULT_ADAPTER_LR
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -54,7 +54,8 @@ from benchmark.faiss_train import trained_params
 from benchmark.mining import index_topk
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
 from benchmark.vq import WRITEBACK_MODES, VQParams
-from benchmark.vq_torch import deterministic_torch, TorchVQ, num_steps, seed_everything, warmup_linear
+from benchmark.vq_torch import (deterministic_torch, TorchVQ, num_steps, seed_everything, torch_device,
+                               warmup_linear)
 
 LOSSES = ("lambda", "softmax")
 NEGATIVES = ("pool", "dynamic")
@@ -143,7 +144,7 @@ def lambda_loss(scores: torch.Tensor, grade: torch.Tensor, valid: torch.Tensor, 
                 temperature: float = 1.0) -> torch.Tensor:
     """JPQ's rank-weighted pairwise logistic loss on ``scores / temperature``; rows are candidates in retrieval
     order (rank = position + 1)."""
-    rank = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype)
+    rank = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype, device=scores.device)
     weight = (1.0 / rank).expand_as(scores)
     if lambda_cut > 0:
         weight = weight * (rank <= lambda_cut)
@@ -183,7 +184,7 @@ def retrieve(model: TorchVQ, q_rot: torch.Tensor, pool: torch.Tensor | None, k: 
 @torch.no_grad()
 def pool_recall(model: TorchVQ, labels: Labels, k: int, gen: torch.Generator) -> float:
     """Share of the exhaustive current top-``k`` found by re-scoring the pool, on a seeded sample of queries."""
-    rows = torch.randperm(len(labels.query_emb), generator=gen)[:POOL_CHECK_QUERIES]
+    rows = torch.randperm(len(labels.query_emb), generator=gen)[:POOL_CHECK_QUERIES].to(labels.query_emb.device)
     q_rot = model.encode_queries(labels.query_emb[rows])
     exact = retrieve(model, q_rot, None, k)
     return float((exact[:, :, None] == labels.pool[rows].long()[:, None, :]).any(-1).float().mean())
@@ -192,8 +193,8 @@ def pool_recall(model: TorchVQ, labels: Labels, k: int, gen: torch.Generator) ->
 def first_relevant_rr(grade: torch.Tensor, valid: torch.Tensor, depth: int = 10) -> float:
     """Mean RR@depth of the retrieved candidates (JPQ's training MRR), for the progress bar / info."""
     hit = (grade[:, :depth] > 0) & valid[:, :depth]
-    rank = torch.arange(1, hit.shape[1] + 1, dtype=torch.float32)
-    return float(torch.where(hit, 1.0 / rank, torch.zeros(())).max(1).values.mean())
+    rank = torch.arange(1, hit.shape[1] + 1, dtype=torch.float32, device=hit.device)
+    return float(torch.where(hit, 1.0 / rank, torch.zeros((), device=hit.device)).max(1).values.mean())
 
 
 @register
@@ -262,7 +263,10 @@ class JPQ(BaseMethod):
         if cfg["negatives"] == "pool":
             pool = index_topk(init, train.doc_emb, labels.query_emb.numpy(), cfg["pool_size"], train.cache_dir)
             labels = replace(labels, pool=torch.from_numpy(pool))
-        model = TorchVQ(init, train_centroids=self.ivf, query_adapter=cfg["query_adapter"])
+        device = torch_device(train.device)
+        labels = Labels(**{f.name: None if getattr(labels, f.name) is None else getattr(labels, f.name).to(device)
+                           for f in fields(labels)})
+        model = TorchVQ(init, train_centroids=self.ivf, query_adapter=cfg["query_adapter"]).to(device)
         rates = self.learning_rates()
         steps = num_steps(len(labels.query_emb), cfg["batch_size"], cfg["epochs"])
         optimizer = torch.optim.AdamW(self.param_groups(model, rates), weight_decay=0.0)
@@ -276,14 +280,15 @@ class JPQ(BaseMethod):
             info["pool_recall"] = pool_recall(model, labels, cfg["top_k"], gen)
         return model.to_params(cfg["writeback"], info)
 
-    def batches(self, num_queries: int, steps: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    def batches(self, num_queries: int, steps: int, gen: torch.Generator, device: torch.device
+                ) -> Iterator[torch.Tensor]:
         """``steps`` batches of query rows; a fresh seeded permutation per epoch."""
         bs = self.config["batch_size"]
         order = torch.empty(0, dtype=torch.int64)
         for _ in range(steps):
             if len(order) < bs:
                 order = torch.cat([order, torch.randperm(num_queries, generator=gen)])
-            yield order[:bs]
+            yield order[:bs].to(device)
             order = order[bs:]
 
     def step_loss(self, model: TorchVQ, labels: Labels, rows: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -303,7 +308,8 @@ class JPQ(BaseMethod):
                    scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int, gen: torch.Generator
                    ) -> tuple[list[float], list[float]]:
         losses, rrs = [], []
-        bar = tqdm(self.batches(len(labels.query_emb), steps, gen), total=steps, desc=self.name, leave=False)
+        batches = self.batches(len(labels.query_emb), steps, gen, labels.query_emb.device)
+        bar = tqdm(batches, total=steps, desc=self.name, leave=False)
         for rows in bar:
             loss, rr = self.step_loss(model, labels, rows)
             optimizer.zero_grad()

@@ -131,6 +131,8 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
     (["--datasets", "wat"], "unknown dataset 'wat'; valid forms"),
     (["--param", "bogus=1", "--methods", "faiss-pq"], "--param ['bogus']: no selected method declares it"),
     (["--shard", "3/2"], "--shard must be i/n"),
+    (["--device", "tpu"], "--device: unknown torch device 'tpu': use cpu or cuda[:N]"),
+    (["--device", "mps"], "--device: device 'mps' is not supported: use cpu or cuda[:N]"),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, args, message):
     proc = run_cli(*args, "--out", str(tmp_path))
