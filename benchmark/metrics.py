@@ -1,6 +1,8 @@
 """IR quality with ir_measures (per query) and fidelity to the exact dense ranking (overlap@k)."""
 from __future__ import annotations
 
+from itertools import islice
+
 import ir_measures
 import numpy as np
 from ir_measures import R, RR, nDCG
@@ -37,18 +39,26 @@ def per_query_measures(run: dict[str, dict[str, float]], qrels: Qrels) -> dict[s
     """
     judged = {q: rel for q, rel in qrels.items() if any(r > 0 for r in rel.values())}
     out: dict[str, dict[str, float]] = {name: {q: 0.0 for q in judged} for name in MEASURES}
-    top = {q: dict(list(run.get(q, {}).items())[:TOP_DEPTH]) for q in judged}
+    top = {q: _prefix(run.get(q, {}), TOP_DEPTH) for q in judged}
     top = {q: docs for q, docs in top.items() if docs}
     shallow = [m for name, m in MEASURES.items() if name != "R@1000"]
     names = {str(m): name for name, m in MEASURES.items()}
     for res in ir_measures.iter_calc(shallow, judged, top):
         out[names[str(res.measure)]][res.query_id] = float(res.value)
-    rel_only = {q: {d: s for d, s in list(run.get(q, {}).items())[:1000] if judged[q].get(d, 0) > 0}
-                for q in judged}
-    rel_only = {q: docs for q, docs in rel_only.items() if docs}
+    rel_only = {}
+    for q, rel in judged.items():
+        deep = _prefix(run.get(q, {}), 1000)
+        found = {d: deep[d] for d, grade in rel.items() if grade > 0 and d in deep}
+        if found:
+            rel_only[q] = found
     for res in ir_measures.iter_calc([MEASURES["R@1000"]], judged, rel_only):
         out["R@1000"][res.query_id] = float(res.value)
     return out
+
+
+def _prefix(docs: dict[str, float], n: int) -> dict[str, float]:
+    """The first ``n`` entries of a ranked ``{docid: score}`` (itself when it is no longer)."""
+    return docs if len(docs) <= n else dict(islice(docs.items(), n))
 
 
 def overlap_at_k(indices: np.ndarray, exact_indices: np.ndarray, k: int) -> np.ndarray:
