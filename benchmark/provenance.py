@@ -16,11 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 @lru_cache(maxsize=1)
 def git_sha() -> str:
-    """HEAD commit of the checkout (``-dirty`` when tracked files differ), or ``unknown`` outside git."""
+    """HEAD commit of the checkout (``-dirty`` when tracked files outside ``reports/`` differ: a run writing into a
+    committed report folder does not dirty its own provenance), or ``unknown`` outside git."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)reports"], cwd=REPO,
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

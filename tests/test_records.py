@@ -1,6 +1,7 @@
 """The results record: schema validation, atomic appends, torn lines reported (never silently skipped)."""
 import copy
 import json
+import subprocess
 
 import pytest
 
@@ -90,3 +91,26 @@ def test_merge_deduplicates_by_run_id(tmp_path):
     assert n == 3
     records, problems = read_records(tmp_path / "all" / "results.jsonl")
     assert sorted(r["run_id"] for r in records) == ["r1", "r2", "r3"] and not problems
+
+
+def test_git_sha_dirty_ignores_report_outputs(tmp_path, monkeypatch):
+    from benchmark import provenance
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "results.jsonl").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+
+    def sha() -> str:
+        provenance.git_sha.cache_clear()
+        return provenance.git_sha()
+
+    (tmp_path / "reports" / "results.jsonl").write_text("{}\n{}\n")    # a run appending to a committed report
+    assert sha() == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert sha() == head + "-dirty"
+    provenance.git_sha.cache_clear()
