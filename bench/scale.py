@@ -8,7 +8,8 @@ training cost). Stages, timed separately:
 * ``generate``   make_synthetic(out_path=...) (memmap, float32), flushed and reopened read-only
 * ``init``       faiss ``OPQ{M},IVF{nlist},PQ{M}x8`` training on a sample + chunked add (``trained_params``, fresh
                  cache dir)
-* ``mining``     exact top-K of the training queries (``cached_topk``)
+* ``mining``     exact top-K of the training queries (``cached_topk``); for jpq, the negative pool of the
+                 labeled queries in the init index (``JPQ.negative_pool``)
 * ``cache_load`` the two caches read back (what ``fit`` pays before training)
 * ``fit``        ``method.fit`` with warm caches; ``train/epoch`` is the training loop's own time from
                  ``VQParams.info['train_loop_seconds']`` (else fit time) divided by epochs
@@ -195,12 +196,21 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
         result["factory"] = method.factory()
         with stage("init"):
             trained_params(ds.doc_emb, method.factory(), **init_kw)
+    def mine() -> None:
+        """The method's candidate mining: the exact top-K (distill-vq) or the init index's negative pool (jpq)."""
+        if hasattr(method, "negative_pool"):
+            from methods.jpq import labeled_queries
+            td = train_data(ds, args.seed, "cpu", str(cache_dir))
+            method.negative_pool(td, method.init_params(td), labeled_queries(td, cfg["label_fraction"], args.seed))
+        else:
+            cached_topk(ds.doc_emb, train_q, args.K, str(cache_dir))
+
     with stage("mining"):
-        cached_topk(ds.doc_emb, train_q, args.K, str(cache_dir))
+        mine()
     with stage("cache_load"):  # both caches hit now: what fit pays before its first step
         if has_factory:
             trained_params(ds.doc_emb, method.factory(), **init_kw)
-        cached_topk(ds.doc_emb, train_q, args.K, str(cache_dir))
+        mine()
 
     loop_cpu: list[float] = []
     with stage("fit"), _time_train_loop(method, loop_cpu):
@@ -234,13 +244,15 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
 
 @contextmanager
 def _time_train_loop(method, out: list[float]):
-    """Record the CPU seconds of the method module's ``train_student`` loop (distill-vq), if it has one.
+    """Record the CPU seconds of the method's training loop: its ``train_loop`` method (jpq) or its module's
+    ``train_student`` function (distill-vq), if it has one.
 
     Wall time of the loop comes from ``VQParams.info``; CPU time is the load-robust companion on a shared machine.
-    Only this process's module attribute is wrapped, for the duration of the fit.
+    Only this instance's / this process's module attribute is wrapped, for the duration of the fit.
     """
     module = sys.modules.get(type(method).__module__)
-    orig = getattr(module, "train_student", None)
+    owner, attr = (method, "train_loop") if hasattr(method, "train_loop") else (module, "train_student")
+    orig = getattr(owner, attr, None)
     if orig is None:
         yield
         return
@@ -252,11 +264,14 @@ def _time_train_loop(method, out: list[float]):
         finally:
             out.append(time.process_time() - c0)
 
-    module.train_student = timed
+    setattr(owner, attr, timed)
     try:
         yield
     finally:
-        module.train_student = orig
+        if owner is method:
+            delattr(method, attr)
+        else:
+            setattr(owner, attr, orig)
 
 
 # ----------------------------------------------------------------------------------------------------- parent

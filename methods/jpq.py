@@ -42,6 +42,7 @@ as ``VQParams.query_map``) has its own ``adapter_lr``: :data:`DEFAULT_ADAPTER_LR
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator
 
@@ -260,9 +261,10 @@ class JPQ(BaseMethod):
         gen = seed_everything(train.seed)
         labels = labeled_queries(train, cfg["label_fraction"], train.seed)
         init = self.init_params(train)
+        t0 = time.perf_counter()
         if cfg["negatives"] == "pool":
-            pool = index_topk(init, train.doc_emb, labels.query_emb.numpy(), cfg["pool_size"], train.cache_dir)
-            labels = replace(labels, pool=torch.from_numpy(pool))
+            labels = replace(labels, pool=torch.from_numpy(self.negative_pool(train, init, labels)))
+        pool_seconds = time.perf_counter() - t0
         device = torch_device(train.device)
         labels = Labels(**{f.name: None if getattr(labels, f.name) is None else getattr(labels, f.name).to(device)
                            for f in fields(labels)})
@@ -271,14 +273,20 @@ class JPQ(BaseMethod):
         steps = num_steps(len(labels.query_emb), cfg["batch_size"], cfg["epochs"])
         optimizer = torch.optim.AdamW(self.param_groups(model, rates), weight_decay=0.0)
         scheduler = warmup_linear(optimizer, round(cfg["warmup_ratio"] * steps), steps)
+        t0 = time.perf_counter()
         with deterministic_torch():
             losses, rrs = self.train_loop(model, labels, optimizer, scheduler, steps, gen)
         info = {"final_loss": float(np.mean(losses[-LOG_TAIL:])), "first_loss": losses[0],
                 "train_rr@10": float(np.mean(rrs[-LOG_TAIL:])), "steps": steps, "epochs": cfg["epochs"],
-                "train_queries": len(labels.query_emb), "init": self.factory(), **rates}
+                "train_queries": len(labels.query_emb), "init": self.factory(), **rates,
+                "train_loop_seconds": time.perf_counter() - t0, "pool_seconds": pool_seconds}
         if labels.pool is not None:
             info["pool_recall"] = pool_recall(model, labels, cfg["top_k"], gen)
         return model.to_params(cfg["writeback"], info)
+
+    def negative_pool(self, train: TrainData, init: VQParams, labels: Labels) -> np.ndarray:
+        """Each labeled query's top-``pool_size`` docs in the initial faiss index (mined once, cached)."""
+        return index_topk(init, train.doc_emb, labels.query_emb.numpy(), self.config["pool_size"], train.cache_dir)
 
     def batches(self, num_queries: int, steps: int, gen: torch.Generator, device: torch.device
                 ) -> Iterator[torch.Tensor]:
