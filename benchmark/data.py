@@ -5,7 +5,7 @@ query ids + query embeddings + graded qrels (``dict[qid, dict[docid, int]]``), p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import numpy as np
@@ -153,7 +153,37 @@ def check_dataset_name(name: str) -> None:
     raise DatasetError(f"unknown dataset {name!r}; valid forms: {DATASET_FORMS}")
 
 
-def load_dataset(name: str, **kwargs) -> RetrievalDataset:
+def carve_dev(ds: RetrievalDataset, num_queries: int, seed: int = 0) -> RetrievalDataset:
+    """Hold out ``num_queries`` labeled train queries (seeded) as split ``dev`` and evaluate on it.
+
+    For tuning without touching test: the held-out queries leave ``train`` (so no method trains on them) and every
+    other evaluation split of the source (``test``, ``dev``, ...) is dropped; ``train-unlabeled`` stays.
+    """
+    train = ds.splits.get("train")
+    if train is None or not train.qrels:
+        raise DatasetError(f"{ds.name}: dev_queries needs a labeled 'train' split to carve from; "
+                           f"available splits: {sorted(ds.splits)}")
+    labeled = [i for i, q in enumerate(train.query_ids) if any(g > 0 for g in train.qrels.get(q, {}).values())]
+    if not 0 < num_queries < len(labeled):
+        raise DatasetError(f"{ds.name}: dev_queries must be in [1, {len(labeled) - 1}] (labeled train queries: "
+                           f"{len(labeled)}), got {num_queries}")
+    dev_rows = np.sort(np.random.default_rng(seed).choice(labeled, num_queries, replace=False))
+    train_rows = np.setdiff1d(np.arange(len(train)), dev_rows)
+
+    def subset(rows: np.ndarray, name: str) -> Split:
+        ids = [train.query_ids[i] for i in rows]
+        texts = None if train.query_texts is None else [train.query_texts[i] for i in rows]
+        return Split(name, ids, np.asarray(train.query_emb[rows], dtype=np.float32),
+                     {q: train.qrels[q] for q in ids if q in train.qrels}, texts)
+
+    splits = {"train": subset(train_rows, "train"), "dev": subset(dev_rows, "dev")}
+    if "train-unlabeled" in ds.splits:
+        splits["train-unlabeled"] = ds.splits["train-unlabeled"]
+    meta = {**ds.meta, "dev": {"carved_from": "train", "queries": int(num_queries), "seed": int(seed)}}
+    return replace(ds, splits=splits, eval_split="dev", meta=meta)
+
+
+def load_dataset(name: str, dev_queries: int = 0, dev_seed: int = 0, **kwargs) -> RetrievalDataset:
     """Load a dataset by name.
 
     - ``synthetic`` (optionally ``synthetic:quick``): the embedded deterministic default; kwargs go to the generator.
@@ -161,7 +191,15 @@ def load_dataset(name: str, **kwargs) -> RetrievalDataset:
       sentence-transformers model (``model=``) unless precomputed embeddings are given.
     - ``msmarco``: MS MARCO passage via the BEIR loader (dev = dev.small; TREC DL 19/20 if present).
     - ``npy:<dir>``: your own embeddings (see :mod:`benchmark.npy_loader`).
+
+    ``dev_queries`` > 0 evaluates on that many labeled train queries held out from training (:func:`carve_dev`,
+    seeded by ``dev_seed``) instead of the test split: the split to tune hyper-parameters on.
     """
+    ds = _load(name, **kwargs)
+    return carve_dev(ds, dev_queries, dev_seed) if dev_queries else ds
+
+
+def _load(name: str, **kwargs) -> RetrievalDataset:
     check_dataset_name(name)
     if name.startswith("synthetic"):
         from benchmark.synthetic import make_synthetic, SYNTHETIC_PRESETS

@@ -417,3 +417,27 @@ def beir_util(monkeypatch):
         sys.modules.pop("beir.util", None)
         if hasattr(sys.modules["beir"], "util"):
             delattr(sys.modules["beir"], "util")
+
+
+def test_dev_split_carved_from_train_hides_test():
+    full = load_dataset("synthetic:quick")
+    ds = load_dataset("synthetic:quick", dev_queries=100, dev_seed=3)
+    train, dev = ds.split("train"), ds.split("dev")
+    assert ds.eval_split == "dev" and set(ds.splits) == {"train", "train-unlabeled", "dev"}   # no test split
+    assert len(dev) == 100 and len(train) == len(full.split("train")) - 100
+    assert not set(dev.query_ids) & set(train.query_ids)
+    assert set(dev.query_ids) | set(train.query_ids) == set(full.split("train").query_ids)
+    rows = {q: i for i, q in enumerate(full.split("train").query_ids)}
+    q = dev.query_ids[7]
+    np.testing.assert_array_equal(dev.query_emb[7], full.split("train").query_emb[rows[q]])
+    assert dev.qrels[q] == full.split("train").qrels[q] and ds.meta["dev"] == {
+        "carved_from": "train", "queries": 100, "seed": 3}
+    again = load_dataset("synthetic:quick", dev_queries=100, dev_seed=3)
+    assert again.split("dev").query_ids == dev.query_ids
+    assert load_dataset("synthetic:quick", dev_queries=100, dev_seed=4).split("dev").query_ids != dev.query_ids
+    # what a method may train on never includes the dev queries
+    from benchmark.runner import train_data
+    td = train_data(ds, seed=0, device="cpu", cache_dir=None)
+    assert not set(td.train_query_ids) & set(dev.query_ids)
+    with pytest.raises(DatasetError, match=r"dev_queries must be in \[1, 799\]"):
+        load_dataset("synthetic:quick", dev_queries=800)
