@@ -75,8 +75,9 @@ class TorchVQ(nn.Module):
 
     @torch.no_grad()
     def lookup_scores(self, q_rot: torch.Tensor, doc_idx: torch.Tensor) -> torch.Tensor:
-        """:meth:`scores` without gradients, computed as faiss does (per-query tables of ⟨q_m, codeword⟩ summed over
-        each doc's codes, + ⟨q, centroid⟩): q_rot (B, d), doc_idx (B, K) -> (B, K); ~50x cheaper than reconstructing."""
+        """:meth:`scores` without gradients, computed as faiss does (per-query tables of ⟨q_m, codeword⟩ summed
+        over each doc's codes, + ⟨q, centroid⟩): q_rot (B, d), doc_idx (B, K) -> (B, K); ~50x cheaper than
+        reconstructing."""
         B = q_rot.shape[0]
         lut = torch.einsum("bmd,mkd->bmk", q_rot.reshape(B, self.M, -1), self.codebooks)   # (B, M, 256)
         out = lut.gather(2, self.codes[doc_idx].long().transpose(1, 2)).sum(1)            # (B, K)

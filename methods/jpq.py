@@ -36,8 +36,8 @@ Learning rates. JPQ's rule (``lr='reference'``) is centroid lr 1e-4 for M>=48, 2
 size ~0.09) by at most ~lr * steps ~ 1e-3: the reference rule leaves the init unchanged (RR@10 0.5896 vs 0.5894).
 :data:`DEFAULT_LR` 1e-3 was the best of 3e-4 / 1e-3 / 3e-3 (0.605 / 0.619 / 0.592); more epochs overfit the 5k
 train queries (3 epochs: train RR@10 0.81, test 0.61). On debian-desc's dev split (``configs/debian-desc-dev.toml``)
-lr 1e-3 / temperature 0.02 were again the best of lr {3e-4, 1e-3, 3e-3} x temperature {0.02, 0.05}. ``ivf_lr`` (None = ``lr``; JPQ trains no IVF, so
-``'reference'`` applies the same rule) beat 1e-4 and 1e-2. The query adapter (a d x d map, identity init, returned
+lr 1e-3 / temperature 0.02 were again the best of lr {3e-4, 1e-3, 3e-3} x temperature {0.02, 0.05}.
+``ivf_lr`` (None = ``lr``; JPQ trains no IVF, so ``'reference'`` applies the same rule) beat 1e-4 and 1e-2. The query adapter (a d x d map, identity init, returned
 as ``VQParams.query_map``) has its own ``adapter_lr``: :data:`DEFAULT_ADAPTER_LR` was the best of 1e-3 / 3e-3 /
 1e-2 / 3e-2 (RR@10 0.702 / 0.794 / 0.855 / 0.827); ``'reference'`` is JPQ's query-encoder lr 5e-6.
 """
