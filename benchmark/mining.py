@@ -36,12 +36,13 @@ def exact_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, doc_chunk: int 
     q = np.ascontiguousarray(queries, dtype=np.float32)
     scores = np.empty((len(q), k), dtype=np.float32)
     ids = np.empty((len(q), k), dtype=np.int64)
+    index = faiss.IndexFlatIP(doc_emb.shape[1])
+    if on_gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
     for qs in range(0, len(q), QUERY_CHUNK):
         heap = faiss.ResultHeap(min(QUERY_CHUNK, len(q) - qs), k, keep_max=True)
         for start in range(0, n, doc_chunk):
-            index = faiss.IndexFlatIP(doc_emb.shape[1])
-            if on_gpu:
-                index = faiss.index_cpu_to_all_gpus(index)
+            index.reset()
             index.add(np.ascontiguousarray(doc_emb[start:start + doc_chunk], dtype=np.float32))
             d, i = index.search(q[qs:qs + QUERY_CHUNK], min(k, index.ntotal))
             heap.add_result(d, np.where(i >= 0, i + start, -1))
@@ -88,7 +89,8 @@ def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, c
             out[start:start + QUERY_CHUNK] = index.search(np.ascontiguousarray(q[start:start + QUERY_CHUNK]),
                                                           out.shape[1])[1]
         return out
-    parts = [vq.pq_codebooks, vq.ivf_centroids, vq.rotation, vq.query_map, vq.doc_codes, vq.doc_assign]
-    model = hashlib.sha1(b"".join(b"-" if a is None else np.ascontiguousarray(a).tobytes() for a in parts))
+    model = hashlib.sha1()
+    for part in (vq.pq_codebooks, vq.ivf_centroids, vq.rotation, vq.query_map, vq.doc_codes, vq.doc_assign):
+        model.update(b"-" if part is None else np.ascontiguousarray(part))   # hashed in place, no bytes copy
     key = f"index|{model.hexdigest()}|{fingerprint(queries)}|{k}|{faiss.__version__}"
     return _cached_ids(cache_dir, key, search)

@@ -89,8 +89,8 @@ class TorchVQ(nn.Module):
     def all_doc_scores(self, q_rot: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """Scores of queries against every doc's current reconstruction, (B, n)."""
         n = self.codes.shape[0]
-        dev = self.codes.device
-        out = [q_rot @ self.reconstruct(torch.arange(s, min(n, s + chunk), device=dev)).T for s in range(0, n, chunk)]
+        rows = (torch.arange(s, min(n, s + chunk), device=self.codes.device) for s in range(0, n, chunk))
+        out = [q_rot @ self.reconstruct(idx).T for idx in rows]
         return torch.cat(out, dim=1)
 
     def to_params(self, writeback: str = "codes", info: dict | None = None) -> VQParams:

@@ -37,14 +37,15 @@ size ~0.09) by at most ~lr * steps ~ 1e-3: the reference rule leaves the init un
 :data:`DEFAULT_LR` 1e-3 was the best of 3e-4 / 1e-3 / 3e-3 (0.605 / 0.619 / 0.592); more epochs overfit the 5k
 train queries (3 epochs: train RR@10 0.81, test 0.61). On debian-desc's dev split (``configs/debian-desc-dev.toml``)
 lr 1e-3 / temperature 0.02 were again the best of lr {3e-4, 1e-3, 3e-3} x temperature {0.02, 0.05}.
-``ivf_lr`` (None = ``lr``; JPQ trains no IVF, so ``'reference'`` applies the same rule) beat 1e-4 and 1e-2. The query adapter (a d x d map, identity init, returned
-as ``VQParams.query_map``) has its own ``adapter_lr``: :data:`DEFAULT_ADAPTER_LR` was the best of 1e-3 / 3e-3 /
-1e-2 / 3e-2 (RR@10 0.702 / 0.794 / 0.855 / 0.827); ``'reference'`` is JPQ's query-encoder lr 5e-6.
+``ivf_lr`` (None = ``lr``; JPQ trains no IVF, so ``'reference'`` applies the same rule) beat 1e-4 and 1e-2. The
+query adapter (a d x d map, identity init, returned as ``VQParams.query_map``) has its own ``adapter_lr``:
+:data:`DEFAULT_ADAPTER_LR` was the best of 1e-3 / 3e-3 / 1e-2 / 3e-2 (RR@10 0.702 / 0.794 / 0.855 / 0.827);
+``'reference'`` is JPQ's query-encoder lr 5e-6.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -96,6 +97,10 @@ class Labels:
     rel_idx: torch.Tensor        # (Q, R) int64, -1 = padding
     rel_grade: torch.Tensor      # (Q, R) float32, 0 = padding
     pool: torch.Tensor | None = None  # (Q, P) int32 candidate pool per query (negatives='pool')
+
+    def to(self, device: torch.device) -> "Labels":
+        return Labels(*(None if t is None else t.to(device)
+                        for t in (self.query_emb, self.rel_idx, self.rel_grade, self.pool)))
 
 
 def labeled_queries(train: TrainData, fraction: float, seed: int) -> Labels:
@@ -269,8 +274,7 @@ class JPQ(BaseMethod):
             labels = replace(labels, pool=torch.from_numpy(self.negative_pool(train, init, labels)))
         pool_seconds = time.perf_counter() - t0
         device = torch_device(train.device)
-        labels = Labels(**{f.name: None if getattr(labels, f.name) is None else getattr(labels, f.name).to(device)
-                           for f in fields(labels)})
+        labels = labels.to(device)
         model = TorchVQ(init, train_centroids=self.ivf, query_adapter=cfg["query_adapter"]).to(device)
         rates = self.learning_rates()
         steps = num_steps(len(labels.query_emb), cfg["batch_size"], cfg["epochs"])
