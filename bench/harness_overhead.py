@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 
 from benchmark.data import load_dataset
-from benchmark.faiss_train import train_index
+from benchmark.vq.faiss_init import train_index
 from benchmark.harness import SearchSettings, set_nprobe, time_search
 
 

@@ -133,13 +133,13 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
         faiss.omp_set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
 
-    from benchmark.faiss_train import trained_params
+    from benchmark.vq.faiss_init import trained_params
     from benchmark.harness import ExactReference, SearchSettings, evaluate
-    from benchmark.mining import cached_topk
+    from benchmark.vq.mining import cached_topk
     from benchmark.provenance import cpu, threads
     from benchmark.registry import make_method
     from benchmark.runner import train_data
-    from benchmark.synthetic import make_synthetic
+    from benchmark.data.synthetic import make_synthetic
     from benchmark.vq import build_index
 
     size_dir = Path(args.workdir) / f"n{n}"

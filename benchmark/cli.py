@@ -180,7 +180,7 @@ def list_methods() -> str:
 
 def list_datasets() -> str:
     try:
-        from benchmark.beir_loader import list_datasets as beir_list
+        from benchmark.data.beir import list_datasets as beir_list
         return "\n".join(f"{name:28s} {desc}" for name, desc in beir_list())
     except ImportError:
         return "synthetic\nsynthetic:quick\nnpy:<dir>\nbeir/<name>\nmsmarco"
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_device(name: str) -> None:
     """``--device`` must name a usable torch device before any work starts."""
-    from benchmark.vq_torch import torch_device
+    from benchmark.vq.torch_vq import torch_device
     try:
         torch_device(name)
     except ValueError as exc:

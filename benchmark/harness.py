@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmark.data import RetrievalDataset, Split
 from benchmark.metrics import FIDELITY_KS, MEASURES, mean, overlap_at_k, per_query_measures, ranked_run
-from benchmark.mining import exact_topk
+from benchmark.vq.mining import exact_topk
 
 
 @dataclass
@@ -93,7 +93,7 @@ class ExactReference:
     def top_k(self, ds: RetrievalDataset, split: Split, k: int) -> np.ndarray:
         """Doc indices (nq, k) of the exact top-``k``, -1-padded past ``num_docs``.
 
-        Searched chunk by chunk over the docs (:func:`benchmark.mining.exact_topk`), so a memory-mapped corpus is
+        Searched chunk by chunk over the docs (:func:`benchmark.vq.mining.exact_topk`), so a memory-mapped corpus is
         never copied whole into RAM (an IndexFlatIP of all docs would be a second full float32 copy).
         """
         key = (ds.name, split.name, k)
@@ -103,14 +103,6 @@ class ExactReference:
                 idx = np.hstack([idx, np.full((len(idx), k - idx.shape[1]), -1, dtype=idx.dtype)])
             self._cache[key] = idx
         return self._cache[key]
-
-
-def exact_index(doc_emb: np.ndarray) -> faiss.Index:
-    """A searchable IndexFlatIP over all docs (the ``flat`` method's index: holds a full float32 copy)."""
-    index = faiss.IndexFlatIP(doc_emb.shape[1])
-    for start in range(0, doc_emb.shape[0], 65536):
-        index.add(np.ascontiguousarray(doc_emb[start:start + 65536], dtype=np.float32))
-    return index
 
 
 def evaluate(index: faiss.Index, ds: RetrievalDataset, split: Split, exact_top: np.ndarray,

@@ -1,7 +1,8 @@
 """The plug-in contract (modelled on ann-benchmarks' ``BaseANN``) and the method registry.
 
-A method is one class: a ``name``, a ``family``, declared ``params`` with defaults, and ``fit(train) -> VQParams``.
-It knows nothing about evaluation: the harness builds the faiss index and measures. Register with ``@register``;
+A method is one class: a ``name``, a ``family``, declared typed ``params`` (:class:`benchmark.params.Param`), and
+``fit(train) -> VQParams | BuiltIndex``. It knows nothing about evaluation: the harness builds the faiss index from
+the learned parameters (or takes the built one) and measures. Register with ``@register``;
 classes in ``methods/*.py`` are discovered automatically, and other packages register through the entry-point group
 ``vqbench.methods`` (each entry point names a module to import or a ``BaseMethod`` subclass).
 """
@@ -15,13 +16,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from benchmark.vq import VQParams
+from benchmark.params import Param, ParamError, as_param
+from benchmark.vq import BuiltIndex, VQParams
 
+# The one list of method families (report order): every other module reads it from here.
 FAMILIES = ("reference", "reconstruction", "contrastive", "distillation")
+# The family whose method is the uncompressed ceiling (reports draw it as a line, never rank it in a budget).
+REFERENCE_FAMILY = "reference"
 
 
 class MethodError(ValueError):
-    """A method was asked for something it cannot do (unknown param, missing labels, ...)."""
+    """A method was asked for something it cannot do (unknown param, bad value, missing labels, ...)."""
 
 
 @dataclass
@@ -35,9 +40,7 @@ class TrainData:
     train_qrels: dict[str, dict[str, int]] | None = None
     unlabeled_query_emb: np.ndarray | None = None
     seed: int = 0
-    threads: int = 0
     device: str = "cpu"
-    dataset: str = ""
     cache_dir: str | None = None
 
     @property
@@ -52,28 +55,41 @@ class TrainData:
 class BaseMethod:
     """Subclass, set ``name``/``family``/``params``, implement ``fit``. Params arrive as keyword arguments.
 
-    ``params`` are *build-time* parameters (what ``fit`` needs). Search-time parameters (nprobe) belong to the
-    harness: one trained index, many sweeps.
+    ``params`` are *build-time* parameters (what ``fit`` needs), each a :class:`Param` (type, default,
+    description, allowed values); a bare default is accepted and typed from itself. Search-time parameters
+    (nprobe) belong to the harness: one trained index, many sweeps. The class docstring's first line is the
+    method's description (``--list-methods``).
     """
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     params: ClassVar[dict[str, Any]] = {}
-    description: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.params))
+        declared = self.declared_params()
+        unknown = sorted(set(params) - set(declared))
         if unknown:
-            raise MethodError(f"method {self.name!r}: unknown params {unknown}; valid params: "
-                              f"{sorted(self.params)}")
-        self.config: dict[str, Any] = {**self.params, **params}
+            raise MethodError(f"method {self.name!r}: unknown param(s) {unknown}; valid params: "
+                              f"{sorted(declared)}")
+        config = {k: p.default for k, p in declared.items()}
+        for key, value in params.items():
+            try:
+                config[key] = declared[key].validate(value, key)
+            except ParamError as exc:
+                raise MethodError(f"method {self.name!r}: {exc}") from None
+        self.config: dict[str, Any] = config
 
-    def fit(self, train: TrainData) -> VQParams:
+    @classmethod
+    def declared_params(cls) -> dict[str, Param]:
+        """The build-time params as :class:`Param` declarations."""
+        return {k: as_param(v) for k, v in cls.params.items()}
+
+    @classmethod
+    def description(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def fit(self, train: TrainData) -> VQParams | BuiltIndex:
         raise NotImplementedError
-
-    def exact(self) -> bool:
-        """True for the uncompressed reference (the harness then searches an IndexFlatIP instead of a VQ)."""
-        return False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

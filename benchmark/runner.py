@@ -13,14 +13,14 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmark import faiss_train
+from benchmark.vq import faiss_init
 from benchmark.data import RetrievalDataset, load_dataset
-from benchmark.harness import (Evaluation, ExactReference, SearchSettings, evaluate, exact_index, ivf_nlist,
+from benchmark.harness import (Evaluation, ExactReference, SearchSettings, evaluate, ivf_nlist,
                                nprobe_sweep)
 from benchmark.provenance import peak_rss_mb, provenance
 from benchmark.records import append_record, read_records, run_id
 from benchmark.registry import BaseMethod, TrainData, make_method
-from benchmark.vq import VQParams, build_index
+from benchmark.vq import BuiltIndex, VQParams, build_index
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO / "datasets" / "cache" / "train"  # faiss inits and mined candidates
@@ -56,8 +56,7 @@ def train_data(ds: RetrievalDataset, seed: int, device: str, cache_dir: str | No
                      train_query_ids=None if labeled is None else labeled.query_ids,
                      train_qrels=None if labeled is None or not labeled.qrels else labeled.qrels,
                      unlabeled_query_emb=None if unlabeled is None else unlabeled.query_emb,
-                     seed=seed, threads=faiss.omp_get_max_threads(), device=device, dataset=ds.name,
-                     cache_dir=cache_dir)
+                     seed=seed, device=device, cache_dir=cache_dir)
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -155,12 +154,12 @@ class Runner:
     def _fit(self, method: BaseMethod, ds: RetrievalDataset, seed: int
              ) -> tuple[VQParams | None, faiss.Index, float]:
         t0 = time.perf_counter()
-        if method.exact():
-            return None, exact_index(ds.doc_emb), 0.0
-        faiss_train.reset_cached_init_seconds()
+        faiss_init.reset_cached_init_seconds()
         vq = method.fit(train_data(ds, seed, self.device, self.cache_dir))
+        if isinstance(vq, BuiltIndex):  # exact search (flat) or a faiss-native index, searched as built
+            return None, vq.index, time.perf_counter() - t0
         # a faiss init served from the shared cache still counts: add what it took to train it
-        cached = faiss_train.cached_init_seconds()
+        cached = faiss_init.cached_init_seconds()
         vq.info = {**vq.info, "cached_init_seconds": cached}
         train_seconds = time.perf_counter() - t0 + cached
         return vq, build_index(vq, ds.doc_emb), train_seconds

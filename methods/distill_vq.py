@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.faiss_train import trained_params
-from benchmark.mining import cached_topk
+from benchmark.vq.faiss_init import trained_params
+from benchmark.vq.mining import cached_topk
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
 from benchmark.vq import VQParams, WRITEBACK_MODES, encode_pq, rotate
-from benchmark.vq_torch import (deterministic_torch, TorchVQ, num_steps, seed_everything, torch_device,
+from benchmark.vq.torch_vq import (deterministic_torch, TorchVQ, num_steps, seed_everything, torch_device,
                                warmup_linear)
 from methods._distill_losses import LOSSES
 

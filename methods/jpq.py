@@ -53,11 +53,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from benchmark.faiss_train import trained_params
-from benchmark.mining import index_topk
+from benchmark.vq.faiss_init import trained_params
+from benchmark.vq.mining import index_topk
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
 from benchmark.vq import WRITEBACK_MODES, VQParams
-from benchmark.vq_torch import (deterministic_torch, TorchVQ, num_steps, seed_everything, torch_device,
+from benchmark.vq.torch_vq import (deterministic_torch, TorchVQ, num_steps, seed_everything, torch_device,
                                warmup_linear)
 
 LOSSES = ("lambda", "softmax")

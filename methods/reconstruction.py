@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 
-from benchmark.faiss_train import trained_params
 from benchmark.registry import BaseMethod, TrainData, register
-from benchmark.vq import VQParams
+from benchmark.vq import BuiltIndex, VQParams, exact_index
+from benchmark.vq.faiss_init import trained_params
 
 
 @register
@@ -15,11 +15,8 @@ class Flat(BaseMethod):
     family = "reference"
     params: dict = {}
 
-    def exact(self) -> bool:
-        return True
-
-    def fit(self, train: TrainData) -> VQParams:
-        raise NotImplementedError("flat is searched exactly; the harness builds an IndexFlatIP")
+    def fit(self, train: TrainData) -> BuiltIndex:
+        return BuiltIndex(exact_index(train.doc_emb))
 
 
 class FaissQuantizer(BaseMethod):

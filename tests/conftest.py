@@ -29,8 +29,8 @@ class FakeEncoder:
 
 @pytest.fixture
 def fake_model(monkeypatch) -> FakeEncoder:
-    """Replace model loading in benchmark.encode with a :class:`FakeEncoder` (``.loads`` / ``.calls`` count use)."""
-    from benchmark import encode
+    """Replace model loading in benchmark.data.encode with a :class:`FakeEncoder` (``.loads`` / ``.calls`` count use)."""
+    from benchmark.data import encode
     fake = FakeEncoder()
 
     def load(model: str, device: str, max_length: int | None) -> FakeEncoder:

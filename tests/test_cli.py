@@ -141,5 +141,5 @@ def test_bad_input_fails_before_any_work(tmp_path, args, message):
 
 
 def test_unknown_method_param_lists_valid_params():
-    with pytest.raises(registry.MethodError, match=r"unknown params \['m'\]; valid params: \['M'"):
+    with pytest.raises(registry.MethodError, match=r"unknown param\(s\) \['m'\]; valid params: \['M'"):
         registry.make_method("faiss-pq", {"m": 4})

@@ -8,7 +8,7 @@ import torch
 from benchmark.data import load_dataset
 from benchmark.registry import make_method
 from benchmark.runner import train_data
-from benchmark.vq_torch import torch_device
+from benchmark.vq.torch_vq import torch_device
 
 CUDA = torch.cuda.is_available()
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from benchmark.data import load_dataset
-from benchmark.faiss_train import trained_params
+from benchmark.vq.faiss_init import trained_params
 from benchmark.harness import prepare_queries
-from benchmark.mining import cached_topk, exact_topk
+from benchmark.vq.mining import cached_topk, exact_topk
 from benchmark.registry import MethodError, TrainData, get_method, make_method
 from benchmark.runner import train_data
 from benchmark.vq import build_index, encode_pq, rotate
-from benchmark.vq_torch import TorchVQ
+from benchmark.vq.torch_vq import TorchVQ
 from methods._distill_losses import LOSSES
 from methods.distill_vq import DistillStudent, combined_loss, parse_candidates, ste_quantize
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark import encode
+from benchmark.data import encode
 from benchmark.data import load_dataset
-from benchmark.encode import cache_key, encode_texts, resolve_model
+from benchmark.data.encode import cache_key, encode_texts, resolve_model
 from benchmark.harness import SearchSettings
 from benchmark.runner import Job, Runner
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from benchmark.data import load_dataset
-from benchmark.faiss_train import trained_params
+from benchmark.vq.faiss_init import trained_params
 from benchmark.harness import prepare_queries
 from benchmark.registry import MethodError, TrainData, make_method
 from benchmark.runner import train_data
 from benchmark.vq import build_index, reconstruct
-from benchmark.vq_torch import TorchVQ
-from benchmark.mining import index_topk
+from benchmark.vq.torch_vq import TorchVQ
+from benchmark.vq.mining import index_topk
 from methods.jpq import build_candidates, labeled_queries, lambda_loss, softmax_loss
 
 FAST = {"M": 8, "top_k": 50, "opq_niter": 2, "max_train_points": 2000}   # 64-d quick preset; a cheap init

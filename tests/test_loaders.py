@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.beir_loader import list_datasets, load_beir_dataset, load_catalog
+from benchmark.data.beir import list_datasets, load_beir_dataset, load_catalog
 from benchmark.data import DatasetError, load_dataset
-from benchmark.npy_loader import load_npy_dataset, read_qrels
+from benchmark.data.npy import load_npy_dataset, read_qrels
 
 BEIR_TINY = Path(__file__).parent / "fixtures" / "beir_tiny"
 TRAIN_QRELS = {"q1": {"d1": 2, "d2": 1}, "q2": {"d4": 1}, "q3": {"d5": 1}}

@@ -6,7 +6,8 @@ import pytest
 from beir.retrieval.evaluation import EvaluateRetrieval
 
 from benchmark.data import load_dataset
-from benchmark.harness import ExactReference, SearchSettings, evaluate, exact_index
+from benchmark.harness import ExactReference, SearchSettings, evaluate
+from benchmark.vq import exact_index
 from benchmark.metrics import overlap_at_k, per_query_measures, ranked_run
 
 QRELS = {"q1": {"a": 2, "c": 1, "z": 1}, "q2": {"b": 1}, "q3": {"x": 1}}

@@ -17,7 +17,7 @@ from scipy import stats as sps
 
 from benchmark.records import FIDELITY, MEASURES, append_record, run_id
 from benchmark.report import build_report
-from benchmark.stats import paired_test, seed_mean
+from benchmark.report.stats import paired_test, seed_mean
 
 REPO = Path(__file__).resolve().parents[1]
 QIDS = [f"q{i:02d}" for i in range(40)]

@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmark.data import RetrievalDataset, Split
 from benchmark.harness import ExactReference
-from benchmark.mining import exact_topk
+from benchmark.vq.mining import exact_topk
 
 SCALE = Path(__file__).resolve().parent.parent / "bench" / "scale.py"
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.faiss_train import train_index
+from benchmark.vq.faiss_init import train_index
 from benchmark.vq import VQParams, build_index, params_from_index, reconstruct, rotate
-from benchmark.vq_torch import TorchVQ
+from benchmark.vq.torch_vq import TorchVQ
 
 FACTORIES = ["PQ8x8", "OPQ8,PQ8x8", "IVF16,PQ8x8", "OPQ8,IVF16,PQ8x8"]
 

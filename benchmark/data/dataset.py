@@ -142,7 +142,7 @@ DATASET_FORMS = "'synthetic', 'synthetic:quick', 'beir/<name>', 'beir:<folder-or
 def check_dataset_name(name: str) -> None:
     """Raise :class:`DatasetError` (listing the valid forms) unless ``name`` is a loadable dataset name."""
     if name.startswith("synthetic"):
-        from benchmark.synthetic import SYNTHETIC_PRESETS
+        from benchmark.data.synthetic import SYNTHETIC_PRESETS
         preset = name.split(":", 1)[1] if ":" in name else "default"
         if name != "synthetic" and not name.startswith("synthetic:") or preset not in SYNTHETIC_PRESETS:
             raise DatasetError(f"unknown synthetic preset in {name!r}; valid: "
@@ -190,7 +190,7 @@ def load_dataset(name: str, dev_queries: int = 0, dev_seed: int = 0, **kwargs) -
     - ``beir/<name>`` or ``beir:<folder-or-zip>``: a BEIR dataset (catalog name, folder or .zip), encoded with a
       sentence-transformers model (``model=``) unless precomputed embeddings are given.
     - ``msmarco``: MS MARCO passage via the BEIR loader (dev = dev.small; TREC DL 19/20 if present).
-    - ``npy:<dir>``: your own embeddings (see :mod:`benchmark.npy_loader`).
+    - ``npy:<dir>``: your own embeddings (see :mod:`benchmark.data.npy`).
 
     ``dev_queries`` > 0 evaluates on that many labeled train queries held out from training (:func:`carve_dev`,
     seeded by ``dev_seed``) instead of the test split: the split to tune hyper-parameters on.
@@ -202,13 +202,13 @@ def load_dataset(name: str, dev_queries: int = 0, dev_seed: int = 0, **kwargs) -
 def _load(name: str, **kwargs) -> RetrievalDataset:
     check_dataset_name(name)
     if name.startswith("synthetic"):
-        from benchmark.synthetic import make_synthetic, SYNTHETIC_PRESETS
+        from benchmark.data.synthetic import make_synthetic, SYNTHETIC_PRESETS
         preset = name.split(":", 1)[1] if ":" in name else "default"
         return make_synthetic(**{"name": name, **SYNTHETIC_PRESETS[preset], **kwargs})
     if name.startswith("npy:"):
-        from benchmark.npy_loader import load_npy_dataset
+        from benchmark.data.npy import load_npy_dataset
         return load_npy_dataset(name[4:], **kwargs)
     if name == "msmarco" or name.startswith("beir/") or name.startswith("beir:"):
-        from benchmark.beir_loader import load_beir_dataset
+        from benchmark.data.beir import load_beir_dataset
         return load_beir_dataset(name, **kwargs)
     raise DatasetError(f"unknown dataset {name!r}; valid forms: {DATASET_FORMS}")

@@ -21,10 +21,10 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmark.data import check_embeddings
+from benchmark.data.dataset import check_embeddings
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 _KEY_VERSION = 1
 log = logging.getLogger(__name__)
 

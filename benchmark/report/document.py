@@ -3,7 +3,7 @@
 Writes ``leaderboard.md``, ``leaderboard.html`` (self-contained), ``summary.json``, ``tables/*.csv|tex`` and
 ``plots/*.png``. Usage: ``python -m benchmark.report RUN_DIR [--quality RR@10] [--latency-budget-ms X]
 [--nprobe N] [--test wilcoxon]``. The latency budget, the fixed nprobe and the † rule are defined in
-:mod:`benchmark.report_tables` and :mod:`benchmark.stats`.
+:mod:`benchmark.report.tables` and :mod:`benchmark.report.stats`.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark import report_plots as plots
-from benchmark import report_tables as rt
+from benchmark.report import plots
+from benchmark.report import tables as rt
 from benchmark.records import read_records
-from benchmark.report_html import render_html
-from benchmark.stats import TESTS, footnote, mark_significance
+from benchmark.report.html import render_html
+from benchmark.report.stats import TESTS, footnote, mark_significance
 
 QUALITY = ("nDCG@10", "RR@10")
 
@@ -217,6 +217,3 @@ def main(argv: list[str] | None = None) -> int:
         print(written[name])
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from benchmark.report_tables import FAMILY_ORDER
+from benchmark.report.tables import FAMILY_ORDER
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
 LINESTYLES = ("-", ":", "-.", (0, (6, 1, 1, 1, 1, 1)))  # "--" is the Pareto front's

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.data import (DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels,
+from benchmark.data.dataset import (DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels,
                             check_unique)
 
 UNLABELED_SPLIT = "train-unlabeled"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.vq import VQParams
+from benchmark.vq.params import VQParams
 
 
 class TorchVQ(nn.Module):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.data import RetrievalDataset, Split
+from benchmark.data.dataset import RetrievalDataset, Split
 
 CHUNK = 65536
 SYNTHETIC_PRESETS: dict[str, dict] = {
@@ -119,4 +119,4 @@ def make_synthetic(num_docs: int = 50_000, dim: int = 128, num_topics: int = 256
                   num_train=num_train, num_unlabeled=num_unlabeled, num_test=num_test, signal_dim=signal_dim,
                   nuisance_energy=nuisance_energy, query_noise=query_noise, seed=seed)
     return RetrievalDataset(name=name or "synthetic", doc_ids=doc_ids, doc_emb=doc_emb, splits=splits,
-                            eval_split="test", meta={"generator": "benchmark.synthetic", "params": params})
+                            eval_split="test", meta={"generator": "benchmark.data.synthetic", "params": params})

@@ -67,8 +67,28 @@ class VQParams:
     def bytes_per_vector(self) -> int:
         return self.M * self.nbits // 8
 
-    def with_writeback(self, writeback: str) -> "VQParams":
-        return replace(self, writeback=writeback)
+
+
+@dataclass
+class BuiltIndex:
+    """A method's result that is already a faiss index holding every doc, in corpus order (ids 0..n-1): exact
+    search, or a faiss-native quantizer (scalar, RaBitQ, fast-scan, binary) the harness searches as it is."""
+
+    index: faiss.Index
+    info: dict = field(default_factory=dict)
+    query_map: np.ndarray | None = None           # (d, d) float32 applied to queries only, as in VQParams
+
+
+def add_in_chunks(index: faiss.Index, doc_emb: np.ndarray) -> faiss.Index:
+    """Add every doc (ids 0..n-1) as float32, ``ADD_CHUNK`` rows at a time (memory-mapped corpora stay on disk)."""
+    for start in range(0, doc_emb.shape[0], ADD_CHUNK):
+        index.add(np.ascontiguousarray(doc_emb[start:start + ADD_CHUNK], dtype=np.float32))
+    return index
+
+
+def exact_index(doc_emb: np.ndarray) -> faiss.Index:
+    """A searchable IndexFlatIP over all docs (the ``flat`` reference: a full float32 copy)."""
+    return add_in_chunks(faiss.IndexFlatIP(doc_emb.shape[1]), doc_emb)
 
 
 def empty_index(vq: VQParams) -> faiss.Index:

@@ -30,9 +30,9 @@ import numpy as np
 from beir.datasets.data_loader import GenericDataLoader
 from tqdm.auto import tqdm
 
-from benchmark.data import DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels, check_unique
-from benchmark.encode import DEFAULT_MODEL, REPO_ROOT, cache_root, encode_texts
-from benchmark.npy_loader import UNLABELED_SPLIT, as_float32, find_file, open_matrix, read_qrels
+from benchmark.data.dataset import DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels, check_unique
+from benchmark.data.encode import DEFAULT_MODEL, REPO_ROOT, cache_root, encode_texts
+from benchmark.data.npy import UNLABELED_SPLIT, as_float32, find_file, open_matrix, read_qrels
 
 try:
     import tomllib
@@ -50,7 +50,7 @@ def load_catalog() -> dict[str, dict]:
 
 
 def _synthetic_summary(preset: str) -> str:
-    from benchmark.synthetic import SYNTHETIC_PRESETS, make_synthetic
+    from benchmark.data.synthetic import SYNTHETIC_PRESETS, make_synthetic
     p = {k: v.default for k, v in inspect.signature(make_synthetic).parameters.items()} | SYNTHETIC_PRESETS[preset]
     return (f"embedded deterministic synthetic retrieval data: {p['num_docs']:,} docs x {p['dim']}-d, "
             f"{p['num_train']:,} train / {p['num_unlabeled']:,} unlabeled / {p['num_test']:,} test queries")
@@ -70,7 +70,7 @@ def list_datasets() -> list[tuple[str, str]]:
         rows.append((label, desc))
     rows += [("beir:<folder-or-zip>", "any folder or .zip in BEIR layout (corpus.jsonl, queries.jsonl, qrels/)"),
              ("npy:<dir>", "your own embeddings: corpus.npy + corpus_ids.txt, queries.npy + queries_ids.txt, "
-                           "qrels/<split>.tsv (see benchmark.npy_loader)")]
+                           "qrels/<split>.tsv (see benchmark.data.npy)")]
     return rows
 
 
@@ -293,7 +293,7 @@ def load_beir_dataset(name: str, split: str | None = None, model: str = DEFAULT_
     ``name``: ``beir/<catalog name>`` (``beir/cqadupstack/<subset>``), ``msmarco``, or ``beir:<folder-or-zip>``.
     ``split``: evaluation split (default: the catalog's, else ``test``; ``dev`` for msmarco). ``embeddings``: a folder
     with precomputed ``corpus.npy`` + ``corpus_ids.txt`` and ``queries.npy`` + ``queries_ids.txt`` (see
-    :mod:`benchmark.npy_loader`) used instead of ``model``. ``max_length=None`` keeps the model's own limit.
+    :mod:`benchmark.data.npy`) used instead of ``model``. ``max_length=None`` keeps the model's own limit.
     ``include_unlabeled`` adds the queries judged in no qrels file as split ``train-unlabeled``.
     ``ignore_identical_ids`` defaults to the catalog flag (true for arguana and quora).
     """

@@ -15,7 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from benchmark.vq import VQParams, params_from_index
+from benchmark.vq.params import VQParams, params_from_index
 
 MAX_POINTS_PER_CENTROID = 256
 _cached_init_seconds = 0.0  # training time of inits served from the cache since the last reset

@@ -14,8 +14,8 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from benchmark.faiss_train import fingerprint
-from benchmark.vq import VQParams, build_index
+from benchmark.vq.faiss_init import fingerprint
+from benchmark.vq.params import VQParams, build_index
 
 DOC_CHUNK = 262144
 QUERY_CHUNK = 16384

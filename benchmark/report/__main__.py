@@ -1,0 +1,5 @@
+import sys
+
+from benchmark.report.document import main
+
+sys.exit(main())
