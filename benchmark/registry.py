@@ -20,7 +20,7 @@ from benchmark.params import Param, ParamError, as_param
 from benchmark.vq import BuiltIndex, VQParams
 
 # The one list of method families (report order): every other module reads it from here.
-FAMILIES = ("reference", "reconstruction", "contrastive", "distillation")
+FAMILIES = ("reference", "reconstruction", "score-aware", "contrastive", "distillation")
 # The family whose method is the uncompressed ceiling (reports draw it as a line, never rank it in a budget).
 REFERENCE_FAMILY = "reference"
 
