@@ -1,7 +1,9 @@
-"""Reports from a small generated results.jsonl: 2 datasets, flat + PQ/OPQ/IVF-OPQ baselines, jpq, distill-vq (M sweep,
-loss/candidates ablation, label fractions), 2 seeds, failed records, a torn line."""
+"""Reports from a small generated results.jsonl: 2 datasets, flat + PQ/OPQ/IVF-OPQ baselines at 8 and 16 bytes/vector,
+jpq, distill-vq (M sweep, loss/candidates ablation, label fractions), 2 seeds, failed records, a torn line; and from
+the committed reports' records (regenerated into a temp folder, never in place)."""
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -22,10 +24,12 @@ from benchmark.report.stats import paired_test, seed_mean
 REPO = Path(__file__).resolve().parents[1]
 QIDS = [f"q{i:02d}" for i in range(40)]
 SEEDS = (0, 1)
-NPROBES = {1: (-0.08, 0.2), 4: (-0.02, 0.5), 16: (0.0, 1.5)}  # nprobe: (quality offset, p50 ms)
-DISTILL = {"M": 16, "nlist": 64, "loss": "listnet", "candidates": "ib+topk", "label_fraction": 1.0}
-IVFOPQ = {"M": 16, "nlist": 64}
+NDOCS = 1000
+NPROBES = {1: (-0.08, 0.1), 4: (-0.02, 0.3), 16: (0.0, 1.5)}  # nprobe: (quality offset, p50 ms); nlist = 16
+DISTILL = {"M": 16, "nlist": 16, "loss": "listnet", "candidates": "ib+topk", "label_fraction": 1.0}
+IVFOPQ = {"M": 16, "nlist": 16}
 DISTILL_LABEL = "distill-vq (M=16, candidates=ib+topk, label_fraction=1, loss=listnet)"
+DISTILL_TRACK = "distill-vq (candidates=ib+topk, label_fraction=1, loss=listnet)"  # its name inside track 16 B
 PROVENANCE = {"git_sha": "0123456789abcdef", "cpu": "fixture", "threads": {"faiss": 1}, "timestamp": "2024-01-01",
               "versions": {"torch": "2.1", "faiss": "1.8", "ir_measures": "0.3", "beir": "2.0", "python": "3.11"}}
 OOM = "RuntimeError: CUDA out of memory"
@@ -51,13 +55,14 @@ SPECS = {
         ("distill-vq", "distillation", {**DISTILL, "label_fraction": 0.1}, -0.05, None, {}),
     ],
     "toy-b": COMMON + [
-        ("faiss-opq", "reconstruction", {"M": 8}, -0.15, 0.65, {}),  # OPQ worse than PQ at 8 B: sanity ✗
+        ("faiss-opq", "reconstruction", {"M": 8}, -0.15, 0.65, {}),
         ("jpq", "contrastive", {"M": 16}, -0.05, 0.7, {"fail": {0: OOM, 1: OOM}}),
+        ("jpq", "contrastive", {"M": 4}, -0.05, 0.7, {"fail": {0: OOM, 1: OOM}}),  # never ran: no track known
         ("distill-vq", "distillation", DISTILL, -0.02, None, {}),
         ("distill-vq", "distillation", {**DISTILL, "M": 8}, -0.06, None, {"fail": {1: KMEANS}}),
     ],
 }
-FLAT_P50 = {"toy-a": 2.0, "toy-b": 1.0}  # toy-b: nprobe 16 (1.5 ms) is over the default budget
+FLAT_P50 = {"toy-a": 2.0, "toy-b": 1.2}  # default budgets (10%, seeds' mean p50 is 1.01x): 0.202 and 0.1212 ms
 
 
 def _rng(*key: object) -> np.random.Generator:
@@ -67,8 +72,9 @@ def _rng(*key: object) -> np.random.Generator:
 def _record(run_dir: Path, dataset: str, spec: tuple, seed: int, nprobe: int | None) -> dict:
     method, family, params, offset, p50, extra = spec
     rid = run_id(dataset, "test", method, params, seed, nprobe)
-    rec = {"run_id": rid, "dataset": dataset, "split": "test", "method": method, "family": family,
-           "params": params, "seed": seed, "nprobe": nprobe, "provenance": PROVENANCE, "train_seconds": 10.0 + seed}
+    rec = {"run_id": rid, "fit_id": run_id(dataset, "test", method, params, seed, None), "dataset": dataset,
+           "split": "test", "method": method, "family": family, "params": params, "seed": seed, "nprobe": nprobe,
+           "provenance": PROVENANCE, "train_seconds": 10.0 * (1 + len(params)) + seed}
     if seed in extra.get("fail", {}):
         return {**rec, "index": {}, "metrics": None, "fidelity": None, "latency": None, "per_query": None,
                 "train_seconds": None, "status": "failed", "error": extra["fail"][seed]}
@@ -85,9 +91,12 @@ def _record(run_dir: Path, dataset: str, spec: tuple, seed: int, nprobe: int | N
     (run_dir / sidecar).write_text(json.dumps(per_query))
     means = {key: float(np.mean(list(v.values()))) for key, v in per_query.items()}
     M = params.get("M")
-    factory = "Flat" if M is None else f"IVF{params['nlist']},PQ{M}" if "nlist" in params else f"PQ{M}"
-    index = {"factory": factory, "nlist": params.get("nlist", 0), "M": M or 0, "nbits": 8 if M else 32, "bytes_per_vector": M or 256, "index_bytes": 1000,
-             "writeback": None}
+    ivf = "nlist" in params
+    factory = "Flat" if M is None else f"IVF{params['nlist']},PQ{M}" if ivf else f"PQ{M}"
+    # index bytes: flat 256 B/doc + a 45-byte header; PQ M B/doc + 4096 B of codebooks; IVF + 8 B/doc of list ids
+    index_bytes = 256 * NDOCS + 45 if M is None else M * NDOCS + 4096 + (8 * NDOCS if ivf else 0)
+    index = {"factory": factory, "nlist": params.get("nlist", 0), "M": M or 0, "nbits": 8 if M else 32,
+             "bytes_per_vector": M or 256, "index_bytes": index_bytes, "writeback": None}
     return {**rec, "index": index, "metrics": {k: means[k] for k in MEASURES},
             "fidelity": {k: means[k] for k in FIDELITY},
             "latency": {"p50_ms": p50, "p95_ms": 1.5 * p50, "qps": 1000.0 / p50, "threads": 1},
@@ -120,24 +129,41 @@ def run(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
 
 def _expected(records: list[dict], dataset: str, method: str, params: dict, nprobe: int | None,
               key: str = "nDCG@10") -> tuple[float, float]:
-    values = [{**r["metrics"], **r["fidelity"]}[key] for r in records if r["dataset"] == dataset and r["method"] == method
-              and r["params"] == params and r["nprobe"] == nprobe and r["status"] == "ok"]
+    values = [{**r["metrics"], **r["fidelity"], **r["latency"]}[key] for r in records
+              if r["dataset"] == dataset and r["method"] == method and r["params"] == params
+              and r["nprobe"] == nprobe and r["status"] == "ok"]
     assert len(values) == 2
     return float(np.mean(values)), float(np.std(values, ddof=1))
 
 
-def _md_table(md: str, heading_start: str) -> pd.DataFrame:
-    """The first Markdown table after the heading line that starts with ``heading_start``."""
-    lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(heading_start))
-    first = next(i for i in range(start, len(lines)) if lines[i].startswith("|"))
-    end = next(i for i in range(first, len(lines) + 1) if i == len(lines) or not lines[i].startswith("|"))
-    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[first:end]]
-    return pd.DataFrame(rows[2:], columns=rows[0]).set_index("Method")
+def _md_tables(text: str) -> list[pd.DataFrame]:
+    """Every Markdown table of ``text``, in order, indexed by its first column."""
+    lines, tables, i = text.splitlines(), [], 0
+    while i < len(lines):
+        if lines[i].startswith("|"):
+            j = i
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[i:j]]
+            tables.append(pd.DataFrame(rows[2:], columns=rows[0]).set_index(rows[0][0]))
+            i = j
+        i += 1
+    return tables
 
 
-def _section(md: str, dataset: str) -> str:
-    return md.split(f"\n## {dataset}\n", 1)[1].split("\n## ", 1)[0]
+def _part(md: str, heading: str) -> str:
+    """The text under the Markdown heading line ``heading`` up to the next heading of the same or a higher level."""
+    level = heading.split(" ", 1)[0]
+    body = md.split(f"\n{heading}\n", 1)[1]
+    ends = [m.start() for m in re.finditer(r"^#{1,%d} " % len(level), body, re.M)]
+    return body[:ends[0]] if ends else body
+
+
+def _track(md: str, dataset: str, track: int, view: str) -> pd.DataFrame:
+    """The ``view`` (exhaustive/pruned) table of ``track`` on ``dataset``."""
+    part = _part(_part(md, f"## {dataset}"), f"### Track {track} B/vector")
+    heading = next(line for line in part.splitlines() if line.startswith(f"#### {view}"))
+    return _md_tables(_part(part, heading))[0]
 
 
 def _row(table: pd.DataFrame, label: str) -> pd.Series:
@@ -148,11 +174,11 @@ def _row(table: pd.DataFrame, label: str) -> pd.Series:
 
 def test_outputs_written(run):
     run_dir, written, _ = run
-    for name in ("leaderboard.md", "leaderboard.html", "summary.json", "tables/table2.csv", "tables/table2.tex",
-                 "tables/table3.csv", "tables/table6.tex", "tables/label_budget.csv",
-                 "plots/toy-a_quality_vs_latency.png", "plots/toy-b_quality_vs_latency.png",
-                 "plots/toy-a_quality_vs_bytes.png", "plots/toy-a_label_budget.png"):
-        assert name in written and written[name] == run_dir / name
+    for name in ("leaderboard.md", "leaderboard.html", "summary.json", "tables/table2_16B.csv",
+                 "tables/table2_8B.tex", "tables/table3.csv", "tables/table6.tex", "tables/label_budget.csv",
+                 "plots/toy-a_tracks.png", "plots/toy-b_tracks.png", "plots/toy-a_frontier.png",
+                 "plots/toy-a_label_budget.png", "plots/toy-a_train_time.png"):
+        assert name in written and written[name] == run_dir / name, name
     for name, path in written.items():
         assert path.stat().st_size > 0
         if name.endswith(".png"):
@@ -160,38 +186,86 @@ def test_outputs_written(run):
     assert "plots/toy-b_label_budget.png" not in written  # toy-b has a single label fraction
 
 
-def test_budget_table_numbers_match_records(run):
+def test_tracks_hold_one_code_size_each(run):
+    run_dir, _, _ = run
+    md = (run_dir / "leaderboard.md").read_text()
+    for dataset in ("toy-a", "toy-b"):
+        for track in (8, 16):
+            for view in ("exhaustive", "pruned"):
+                table = _track(md, dataset, track, view)
+                ok = table[table["nDCG@10"] != "—"]
+                assert set(ok["code B/vec"]) == {str(track)}, (dataset, track, view)
+                assert not any(i.startswith("flat") for i in table.index)  # the ceiling is in no track
+    assert "### Track 4 B/vector" not in md  # jpq M=4 never ran: no known size
+    assert "jpq (M=4): failed: RuntimeError: CUDA out of memory (seed 0, seed 1)" in _part(md, "## toy-b")
+    assert "- Ceiling (family `reference`, in no track): `flat` nDCG@10" in _part(md, "## toy-a")
+
+
+def test_exhaustive_numbers_match_records(run):
     run_dir, _, records = run
     md = (run_dir / "leaderboard.md").read_text()
-    a = _md_table(_section(md, "toy-a"), "### Best nprobe")
-    mean, std = _expected(records, "toy-a", "flat", {}, None)
-    assert _row(a, "flat")["nDCG@10"] == f"{mean:.3f} ± {std:.3f}"
-    mean, std = _expected(records, "toy-a", "distill-vq", DISTILL, 16, "R@100")  # budget 2 ms: nprobe 16 fits
-    assert _row(a, DISTILL_LABEL)["nprobe"] == "16" and _row(a, DISTILL_LABEL)["R@100"] == f"{mean:.3f} ± {std:.3f}"
-    assert _row(a, DISTILL_LABEL)["B/vec"] == "16" and _row(a, DISTILL_LABEL)["Seeds"] == "2"
-    mean, std = _expected(records, "toy-a", "faiss-opq", {"M": 8}, None, "overlap@10")
-    assert _row(a, "faiss-opq (M=8)")["overlap@10"] == f"{mean:.3f} ± {std:.3f}"
-    b = _md_table(_section(md, "toy-b"), "### Best nprobe")
-    mean, std = _expected(records, "toy-b", "faiss-ivfopq", IVFOPQ, 4)  # budget 1 ms: nprobe 16 (1.5 ms) is out
-    assert _row(b, "faiss-ivfopq")["nprobe"] == "4" and _row(b, "faiss-ivfopq")["nDCG@10"] == f"{mean:.3f} ± {std:.3f}"
-    fixed = _md_table(_section(md, "toy-a"), "### At a fixed nprobe")
-    assert _row(fixed, "faiss-ivfopq")["nprobe"] == "4"  # nlist 64 / 16
-    table2 = pd.read_csv(run_dir / "tables" / "table2.csv", index_col=0)
+    a16 = _track(md, "toy-a", 16, "exhaustive")
+    row = _row(a16, DISTILL_TRACK)
+    mean, std = _expected(records, "toy-a", "distill-vq", DISTILL, 16, "R@100")  # nprobe = nlist = 16
+    assert row["nprobe"] == "16" and row["R@100"] == f"{mean:.3f} ± {std:.3f}" and row["seeds"] == "2"
+    mean, std = _expected(records, "toy-a", "faiss-opq", {"M": 16}, None, "overlap@10")
+    assert _row(a16, "faiss-opq")["overlap@10"] == f"{mean:.3f} ± {std:.3f}"
+    assert _row(a16, "faiss-opq")["nprobe"] == "n/a"
+    # index bytes/vector = index_bytes / docs, docs from the reference (256 B/doc + header): PQ 16 + 4.096, IVF + 8
+    assert _row(a16, "faiss-pq")["index B/vec"] == "20.1" and _row(a16, "faiss-ivfopq")["index B/vec"] == "28.1"
+    assert _row(a16, "faiss-pq")["train s"] == f"{20.5:.0f} ± {np.std([20, 21], ddof=1):.0f}"  # 10 * 2 + seed
+    quality = [float(v.split(" ")[0]) for v in a16["nDCG@10"] if v != "—"]
+    assert quality == sorted(quality, reverse=True)
+    table2 = pd.read_csv(run_dir / "tables" / "table2_16B.csv", index_col=0)
     mean, _ = _expected(records, "toy-a", "faiss-opq", {"M": 16}, None, "RR@10")
-    assert table2.loc["faiss-opq (M=16)", "toy-a/RR@10"] == pytest.approx(mean, abs=1e-4)
+    assert table2.loc["faiss-opq", "toy-a/RR@10"] == pytest.approx(mean, abs=1e-4)
     table6 = pd.read_csv(run_dir / "tables" / "table6.csv", index_col=0)
     mean, _ = _expected(records, "toy-b", "faiss-pq", {"M": 8}, None)
     assert table6.loc["faiss-pq", "toy-b/8 B"] == pytest.approx(mean, abs=1e-4)
 
 
+def test_pruned_point_default_budget(run):
+    run_dir, _, records = run
+    md = (run_dir / "leaderboard.md").read_text()
+    flat, _ = _expected(records, "toy-a", "flat", {}, None, "p50_ms")
+    assert f"p50 ≤ {0.1 * flat:.3g} ms (10% of the reference's p50, {flat:.3g} ms)" in _part(md, "## toy-a")
+    a16 = _track(md, "toy-a", 16, "pruned")
+    mean, std = _expected(records, "toy-a", "distill-vq", DISTILL, 1)  # 0.101 ms fits 0.202, nprobe 4 does not
+    assert _row(a16, DISTILL_TRACK)["nprobe"] == "1"
+    assert _row(a16, DISTILL_TRACK)["nDCG@10"] == f"{mean:.3f} ± {std:.3f} †"
+    # PQ scans (0.6-0.75 ms) fit no budget: flagged and listed after every variant that fits
+    order = list(a16.index)
+    over = [i for i in order if i.split(" [")[0] in ("faiss-pq", "faiss-opq", "jpq")]
+    assert order[-len(over):] == over and len(over) == 3
+    marker = _row(a16, "faiss-pq").name.split(" ", 1)[1]
+    assert f"{marker} over the latency budget at every nprobe (0.202 ms)" in _part(md, "## toy-a")
+
+
+def test_budget_option(tmp_path):
+    records = write_fixture(tmp_path, {"toy-a": SPECS["toy-a"]}, torn=False)
+    build_report(tmp_path, budget_ms=0.35)
+    md = (tmp_path / "leaderboard.md").read_text()
+    row = _row(_track(md, "toy-a", 16, "pruned"), DISTILL_TRACK)
+    mean, std = _expected(records, "toy-a", "distill-vq", DISTILL, 4)  # 0.303 ms fits 0.35, 1.515 does not
+    assert row["nprobe"] == "4" and row["nDCG@10"].startswith(f"{mean:.3f} ± {std:.3f}")
+    assert "p50 ≤ 0.35 ms (given)" in md
+    build_report(tmp_path, budget_fraction=0.9)  # 1.82 ms: every point fits, pruned = best = nprobe 16
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert _row(_track(md, "toy-a", 16, "pruned"), DISTILL_TRACK)["nprobe"] == "16"
+    assert "## Across datasets" not in md  # one dataset
+    for bad in ({"budget_ms": 0.0}, {"budget_ms": float("nan")}, {"budget_fraction": 1.5}, {"track": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            build_report(tmp_path, **bad)
+
+
 def test_significance_marks(run):
     run_dir, _, records = run
     md = (run_dir / "leaderboard.md").read_text()
-    a = _md_table(_section(md, "toy-a"), "### Best nprobe")
-    assert _row(a, DISTILL_LABEL)["nDCG@10"].endswith(" †")
-    assert "†" not in _row(a, "jpq")["nDCG@10"]
-    assert "†" not in _row(a, "faiss-opq (M=16)")["nDCG@10"]  # baselines are never marked
-    assert "one-sided paired t-test (scipy.stats.ttest_rel" in _section(md, "toy-a")
+    a16 = _track(md, "toy-a", 16, "exhaustive")
+    assert _row(a16, DISTILL_TRACK)["nDCG@10"].endswith(" †")
+    assert "†" not in _row(a16, "jpq")["nDCG@10"]
+    assert "†" not in _row(a16, "faiss-opq")["nDCG@10"]  # baselines are never marked
+    assert "one-sided paired t-test (scipy.stats.ttest_rel" in _part(md, "## toy-a")
     # the fixture is what it claims: distill-vq clearly better than the best 16-byte baseline, jpq only noise
     sidecars = {}
     for rec in records:
@@ -204,58 +278,72 @@ def test_significance_marks(run):
     assert sps.ttest_rel(distill, base, alternative="greater").pvalue < 1e-6
     assert sps.ttest_rel(jpq, base, alternative="greater").pvalue > 0.05
     summary = json.loads((run_dir / "summary.json").read_text())
-    row = next(r for r in summary["rows"] if r["dataset"] == "toy-a" and r["view"] == "budget"
+    row = next(r for r in summary["rows"] if r["dataset"] == "toy-a" and r["view"] == "exhaustive"
                and r["variant"] == DISTILL_LABEL)
     assert row["significant"] and row["baseline"] == "faiss-ivfopq" and row["p_value"] < 1e-6
+    assert row["track"] == 16 and row["name_in_track"] == DISTILL_TRACK
+    pruned = next(r for r in summary["rows"] if r["dataset"] == "toy-a" and r["view"] == "pruned"
+                  and r["variant"] == DISTILL_LABEL)
+    assert pruned["baseline"] == "faiss-ivfopq" and pruned["nprobe"] == 1  # PQ scans over budget: not baselines
 
 
 def test_failed_and_missing_rows(run):
     run_dir, _, _ = run
     md = (run_dir / "leaderboard.md").read_text()
-    section = _section(md, "toy-b")
-    b = _md_table(section, "### Best nprobe")
-    jpq = _row(b, "jpq")
+    section = _part(md, "## toy-b")
+    b16 = _track(md, "toy-b", 16, "exhaustive")
+    jpq = _row(b16, "jpq")
     assert set(jpq.drop("Family")) == {"—"}
     marker = jpq.name.split(" ", 1)[1]
     assert re.search(re.escape(marker) + r" failed: RuntimeError: CUDA out of memory \(seed 0, seed 1\)", section)
-    partial = _row(b, "distill-vq (M=8, candidates=ib+topk, label_fraction=1, loss=listnet)")
-    assert partial["Seeds"] == "1" and "±" not in partial["nDCG@10"]
+    partial = _row(_track(md, "toy-b", 8, "exhaustive"), "distill-vq (candidates=ib+topk, label_fraction=1, "
+                                                          "loss=listnet)")
+    assert partial["seeds"] == "1" and "±" not in partial["nDCG@10"]
     assert "some runs failed: ValueError: k-means did not converge (seed 1)" in section
-    ablation = _row(b, "distill-vq (M=16, candidates=ib+topk, label_fraction=1, loss=margin-mse)")
+    ablation = _row(b16, "distill-vq (candidates=ib+topk, label_fraction=1, loss=margin-mse)")
     assert ablation["nDCG@10"] == "—" and "not run on this dataset (no record)" in section
 
 
-def test_sanity_lines(run):
-    run_dir, _, records = run
-    md = (run_dir / "leaderboard.md").read_text()
-    a, b = _section(md, "toy-a"), _section(md, "toy-b")
-    assert "- ✓ `flat` tops every compressed point in nDCG@10" in a
-    assert "- ✓ `flat` tops every compressed point in nDCG@10" in b
-    assert "- ✓ faiss-opq beats faiss-pq at the same bytes/vector" in a
-    opq8, _ = _expected(records, "toy-b", "faiss-opq", {"M": 8}, None)
-    pq8, _ = _expected(records, "toy-b", "faiss-pq", {"M": 8}, None)
-    assert "- ✗ faiss-opq does NOT always beat faiss-pq" in b and f"8 B: {opq8:.3f} vs {pq8:.3f} ✗" in b
-
-
-def test_cross_dataset_summary_and_problems(run):
+def test_sanity_line_and_problems(run):
     run_dir, _, _ = run
     md = (run_dir / "leaderboard.md").read_text()
-    summary = _md_table(md, "## Summary across datasets")
-    assert summary.loc["flat", "Mean rank"] == "1.00" and summary.loc["flat", "Datasets"] == "2/2"
-    assert summary.loc[DISTILL_LABEL, "Gain in nDCG@10 vs best reconstruction"].startswith("+")
-    assert summary.loc["jpq", "Datasets"] == "1/2"
-    problems = md.split("## Problems", 1)[1]
+    assert "- ✓ the reference tops every compressed point in nDCG@10" in _part(md, "## toy-a")
+    problems = _part(md, "## Problems")
     assert "results.jsonl:" in problems and "unreadable record" in problems
+    provenance = _part(md, "## Provenance")
+    assert "git sha: `0123456789ab`" in provenance and "CPU: `fixture`" in provenance
+
+
+def test_glance_and_cross_dataset(run):
+    run_dir, _, records = run
+    md = (run_dir / "leaderboard.md").read_text()
+    glance = _md_tables(_part(md, "## At a glance"))[0].reset_index()
+    a16 = glance[(glance["Dataset"] == "toy-a") & (glance["Track"] == "16 B")].iloc[0]
+    assert a16["best exhaustive"] == f"{DISTILL_TRACK}, nprobe 16" and a16["nDCG@10 (exhaustive)"].endswith("†")
+    assert len(glance) == 4  # 2 datasets x 2 tracks, never one row over several tracks
+    cross = _part(md, "## Across datasets")
+    exhaustive = _md_tables(_part(_part(cross, "### Track 16 B/vector"), "#### exhaustive"))[0]
+    assert list(exhaustive.columns) == ["Family", "toy-a", "toy-b", "Average"]
+    assert exhaustive.index[0] == "flat (ceiling, not ranked)"
+    a, _ = _expected(records, "toy-a", "faiss-ivfopq", IVFOPQ, 16)
+    b, _ = _expected(records, "toy-b", "faiss-ivfopq", IVFOPQ, 16)
+    row = exhaustive.loc["faiss-ivfopq"]
+    assert (row["toy-a"], row["toy-b"], row["Average"]) == (f"{a:.3f}", f"{b:.3f}", f"{(a + b) / 2:.3f}")
+    assert exhaustive.loc["jpq", "toy-b"] == "—" and exhaustive.loc["jpq", "Average"] == "—"
+    averages = [float(v) for v in exhaustive["Average"].iloc[1:] if v != "—"]
+    assert averages == sorted(averages, reverse=True)
+    assert exhaustive.loc[DISTILL_TRACK, "toy-a"].endswith(" †")
+    assert "faiss-pq" not in _md_tables(_part(_part(cross, "### Track 16 B/vector"), "#### pruned"))[0].index
 
 
 def test_latex_tables(run):
     run_dir, _, _ = run
-    for stem in ("table2", "table3", "table6", "label_budget"):
+    for stem in ("table2_16B", "table2_8B", "table3", "table6", "label_budget"):
         tex = (run_dir / "tables" / f"{stem}.tex").read_text()
         assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{"))
-    table2 = (run_dir / "tables" / "table2.tex").read_text()
+    table2 = (run_dir / "tables" / "table2_16B.tex").read_text()
     assert r"\multicolumn{3}{c}{toy-a}" in table2 and r"\cmidrule(lr){2-4}" in table2
-    assert not re.search(r"^flat &.*\\textbf", table2, re.M)  # the uncompressed reference is never bold
+    assert not re.search(r"^flat &", table2, re.M)  # the reference is in no track
     table3 = pd.read_csv(run_dir / "tables" / "table3.csv", index_col=[0, 1, 2])
     assert {("margin-mse", "ib+topk"), ("listnet", "topk"), ("listnet", "ib+topk")} == {
         (loss, cand) for _, loss, cand in table3.index}
@@ -266,26 +354,22 @@ def test_latex_tables(run):
 def test_html_self_contained(run):
     run_dir, _, _ = run
     page = (run_dir / "leaderboard.html").read_text()
-    assert "<table" in page and page.count("data:image/png;base64,") >= 4 and "<script>" in page
+    assert page.count("data:image/png;base64,") >= 5 and "<script>" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
-    assert "CUDA out of memory" in page and "†" in page
+    assert page.count('<div class="scroll"><table class="sortable">') == page.count("<table")  # no overflow
+    assert "CUDA out of memory" in page and "†" in page and "<em>index B/vec</em>" in page
 
 
-def test_options_budget_and_fixed_nprobe(tmp_path):
-    records = write_fixture(tmp_path, {"toy-a": SPECS["toy-a"]}, torn=False)
-    for rec in records:
-        if rec["method"] == "jpq":
-            (tmp_path / rec["per_query"]).unlink()  # no per-query values: no test, said in a footnote
-    build_report(tmp_path, quality="RR@10", latency_budget_ms=0.3, fixed_nprobe=16, test="wilcoxon")
-    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
-    pick = {(r["view"], r["variant"]): r for r in rows}
-    assert pick[("budget", DISTILL_LABEL)]["nprobe"] == 1
-    assert pick[("budget", "faiss-pq (M=8)")]["reason"].startswith("no nprobe within the latency budget")
-    assert pick[("fixed", DISTILL_LABEL)]["nprobe"] == 16
-    assert pick[("fixed", "jpq")]["reason"] == "† not tested: per-query values missing"
+def test_track_option_and_errors(tmp_path):
+    write_fixture(tmp_path, torn=False)
+    build_report(tmp_path, quality="RR@10", track=8, test="wilcoxon")
     md = (tmp_path / "leaderboard.md").read_text()
-    assert "p50 ≤ 0.300 ms (given)" in md and "Wilcoxon signed-rank" in md and "Quality measure: **RR@10**" in md
-    assert "## Problems\n\n- none" in md
+    assert md.startswith("# vqbench leaderboard: track 8 B\n")
+    assert "### Track 8 B/vector" in md and "### Track 16 B/vector" not in md
+    assert "Wilcoxon signed-rank" in md and "Quality measure: **RR@10**" in md
+    assert "Ceiling (family `reference`" in md  # the ceiling stays
+    with pytest.raises(ValueError, match=r"track 5 is not in .*results.jsonl; its tracks \(bytes/vector\): 8, 16"):
+        build_report(tmp_path, track=5)
 
 
 def test_missing_tables_are_skipped(tmp_path):
@@ -293,7 +377,8 @@ def test_missing_tables_are_skipped(tmp_path):
     written = build_report(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
     assert "table3: skipped" in md and "label_budget: skipped" in md
-    assert "tables/table2.csv" in written and "tables/table3.csv" not in written
+    assert "tables/table2_16B.csv" in written and "tables/table3.csv" not in written
+    assert "plots/toy-a_label_budget.png" not in written
 
 
 def test_empty_results(tmp_path):
@@ -312,11 +397,63 @@ def test_paired_test_degenerate_and_wilcoxon():
         paired_test(same, same, "sign")
 
 
-def test_cli_runs(run, tmp_path):
+def test_cli(run, tmp_path):
     run_dir, _, _ = run
     shutil.copy(run_dir / "results.jsonl", tmp_path / "results.jsonl")
-    shutil.copytree(run_dir / "per_query", tmp_path / "per_query")
-    proc = subprocess.run([sys.executable, "-m", "benchmark.report", str(tmp_path), "--quality", "RR@10"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = tmp_path / "view"
+    proc = subprocess.run([sys.executable, "-m", "benchmark.report", str(tmp_path), "--track", "16", "--budget-ms",
+                           "0.35", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "leaderboard.html").exists() and "leaderboard.md" in proc.stdout
+    md = (out / "leaderboard.md").read_text()
+    assert "leaderboard.md" in proc.stdout and not (tmp_path / "leaderboard.md").exists()
+    assert "p50 ≤ 0.35 ms (given)" in md and "### Track 8 B/vector" not in md
+    assert "† not tested anywhere in this report: no per-query sidecar" in md  # sidecars were not copied
+    proc = subprocess.run([sys.executable, "-m", "benchmark.report", str(tmp_path), "--track", "3"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "its tracks (bytes/vector): 8, 16" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "benchmark.report", str(tmp_path / "nowhere")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nowhere/results.jsonl does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["synthetic", "debian-desc"])
+def test_committed_reports_regenerate(tmp_path, name):
+    """The committed records give tracks whose pruned point really prunes; a renamed copy of them makes a
+    two-dataset run with its cross-dataset table."""
+    lines = (REPO / "reports" / name / "results.jsonl").read_text().splitlines()
+    copy = []
+    for line in lines:
+        rec = json.loads(line)
+        if rec["family"] != "contrastive":  # one family missing on the copy: its average is —
+            copy.append(json.dumps({**rec, "dataset": f"{name}-copy", "run_id": rec["run_id"][::-1]}))
+    (tmp_path / "results.jsonl").write_text("\n".join(lines + copy) + "\n")
+    build_report(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["problems"] == [] and summary["records"] == len(lines) + len(copy)
+    pruned = [r for r in summary["rows"] if r["view"] == "pruned" and r["dataset"] == name and r["status"] == "ok"]
+    exhaustive = {r["variant"]: r for r in summary["rows"] if r["view"] == "exhaustive" and r["dataset"] == name}
+    budget = summary["latency_budget_ms"][name]["ms"]
+    assert any(r["nprobe"] is not None and r["nprobe"] < exhaustive[r["variant"]]["nprobe"] for r in pruned)
+    assert all(r["values"]["p50_ms"]["mean"] <= budget for r in pruned if r["fits_budget"])
+    cross = _part(md, "## Across datasets")
+    for track in {r["track"] for r in pruned}:
+        table = _md_tables(_part(_part(cross, f"### Track {track} B/vector"), "#### exhaustive"))[0]
+        assert list(table.columns) == ["Family", name, f"{name}-copy", "Average"]
+        learned = table[table["Family"] == "contrastive"]
+        assert len(learned) and set(learned[f"{name}-copy"]) == {"—"} and set(learned["Average"]) == {"—"}
+        recon = table[table["Family"] == "reconstruction"]
+        assert (recon[name] == recon[f"{name}-copy"]).all()  # the copy holds the same numbers
+
+
+def test_report_code_names_no_method():
+    """Families come from the registry and the reference from REFERENCE_FAMILY: no string literal of the report
+    code is a method name."""
+    from benchmark.registry import available
+    names = set(available())
+    for path in sorted((REPO / "benchmark" / "report").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value not in names, (path.name, node.value)
+                assert not any(re.search(rf"`{re.escape(n)}`|\b{re.escape(n)}\(", node.value) for n in names
+                               if "-" in n), (path.name, node.value)

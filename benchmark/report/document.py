@@ -1,9 +1,10 @@
 """Build the leaderboard of a run directory from its ``results.jsonl`` alone.
 
 Writes ``leaderboard.md``, ``leaderboard.html`` (self-contained), ``summary.json``, ``tables/*.csv|tex`` and
-``plots/*.png``. Usage: ``python -m benchmark.report RUN_DIR [--quality RR@10] [--latency-budget-ms X]
-[--nprobe N] [--test wilcoxon]``. The latency budget, the fixed nprobe and the † rule are defined in
-:mod:`benchmark.report.tables` and :mod:`benchmark.report.stats`.
+``plots/*.png`` (``leaderboard.png`` too with ``--screenshot``). Usage: ``python -m benchmark.report RUN_DIR
+[--track 16] [--budget-ms X | --budget-fraction F] [--quality RR@10] [--test wilcoxon] [--out DIR] [--screenshot]``.
+Tracks, the two operating points and the default latency budget are defined in :mod:`benchmark.report.tables`, the
+† rule in :mod:`benchmark.report.stats`.
 """
 from __future__ import annotations
 
@@ -11,172 +12,283 @@ import argparse
 import json
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from benchmark.report import plots
-from benchmark.report import tables as rt
+from benchmark._io import write_text
 from benchmark.records import read_records
+from benchmark.registry import REFERENCE_FAMILY
+from benchmark.report import plots
+from benchmark.report.browser import WIDTH, browser_missing, screenshot
+from benchmark.report import tables as rt
 from benchmark.report.html import render_html
 from benchmark.report.stats import TESTS, footnote, mark_significance
 
 QUALITY = ("nDCG@10", "RR@10")
+TITLE = "vqbench leaderboard"
 
 
-def build_report(run_dir: str | Path, quality: str = "nDCG@10", latency_budget_ms: float | None = None,
-                 fixed_nprobe: int | None = None, test: str = "ttest") -> dict[str, Path]:
-    """Write every report output under ``run_dir``; return ``{relative name: path}`` of the files written."""
+def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float | None = None,
+                 budget_fraction: float = rt.DEFAULT_BUDGET_FRACTION, track: float | None = None,
+                 test: str = "ttest", out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write every report output of ``run_dir``'s records under ``out_dir`` (default ``run_dir``); return
+    ``{relative name: path}`` of the files written.
+
+    ``budget_ms`` fixes the pruned operating point's p50 budget on every dataset; otherwise it is
+    ``budget_fraction`` of the reference's p50 per dataset. ``track`` (bytes/vector) restricts the report to one
+    code budget (the reference ceiling stays)."""
     if quality not in QUALITY:
         raise ValueError(f"quality must be one of {QUALITY}, got {quality!r}")
     if test not in TESTS:
         raise ValueError(f"test must be one of {tuple(TESTS)}, got {test!r}")
+    if budget_ms is not None and not (math.isfinite(budget_ms) and budget_ms > 0):
+        raise ValueError(f"budget_ms must be a positive number of milliseconds, got {budget_ms!r}")
+    if not (math.isfinite(budget_fraction) and 0 < budget_fraction <= 1):
+        raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction!r}")
+    if track is not None and not (math.isfinite(track) and track > 0):
+        raise ValueError(f"track must be a positive number of bytes per vector, got {track!r}")
     run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
     records, problems = read_records(run_dir / "results.jsonl")
-    doc, written = rt.Doc(), {}
-    doc.add("heading", (1, "vqbench leaderboard"))
+    doc = rt.Doc()
+    doc.add("heading", (1, TITLE + (f": track {rt.track_name(track)}" if track is not None else "")))
     summary: dict[str, Any] = {"run_dir": str(run_dir), "quality": quality, "test": test, "records": len(records),
-                               "problems": problems, "latency_budget_ms": {}, "rows": [], "cross_dataset": []}
+                               "problems": problems, "track": track, "latency_budget_ms": {}, "rows": [],
+                               "glance": [], "cross_dataset": {}}
+    written: dict[str, Path] = {}
     if records:
-        written.update(_report_records(doc, summary, rt.load_frame(records, run_dir), run_dir, quality,
-                                       latency_budget_ms, fixed_nprobe, test))
+        df = rt.load_frame(records, run_dir)
+        if track is not None:
+            tracks = rt.tracks_of(df)
+            if track not in tracks:
+                raise ValueError(f"track {track:g} is not in {run_dir / 'results.jsonl'}; its tracks (bytes/vector):"
+                                 f" {', '.join(f'{t:g}' for t in tracks) or 'none'}")
+            df = df[(df["track"] == track) | (df["family"] == REFERENCE_FAMILY)]
+        written.update(_report_records(doc, summary, df, records, out, quality, budget_ms, budget_fraction, test))
     else:
         doc.add("text", "No records: `results.jsonl` is missing or empty, so there is nothing to rank yet.")
     doc.add("heading", (2, "Problems"))
     doc.add("list", problems or ["none: every line of `results.jsonl` was readable"])
-    written.update(_write_outputs(doc, summary, run_dir))
+    written.update(_write_outputs(doc, summary, out))
     return written
 
 
-def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, run_dir: Path, quality: str,
-                    budget_ms: float | None, fixed_nprobe: int | None, test: str) -> dict[str, Path]:
+def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, records: list[dict[str, Any]],
+                    out: Path, quality: str, budget_ms: float | None, fraction: float,
+                    test: str) -> dict[str, Path]:
     points = rt.aggregate_points(df)
     datasets = sorted(df["dataset"].unique())
-    budgets = {ds: (budget_ms, "given") if budget_ms is not None else rt.default_budget(points, ds)
-               for ds in datasets}
-    views = {"budget": mark_significance(rt.select_budget(points, quality, {d: b[0] for d, b in budgets.items()}),
-                                         quality, test),
-             "fixed": mark_significance(rt.select_fixed(points, fixed_nprobe), quality, test)}
+    budgets = {ds: rt.latency_budget(points, ds, budget_ms, fraction) for ds in datasets}
+    views = {"exhaustive": mark_significance(rt.select_exhaustive(points), quality, test),
+             "pruned": mark_significance(rt.select_pruned(points, quality, budgets), quality, test)}
+    compared = [v[v["baseline"].notna()] for v in views.values()]
+    tested = any(not c["untested"].map(rt.is_true).all() for c in compared if not c.empty)
+    if not tested:  # no sidecar at all (e.g. a committed report): one note instead of a footnote per row
+        views = {k: v.assign(untested=False) for k, v in views.items()}
     failed = int((df["status"] == "failed").sum())
+    tracks = rt.tracks_of(df)
     doc.add("text", f"Generated from `results.jsonl` alone: {len(df)} records ({failed} failed), "
-                    f"{len(datasets)} dataset(s). Quality measure: **{quality}**. Values are mean ± std over seeds "
-                    f"(plain value with one seed).")
-    doc.add("text", _provenance(df))
-    cross = rt.cross_dataset(views["budget"], quality)
-    doc.add("heading", (2, "Summary across datasets"))
-    doc.add("table", cross)
-    doc.add("notes", [f"Each variant at its best nprobe within the latency budget. Mean rank of {quality} over the "
-                      "datasets the variant has results on (1 = best); gain = mean relative difference to the best "
-                      "reconstruction baseline of each dataset."])
-    summary["cross_dataset"] = cross.to_dict(orient="records")
+                    f"{len(datasets)} dataset(s), tracks (code bytes/vector): "
+                    f"{', '.join(rt.track_name(t) for t in tracks) or 'none'}. Quality measure: **{quality}**. "
+                    f"Values are mean ± std over seeds (plain value with one seed).")
+    doc.add("text", "How to read it: methods compete only inside a **track** (the same code size in bytes per "
+                    "vector); nothing here ranks across tracks. Each track is ranked twice: **exhaustive** (the "
+                    "quantizer alone: nprobe = nlist, or no IVF) and **pruned** (best nprobe within a latency budget "
+                    "that forces IVF to skip lists; budgets per dataset below). *index B/vec* counts everything the "
+                    "index stores per document (IVF list ids, codebooks), *code B/vec* only the code.")
+    notes = [footnote(quality, test)]
+    if not tested:
+        notes.append("† not tested anywhere in this report: no per-query sidecar is in this folder (they are not "
+                     "committed, for size); re-run the records' configs to get the marks.")
+    summary["sidecars"] = tested
+    glance = rt.glance(views, budgets, quality)
+    doc.add("heading", (2, "At a glance"))
+    doc.add("table", glance)
+    doc.add("notes", ["Best variant per track and operating point (budgets: " + "; ".join(
+        f"{ds}: {b.text}, {b.how}" for ds, b in budgets.items()) + ").", *notes])
+    summary["glance"] = glance.to_dict(orient="records")
     written: dict[str, Path] = {}
+    if len(datasets) >= 2:
+        _cross_dataset(doc, summary, df, points, views, datasets, tracks, quality, notes)
     for ds in datasets:
-        summary["latency_budget_ms"][ds] = {"ms": _json_value(budgets[ds][0]), "how": budgets[ds][1]}
-        written.update(_dataset_section(doc, summary, df, points, views, ds, budgets[ds], fixed_nprobe, quality,
-                                        test, run_dir))
-    written.update(_paper_tables(doc, views["budget"], datasets, quality, run_dir))
+        summary["latency_budget_ms"][ds] = {"ms": _json_value(budgets[ds].ms), "how": budgets[ds].how}
+        written.update(_dataset_section(doc, summary, df, points, views, ds, budgets[ds], quality, notes, out))
+    written.update(_paper_tables(doc, views["exhaustive"], datasets, tracks, quality, out))
+    doc.add("heading", (2, "Provenance"))
+    doc.add("list", provenance_lines(records))
     return written
 
 
-def _provenance(df: pd.DataFrame) -> str:
-    shas = sorted({sha[:10] for sha in df["git_sha"] if sha})
-    return f"Code version (git): {', '.join(shas) or 'unknown'}; full provenance is in each record."
+def _cross_dataset(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, points: pd.DataFrame,
+                   views: dict[str, pd.DataFrame], datasets: list[str], tracks: list[float], quality: str,
+                   notes: list[str]) -> None:
+    doc.add("heading", (2, "Across datasets"))
+    doc.add("text", f"{quality} per dataset in BEIR's layout, one table per track and operating point (pruned: "
+                    "within each dataset's own latency budget); the average is over every dataset (— when a variant "
+                    "misses one or is over the budget on one).")
+    ref = points[points["family"] == REFERENCE_FAMILY]
+    for track in tracks:
+        doc.add("heading", (3, f"Track {rt.track_name(track)}/vector"))
+        for view in rt.VIEWS:
+            table = rt.cross_dataset(views[view], quality, datasets, track, ref)
+            doc.add("heading", (4, view))
+            doc.add("table", table)
+            summary["cross_dataset"][f"{track:g}/{view}"] = table.to_dict(orient="records")
+    doc.add("notes", notes)
 
 
 def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, points: pd.DataFrame,
-                     views: dict[str, pd.DataFrame], ds: str, budget: tuple[float, str], fixed_nprobe: int | None,
-                     quality: str, test: str, run_dir: Path) -> dict[str, Path]:
+                     views: dict[str, pd.DataFrame], ds: str, budget: rt.Budget, quality: str, notes: list[str],
+                     out: Path) -> dict[str, Path]:
     doc.add("heading", (2, ds))
-    doc.add("list", rt.sanity_lines(points, ds))
-    fixed_text = f"nprobe = {fixed_nprobe}" if fixed_nprobe is not None else "the nprobe closest to nlist/16"
-    limit = f"p50 ≤ {budget[0]:.3f} ms" if math.isfinite(budget[0]) else "none"
-    titles = {"budget": f"Best nprobe within a latency budget: {limit} ({budget[1]})",
-              "fixed": f"At a fixed nprobe: {fixed_text} (non-IVF methods: their single row)"}
-    for view, rows in views.items():
-        notes = rt.Footnotes()
-        full = rt.complete_rows(rows, df, ds)
-        doc.add("heading", (3, titles[view]))
-        doc.add("table", rt.display_table(full, quality, notes))
-        doc.add("notes", [footnote(quality, test), *notes.lines()])
-        summary["rows"] += [_summary_row(row, view) for _, row in full.iterrows()]
-    return _dataset_plots(doc, points, views["budget"], ds, budget[0], quality, run_dir)
-
-
-def _dataset_plots(doc: rt.Doc, points: pd.DataFrame, rows: pd.DataFrame, ds: str, budget: float, quality: str,
-                   run_dir: Path) -> dict[str, Path]:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", ds).strip("-").lower() or "dataset"
-    pts, here = points[points["dataset"] == ds], rows[rows["dataset"] == ds]
-    flat = here.loc[here["method"] == "flat", quality]
-    reference = float(flat.max()) if not flat.empty else None
-    made = {
-        "quality_vs_latency": plots.quality_vs_latency(
-            pts, quality, budget, f"{ds}: {quality} vs latency (nprobe sweep)",
-            run_dir / "plots" / f"{slug}_quality_vs_latency.png"),
-        "quality_vs_bytes": plots.quality_vs_x(
-            rt.swept(here, quality, "base_code_size", "bytes_per_vector"), quality, "base_code_size",
-            "bytes_per_vector", "code size (bytes per vector, log2 scale)",
-            f"{ds}: {quality} vs code size (best nprobe within the budget)",
-            run_dir / "plots" / f"{slug}_quality_vs_bytes.png", reference, log2=True,
-            tick_text=lambda v: f"{v:g}"),
-        "label_budget": plots.quality_vs_x(
-            rt.swept(here, quality, "base_label_fraction", "label_fraction"), quality, "base_label_fraction",
-            "label_fraction", "fraction of labeled training queries",
-            f"{ds}: {quality} vs label budget (best nprobe within the budget)",
-            run_dir / "plots" / f"{slug}_label_budget.png", reference, tick_text=lambda v: f"{v:.0%}"),
-    }
-    written = {}
-    for name, path in made.items():
-        if path is not None:
-            rel = path.relative_to(run_dir).as_posix()
-            doc.add("image", (rel, f"{ds}: {name.replace('_', ' ')}"))
-            written[rel] = path
+    ceiling = rt.reference_line(points, ds, quality)
+    doc.add("list", [*([ceiling] if ceiling else []), *rt.sanity_lines(points, ds, quality),
+                     f"Latency budget of the pruned point: {budget.text} ({budget.how})."])
+    written = _dataset_plots(doc, points, views, ds, budget, quality, out, first=True)
+    titles = {"exhaustive": "exhaustive (nprobe = nlist, or no IVF)",
+              "pruned": f"pruned: best nprobe with {budget.text}"}
+    for track in sorted(df.loc[df["dataset"] == ds, "track"].dropna().unique()):
+        doc.add("heading", (3, f"Track {rt.track_name(track)}/vector"))
+        foot = rt.Footnotes()
+        for view, rows in views.items():
+            full = rt.track_rows(rows, df, ds, track)
+            doc.add("heading", (4, titles[view]))
+            doc.add("table", rt.display_track_table(full, quality, foot))
+            summary["rows"] += [_summary_row(row, view, track) for _, row in full.iterrows()]
+        doc.add("notes", [*notes, *foot.lines()])
+    unplaced = rt.unplaced_failures(df, ds)
+    if unplaced:
+        doc.add("heading", (3, "Failed in every run (no code size known, so in no track)"))
+        doc.add("list", unplaced)
+    written.update(_dataset_plots(doc, points, views, ds, budget, quality, out, first=False))
     return written
 
 
-def _paper_tables(doc: rt.Doc, rows: pd.DataFrame, datasets: list[str], quality: str,
-                  run_dir: Path) -> dict[str, Path]:
+def _slug(ds: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", ds).strip("-").lower() or "dataset"
+
+
+def _dataset_plots(doc: rt.Doc, points: pd.DataFrame, views: dict[str, pd.DataFrame], ds: str, budget: rt.Budget,
+                   quality: str, out: Path, first: bool) -> dict[str, Path]:
+    """``first``: the small multiples (right under the dataset heading); else the frontier, label-budget and
+    train-time plots (after the track tables)."""
+    slug, plot_dir = _slug(ds), out / "plots"
+    pts = points[points["dataset"] == ds]
+    exhaustive = views["exhaustive"]
+    here = exhaustive[(exhaustive["dataset"] == ds) & (exhaustive["family"] != REFERENCE_FAMILY)]
+    ref = pts.loc[pts["family"] == REFERENCE_FAMILY, quality]
+    reference = float(ref.max()) if not ref.empty else None
+    if first:
+        made = {"tracks": (plots.tracks_vs_latency(
+            pts, quality, budget.ms, reference, f"{ds}: {quality} vs latency, one panel per code size",
+            plot_dir / f"{slug}_tracks.png"), None)}
+    else:
+        front = rt.pareto_bytes(here, quality)
+        made = {
+            "frontier": (plots.quality_vs_bytes(
+                here, quality, reference, f"{ds}: {quality} vs code size (exhaustive)",
+                plot_dir / f"{slug}_frontier.png"), rt.pareto_table(front, quality, reference)),
+            "label_budget": (plots.label_budget(
+                here, quality, reference, f"{ds}: {quality} vs label budget (exhaustive)",
+                plot_dir / f"{slug}_label_budget.png"), None),
+            "train_time": (plots.train_time(
+                here, quality, reference, f"{ds}: {quality} vs training time (exhaustive)",
+                plot_dir / f"{slug}_train_time.png"), None),
+        }
+    captions = {"tracks": "each variant's nprobe sweep per track; black dashed = Pareto front of the panel",
+                "frontier": "quality vs code size; the table lists the Pareto-optimal points",
+                "label_budget": "quality vs fraction of labeled training queries",
+                "train_time": "quality vs training seconds"}
+    written = {}
+    for name, (path, table) in made.items():
+        if path is None:
+            continue
+        rel = path.relative_to(out).as_posix()
+        if not first:
+            doc.add("heading", (3, captions[name][0].upper() + captions[name][1:].split(";")[0]))
+        doc.add("image", (rel, f"{ds}: {captions[name]}"))
+        if table is not None:
+            doc.add("table", table)
+        written[rel] = path
+    return written
+
+
+def _paper_tables(doc: rt.Doc, rows: pd.DataFrame, datasets: list[str], tracks: list[float], quality: str,
+                  out: Path) -> dict[str, Path]:
     doc.add("heading", (2, "Paper-style tables"))
+    rows = rows[rows["family"] != REFERENCE_FAMILY]
     if rows.empty:
-        doc.add("list", ["all tables skipped: no successful record."])
+        doc.add("list", ["all tables skipped: no successful compressed record."])
         return {}
-    view = "each variant at its best nprobe within the latency budget, mean over seeds"
-    reference = frozenset(rows.loc[rows["family"] == "reference", "label"])
-    specs = {
-        "table2": (rt.table2(rows, datasets), f"Methods x datasets ({view}); best compressed value in bold.",
-                   reference),
-        "table3": (rt.table3(rows, datasets), f"Loss and candidate ablation ({view}).", frozenset()),
-        "table6": (rt.sweep_table(rows, quality, "base_code_size", "bytes_per_vector", lambda v: f"{v:g} B"),
-                   f"{quality} vs code size in bytes per vector ({view}).", frozenset()),
-        "label_budget": (rt.sweep_table(rows, quality, "base_label_fraction", "label_fraction",
-                                        lambda v: f"{v:.0%}"),
-                         f"{quality} vs fraction of labeled training queries ({view}).", frozenset()),
-    }
+    view = "exhaustive operating point, mean over seeds"
+    specs: dict[str, tuple[pd.DataFrame | None, str]] = {}
+    for track in tracks:
+        specs[f"table2_{track:g}B"] = (rt.table2(rows[rows["track"] == track], datasets, "tlabel"),
+                                       f"Methods x datasets, track {rt.track_name(track)}/vector ({view}); best "
+                                       f"value in bold.")
+    specs["table3"] = (rt.table3(rows, datasets), f"Loss and candidate ablation ({view}).")
+    specs["table6"] = (rt.sweep_table(rows, quality, "base_code_size", "bytes_per_vector", lambda v: f"{v:g} B"),
+                       f"{quality} vs code size in bytes per vector ({view}).")
+    specs["label_budget"] = (rt.sweep_table(rows, quality, "base_label_fraction", "label_fraction",
+                                            lambda v: f"{v:.0%}"),
+                             f"{quality} vs fraction of labeled training queries ({view}).")
     missing = {"table3": "no variant was run with two or more (loss, candidates) combinations",
                "table6": "no variant was run at two or more code sizes",
                "label_budget": "no variant was run at two or more `label_fraction` values"}
     items, written = [], {}
-    for stem, (table, caption, skip) in specs.items():
+    for stem, (table, caption) in specs.items():
         if table is None or table.empty:
             items.append(f"{stem}: skipped, {missing.get(stem, 'no data')}.")
             continue
-        paths = rt.write_table(table, run_dir / "tables", stem, caption, skip)
-        written.update({p.relative_to(run_dir).as_posix(): p for p in paths})
-        items.append(f"{stem}: " + ", ".join(f"`{p.relative_to(run_dir).as_posix()}`" for p in paths))
+        paths = rt.write_table(table, out / "tables", stem, caption)
+        written.update({p.relative_to(out).as_posix(): p for p in paths})
+        items.append(f"{stem}: " + ", ".join(f"`{p.relative_to(out).as_posix()}`" for p in paths))
     doc.add("list", items)
     return written
 
 
-def _summary_row(row: pd.Series, view: str) -> dict[str, Any]:
+def provenance_lines(records: list[dict[str, Any]]) -> list[str]:
+    """What produced the records: code version, library versions, CPU, threads, device, time span, command."""
+    prov = [r.get("provenance") or {} for r in records]
+
+    def values(get) -> str:
+        seen: dict[str, int] = {}
+        for p in prov:
+            value = get(p)
+            if value not in (None, "", {}):
+                text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+                seen[text] = seen.get(text, 0) + 1
+        if not seen:
+            return "not recorded"
+        return "; ".join(f"`{v}`" + (f" ({n} records)" if len(seen) > 1 else "") for v, n in seen.items())
+
+    versions = sorted({k for p in prov for k in (p.get("versions") or {})})
+    stamps = sorted(p["timestamp"] for p in prov if isinstance(p.get("timestamp"), str))
+    lines = [f"git sha: {values(lambda p: (p.get('git_sha') or '')[:12])}",
+             "versions: " + ", ".join(f"{k} {values(lambda p, k=k: (p.get('versions') or {}).get(k))}"
+                                      for k in versions),
+             f"CPU: {values(lambda p: p.get('cpu'))}", f"threads: {values(lambda p: p.get('threads'))}",
+             f"device: {values(lambda p: p.get('device'))}", f"platform: {values(lambda p: p.get('platform'))}",
+             f"command line: {values(lambda p: ' '.join(p['argv']) if p.get('argv') else None)}"]
+    if stamps:
+        lines.append(f"records written from {stamps[0]} to {stamps[-1]}")
+    return lines
+
+
+def _summary_row(row: pd.Series, view: str, track: float) -> dict[str, Any]:
     ok = row["status"] == "ok"
     measures = {k: {"mean": _json_value(row[k]), "std": _json_value(row[f"{k}_std"])} if ok else None
                 for k in rt.NUMERIC}
-    return {"dataset": row["dataset"], "view": view, "variant": row["label"], "method": row["method"],
-            "family": row["family"], "params": row["params"] if ok else None, "status": row["status"],
-            "reason": row["reason"], "nprobe": _json_value(row["nprobe"]) if ok else None,
+    return {"dataset": row["dataset"], "view": view, "track": _json_value(track), "variant": row["label"],
+            "name_in_track": row["tlabel"], "method": row["method"], "family": row["family"],
+            "params": row["params"] if ok else None, "status": row["status"], "reason": row["reason"],
+            "nprobe": _json_value(row["nprobe"]) if ok else None,
             "n_seeds": _json_value(row["n_seeds"]) if ok else 0,
-            "bytes_per_vector": _json_value(row["bytes_per_vector"]) if ok else None, "values": measures,
+            "fits_budget": ok and rt.is_true(row.get("fits")),
+            "bytes_per_vector": _json_value(row["bytes_per_vector"]) if ok else None,
+            "index_bytes_per_vector": _json_value(row["index_bpv"]) if ok else None, "values": measures,
             "baseline": row.get("baseline") if ok else None, "p_value": _json_value(row.get("p_value")),
             "significant": ok and rt.is_true(row.get("significant"))}
 
@@ -189,14 +301,12 @@ def _json_value(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53 else value
 
 
-def _write_outputs(doc: rt.Doc, summary: dict[str, Any], run_dir: Path) -> dict[str, Path]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"leaderboard.md": run_dir / "leaderboard.md", "leaderboard.html": run_dir / "leaderboard.html",
-             "summary.json": run_dir / "summary.json"}
-    paths["leaderboard.md"].write_text(doc.markdown(), encoding="utf-8")
-    paths["leaderboard.html"].write_text(render_html(doc, run_dir, "vqbench leaderboard"), encoding="utf-8")
-    paths["summary.json"].write_text(json.dumps(summary, indent=1, default=str, ensure_ascii=False) + "\n",
-                                     encoding="utf-8")
+def _write_outputs(doc: rt.Doc, summary: dict[str, Any], out: Path) -> dict[str, Path]:
+    paths = {"leaderboard.md": out / "leaderboard.md", "leaderboard.html": out / "leaderboard.html",
+             "summary.json": out / "summary.json"}
+    write_text(paths["leaderboard.md"], doc.markdown())
+    write_text(paths["leaderboard.html"], render_html(doc, out, TITLE))
+    write_text(paths["summary.json"], json.dumps(summary, indent=1, default=str, ensure_ascii=False) + "\n")
     return paths
 
 
@@ -204,16 +314,31 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point (also used by ``run_benchmark.py --report-only DIR``)."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="run directory holding results.jsonl")
+    parser.add_argument("--track", type=float, default=None,
+                        help="only this code budget (bytes/vector); the reference ceiling stays")
+    parser.add_argument("--budget-ms", type=float, default=None,
+                        help="p50 budget in ms of the pruned operating point, on every dataset (default: "
+                             "--budget-fraction of the reference's p50 per dataset)")
+    parser.add_argument("--budget-fraction", type=float, default=rt.DEFAULT_BUDGET_FRACTION,
+                        help="default budget as a fraction of the reference's p50 (default %(default)s)")
     parser.add_argument("--quality", choices=QUALITY, default="nDCG@10", help="measure to rank by")
-    parser.add_argument("--latency-budget-ms", type=float, default=None,
-                        help="p50 budget in ms (default: the p50 of flat on each dataset)")
-    parser.add_argument("--nprobe", type=int, default=None, help="fixed nprobe (default: closest to nlist/16)")
     parser.add_argument("--test", choices=tuple(TESTS), default="ttest", help="paired test for the † mark")
+    parser.add_argument("--out", type=Path, default=None, help="write the report here (default: RUN_DIR)")
+    parser.add_argument("--screenshot", action="store_true",
+                        help=f"also save leaderboard.png: the page in headless Chromium, {WIDTH} px wide")
     args = parser.parse_args(argv)
-    if not args.run_dir.is_dir():
-        parser.error(f"{args.run_dir} is not a directory")
-    written = build_report(args.run_dir, args.quality, args.latency_budget_ms, args.nprobe, args.test)
+    if args.screenshot and browser_missing():
+        parser.error(f"--screenshot: {browser_missing()}")
+    if not (args.run_dir / "results.jsonl").is_file():
+        parser.error(f"{args.run_dir / 'results.jsonl'} does not exist: RUN_DIR must hold a results.jsonl")
+    try:
+        written = build_report(args.run_dir, args.quality, args.budget_ms, args.budget_fraction, args.track,
+                               args.test, args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.screenshot:
+        out = args.out if args.out is not None else args.run_dir
+        written["leaderboard.png"] = screenshot(written["leaderboard.html"], out / "leaderboard.png")
     for name in sorted(written):
         print(written[name])
     return 0
-

@@ -12,30 +12,51 @@ import pandas as pd
 from benchmark.report.tables import Doc
 
 CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem auto; max-width: 1320px;
        padding: 0 1rem; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.85rem; }
-th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+h2 { border-bottom: 2px solid #ccc; padding-bottom: 0.2rem; margin-top: 2.2rem; }
+h3 { margin-top: 1.6rem; } h4 { margin: 1rem 0 0.3rem; color: #444; }
+.scroll { max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.4rem 0 0.8rem; font-size: 0.82rem; }
+th, td { padding: 0.22rem 0.5rem; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
-table.sortable th { cursor: pointer; background: #f3f3f3; }
-table.sortable th:hover { background: #e4e4e4; }
+td:first-child { white-space: normal; min-width: 12rem; max-width: 26rem; }
+table.sortable th { cursor: pointer; background: #f0f0f0; user-select: none; position: relative;
+                    padding-right: 1.1rem; }
+table.sortable th:hover { background: #e2e2e2; }
+table.sortable th::after { content: "\\2195"; position: absolute; right: 0.25rem; color: #aaa; }
+table.sortable th[aria-sort="ascending"]::after { content: "\\25B2"; color: #333; }
+table.sortable th[aria-sort="descending"]::after { content: "\\25BC"; color: #333; }
 tbody tr:nth-child(even) { background: #fafafa; }
 ul.notes { font-size: 0.8rem; color: #555; }
-img { max-width: 100%; }
+figure { margin: 0.8rem 0; } figcaption { font-size: 0.8rem; color: #555; }
+img { max-width: 100%; height: auto; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
 """
 
+# Click a header: sort its column (numbers by value, first click descending; text alphabetically, first click
+# ascending; "—" and empty cells always last). The leading number of "0.512 ± 0.004 †" is its value.
 SORT_JS = """
-document.querySelectorAll('table.sortable th').forEach(function (th) {
-  th.addEventListener('click', function () {
-    var body = th.closest('table').tBodies[0], col = th.cellIndex;
-    var dir = th.dataset.dir === 'desc' ? 1 : -1; th.dataset.dir = dir === 1 ? 'asc' : 'desc';
-    var key = function (tr) { var t = tr.cells[col].textContent.trim(), n = parseFloat(t); return isNaN(n) ? t : n; };
-    Array.from(body.rows).sort(function (a, b) {
-      var x = key(a), y = key(b);
-      if (typeof x !== typeof y) { return typeof x === 'number' ? -1 : 1; }
-      return (x < y ? -1 : x > y ? 1 : 0) * dir;
-    }).forEach(function (tr) { body.appendChild(tr); });
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  var heads = table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(heads, function (th, col) {
+    th.addEventListener('click', function () {
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var key = function (tr) {
+        var t = tr.cells[col].textContent.trim(), m = t.match(/^[-+]?\\d*\\.?\\d+(e[-+]?\\d+)?/i);
+        return m ? parseFloat(m[0]) : (t === '\\u2014' || t === '' ? null : t.toLowerCase());
+      };
+      var numeric = rows.some(function (tr) { return typeof key(tr) === 'number'; });
+      var current = th.getAttribute('aria-sort');
+      var dir = current ? (current === 'descending' ? 1 : -1) : (numeric ? -1 : 1);
+      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute('aria-sort'); });
+      th.setAttribute('aria-sort', dir === 1 ? 'ascending' : 'descending');
+      rows.map(function (tr, i) { return [key(tr), i, tr]; }).sort(function (a, b) {
+        if (a[0] === null || b[0] === null) { return a[0] === b[0] ? a[1] - b[1] : (a[0] === null ? 1 : -1); }
+        if (typeof a[0] !== typeof b[0]) { return typeof a[0] === 'number' ? -1 : 1; }
+        return (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] - b[1]) * (a[0] === b[0] ? 1 : dir);
+      }).forEach(function (item) { body.appendChild(item[2]); });
+    });
   });
 });
 """
@@ -69,10 +90,12 @@ def _table(table: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
                    for row in table.itertuples(index=False))
-    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    return (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+            f'</table></div>')
 
 
 def _inline(text: str) -> str:
-    """Escape, then turn Markdown ``code`` and **bold** spans into tags."""
+    """Escape, then turn Markdown ``code``, **bold** and *italic* spans into tags."""
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])", r"<em>\1</em>", text)

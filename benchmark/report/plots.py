@@ -1,97 +1,268 @@
-"""Report plots (matplotlib, Agg canvas, no pyplot state): Okabe-Ito colours, one marker per family.
+"""Report plots (matplotlib, Agg canvas, no pyplot state), one panel per code-budget track.
 
-Colours are the Okabe & Ito (2008) colour-blind-safe set without yellow (too faint on white) and black (kept for the
-Pareto front and the ``flat`` reference line); after six variants the line style changes. Legends list variants in
-family order (reference, reconstruction, contrastive, distillation).
+Style: colour = family (Okabe & Ito 2008 colour-blind-safe hues; black is the reference ceiling and the Pareto
+front), marker = method, line style = variant of the same method. Every figure has one legend, grouped by family
+(a bold family heading above its variants), so a panel may hold more than 8 series and stay readable; a variant keeps
+its style in every panel and every figure of a report.
 """
 from __future__ import annotations
 
-import itertools
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from benchmark.report.tables import FAMILY_ORDER
+from benchmark._io import atomic_path
+from benchmark.registry import FAMILIES, REFERENCE_FAMILY
+from benchmark.report.tables import FAMILY_ORDER, track_name
 
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
-LINESTYLES = ("-", ":", "-.", (0, (6, 1, 1, 1, 1, 1)))  # "--" is the Pareto front's
-MARKERS = {"reference": "*", "reconstruction": "s", "contrastive": "^", "distillation": "o"}
+OKABE_ITO = {"reconstruction": "#0072B2", "score-aware": "#009E73", "contrastive": "#D55E00",
+             "distillation": "#CC79A7"}
+SPARE_COLOURS = ("#E69F00", "#56B4E9", "#999999")  # families added to the registry after this file
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
+LINESTYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+PANEL_W, PANEL_H, COLS = 4.2, 4.2, 3
+DPI = 110
 
 
-def _lines(rows: pd.DataFrame, group: str, x: str):
-    """Yield ``(label, rows sorted by x, colour, linestyle, marker)`` per ``group`` value, in family order."""
-    order = rows.assign(_f=rows["family"].map(FAMILY_ORDER)).sort_values(["_f", group])
-    styles = itertools.cycle([(c, ls) for ls in LINESTYLES for c in OKABE_ITO])
-    for label in dict.fromkeys(order[group]):
-        sub = rows[rows[group] == label].sort_values(x)
-        color, ls = next(styles)
-        yield label, sub, color, ls, MARKERS.get(sub["family"].iloc[0], "D")
+@dataclass(frozen=True)
+class Style:
+    colour: str
+    marker: str
+    linestyle: object
+
+
+def family_colour(family: str) -> str:
+    if family == REFERENCE_FAMILY:
+        return "#000000"
+    if family in OKABE_ITO:
+        return OKABE_ITO[family]
+    others = [f for f in FAMILIES if f not in OKABE_ITO and f != REFERENCE_FAMILY]
+    return SPARE_COLOURS[others.index(family) % len(SPARE_COLOURS)] if family in others else "#777777"
+
+
+def styles(rows: pd.DataFrame) -> dict[str, Style]:
+    """A style per ``tlabel`` of ``rows`` (compressed rows): family colour, method marker, variant line style."""
+    order = rows.drop_duplicates("tlabel").assign(_f=lambda d: d["family"].map(FAMILY_ORDER).fillna(99))
+    order = order.sort_values(["_f", "method", "tlabel"])
+    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(dict.fromkeys(order["method"]))}
+    out, seen = {}, {}
+    for tlabel, method, family in zip(order["tlabel"], order["method"], order["family"]):
+        k = seen.get(method, 0)
+        seen[method] = k + 1
+        out[tlabel] = Style(family_colour(family), markers[method], LINESTYLES[k % len(LINESTYLES)])
+    return out
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Points not dominated by a faster-or-equal point of higher ``y`` (lower ``x`` is better), sorted by ``x``."""
+    """Points not dominated by a smaller-or-equal ``x`` of higher ``y`` (lower ``x`` is better), sorted by ``x``."""
     ordered = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False])
     return ordered[ordered[y] > ordered[y].cummax().shift(fill_value=-float("inf"))]
 
 
-def quality_vs_latency(points: pd.DataFrame, quality: str, budget: float, title: str, path: Path) -> Path | None:
-    """One line per variant across its nprobe sweep (x = p50 ms, log), the Pareto front, the latency budget."""
-    points = points.dropna(subset=["p50_ms", quality])
+def _panels(n: int, sharey: bool = True) -> tuple[Figure, list]:
+    cols = min(n, COLS)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(PANEL_W * cols, PANEL_H * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, sharey=sharey, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    for ax in axes[:n]:
+        ax.grid(True, which="major", color="#dddddd", lw=0.6)
+    return fig, axes[:n]
+
+
+def _legend(fig: Figure, rows: pd.DataFrame, style: dict[str, Style], extra: list[tuple[Line2D, str]]) -> None:
+    """One figure legend right of the panels: a bold heading per family, then its variants; then ``extra``."""
+    handles, labels, headings = [], [], []
+    present = rows.drop_duplicates("tlabel")
+    for family in sorted(present["family"].unique(), key=lambda f: FAMILY_ORDER.get(f, 99)):
+        headings.append(len(labels))
+        handles.append(Line2D([], [], linestyle="none"))
+        labels.append(family)
+        for tlabel in [t for t in style if t in set(present.loc[present["family"] == family, "tlabel"])]:
+            s = style[tlabel]
+            handles.append(Line2D([], [], color=s.colour, marker=s.marker, linestyle=s.linestyle, markersize=6))
+            labels.append(tlabel)
+    if extra:
+        headings.append(len(labels))
+        handles.append(Line2D([], [], linestyle="none"))
+        labels.append("reading aids")
+        for handle, label in extra:
+            handles.append(handle)
+            labels.append(label)
+    # room for the legend beside the panels: ~0.062 in per character at 8 pt, ~0.17 in per entry
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 0.9 + 0.062 * max(map(len, labels)), max(height, 0.8 + 0.17 * len(labels)))
+    legend = fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False, handlelength=2.6,
+                        labelspacing=0.35)
+    for i in headings:
+        legend.get_texts()[i].set_fontweight("bold")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    return path
+
+
+def _log_x(ax) -> None:
+    """Log x axis labelled at 1-2-5 steps in plain numbers (no 10^x, no crowded minor labels)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _aids(reference: float | None, budget: float | None, front: bool) -> list[tuple[Line2D, str]]:
+    out = []
+    if reference is not None:
+        out.append((Line2D([], [], color="black", lw=1.2), f"dense ceiling ({reference:.3f})"))
+    if front:
+        out.append((Line2D([], [], color="black", ls="--", lw=1.6, alpha=0.6), "Pareto front of the panel"))
+    if budget is not None:
+        out.append((Line2D([], [], color="grey", ls=":", lw=1.4), f"latency budget ({budget:.3g} ms)"))
+    return out
+
+
+def tracks_vs_latency(points: pd.DataFrame, quality: str, budget: float, reference: float | None, title: str,
+                      path: Path) -> Path | None:
+    """Small multiples: a panel per track; each variant's nprobe sweep (x = p50 ms, log), the panel's Pareto
+    front, the latency budget and the dense ceiling."""
+    points = points.dropna(subset=["track", "p50_ms", quality])
     if points.empty:
         return None
-    fig, ax = _figure()
-    for label, sub, color, ls, marker in _lines(points, "label", "p50_ms"):
-        ax.plot(sub["p50_ms"], sub[quality], ls=ls, color=color, marker=marker, markersize=7, label=label)
-    front = pareto_front(points, "p50_ms", quality)
-    ax.step(front["p50_ms"], front[quality], where="post", ls="--", lw=1.5, color="black", label="Pareto front",
-            zorder=5)
-    if budget != float("inf"):
-        ax.axvline(budget, color="grey", ls=":", lw=1.2, label=f"latency budget ({budget:.3g} ms)")
-    ax.set_xscale("log")
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain if points["p50_ms"].max() / points["p50_ms"].min() < 30 else NullFormatter())
-    ax.set_xlabel("p50 latency per query (ms, log scale)")
-    return _finish(fig, ax, quality, title, path)
+    tracks = sorted(points["track"].unique())
+    style = styles(points)
+    fig, axes = _panels(len(tracks))
+    for ax, track in zip(axes, tracks):
+        sub = points[points["track"] == track]
+        for tlabel, s in style.items():
+            line = sub[sub["tlabel"] == tlabel].sort_values("p50_ms")
+            if not line.empty:
+                ax.plot(line["p50_ms"], line[quality], color=s.colour, marker=s.marker, ls=s.linestyle,
+                        markersize=5, lw=1.3)
+        front = pareto_front(sub, "p50_ms", quality)
+        ax.step(front["p50_ms"], front[quality], where="post", ls="--", lw=1.6, color="black", alpha=0.6, zorder=5)
+        if math.isfinite(budget):
+            ax.axvline(budget, color="grey", ls=":", lw=1.4)
+        if reference is not None:
+            ax.axhline(reference, color="black", lw=1.2)
+        _log_x(ax)
+        ax.set_title(f"{track_name(track)}/vector")
+        ax.set_xlabel("p50 latency per query (ms, log)")
+    axes[0].set_ylabel(f"{quality} (mean over seeds)")
+    _legend(fig, points, style, _aids(reference, budget if math.isfinite(budget) else None, True))
+    fig.suptitle(title)
+    return _save(fig, path)
 
 
-def quality_vs_x(rows: pd.DataFrame, quality: str, group: str, x: str, xlabel: str, title: str, path: Path,
-                 reference: float | None = None, log2: bool = False,
-                 tick_text: Callable[[float], str] = str) -> Path | None:
-    """One line per ``group`` value (a variant without the swept param) over ``x``; ``reference`` = flat."""
-    rows = rows.dropna(subset=[x, quality])
+def quality_vs_bytes(rows: pd.DataFrame, quality: str, reference: float | None, title: str,
+                     path: Path) -> Path | None:
+    """Quality vs code bytes/vector (log2 x): every compressed variant, the Pareto front, the dense ceiling.
+    None unless the rows hold >= 2 code sizes."""
+    rows = rows.dropna(subset=["track", quality])
+    if rows["track"].nunique() < 2:
+        return None
+    style = styles(rows)
+    fig, (ax,) = _panels(1)
+    fig.set_size_inches(PANEL_W * 1.5, PANEL_H * 1.15)
+    for tlabel, s in style.items():
+        line = rows[rows["tlabel"] == tlabel].sort_values("bytes_per_vector")
+        ax.plot(line["bytes_per_vector"], line[quality], color=s.colour, marker=s.marker, ls=s.linestyle,
+                markersize=6, lw=1.2)
+    front = pareto_bytes_front(rows, quality)
+    ax.step(front["bytes_per_vector"], front[quality], where="post", ls="--", lw=1.6, color="black", alpha=0.6)
+    if reference is not None:
+        ax.axhline(reference, color="black", lw=1.2)
+    ax.set_xscale("log", base=2)
+    ticks = sorted(rows["bytes_per_vector"].unique())
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("code size (bytes per vector, log2)")
+    ax.set_ylabel(f"{quality} (mean over seeds)")
+    _legend(fig, rows, style, _aids(reference, None, True))
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def pareto_bytes_front(rows: pd.DataFrame, quality: str) -> pd.DataFrame:
+    return pareto_front(rows, "bytes_per_vector", quality)
+
+
+def label_budget(rows: pd.DataFrame, quality: str, reference: float | None, title: str,
+                 path: Path) -> Path | None:
+    """Per track, ``quality`` vs ``label_fraction`` (mean ± std over seeds) of every variant run at >= 2
+    fractions; the best variant of each other family without a label fraction as a flat line. None when no
+    variant was run at >= 2 fractions."""
+    rows = rows.dropna(subset=["track", quality])
+    counts = rows.dropna(subset=["label_fraction"]).groupby(["track", "base_label_fraction"])["label_fraction"]
+    swept = counts.nunique()
+    swept = swept[swept >= 2]
+    if swept.empty:
+        return None
+    tracks = sorted({t for t, _ in swept.index})
+    curves = rows[rows.set_index(["track", "base_label_fraction"]).index.isin(swept.index)]
+    style = styles(curves.assign(tlabel=curves["base_label_fraction"]))
+    fig, axes = _panels(len(tracks))
+    flat_handles = []
+    for ax, track in zip(axes, tracks):
+        sub = curves[curves["track"] == track]
+        for base, line in sub.groupby("base_label_fraction"):
+            s, line = style[base], line.sort_values("label_fraction")
+            ax.errorbar(line["label_fraction"], line[quality], yerr=line[f"{quality}_std"].fillna(0.0),
+                        color=s.colour, marker=s.marker, ls=s.linestyle, markersize=5, capsize=3, lw=1.3)
+        others = rows[(rows["track"] == track) & rows["label_fraction"].isna()
+                      & ~rows["family"].isin(sub["family"].unique())]
+        for family, fam in others.groupby("family"):
+            best = fam.loc[fam[quality].idxmax()]
+            ax.axhline(best[quality], color=family_colour(family), ls="--", lw=1.2)
+            ax.annotate(f"{best['tlabel']} (no label_fraction param)", (0.02, best[quality]),
+                        xycoords=("axes fraction", "data"), fontsize=7, color=family_colour(family), va="bottom")
+            flat_handles.append(family)
+        if reference is not None:
+            ax.axhline(reference, color="black", lw=1.2)
+        ticks = sorted(sub["label_fraction"].unique())
+        ax.set_xticks(ticks, [f"{t:.0%}" for t in ticks])
+        ax.set_title(f"{track_name(track)}/vector")
+        ax.set_xlabel("fraction of labeled training queries")
+    axes[0].set_ylabel(f"{quality} (mean ± std over seeds)")
+    extra = _aids(reference, None, False)
+    if flat_handles:
+        extra.append((Line2D([], [], color="grey", ls="--", lw=1.2), "best of another family, no label_fraction"))
+    _legend(fig, curves.assign(tlabel=curves["base_label_fraction"]), style, extra)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def train_time(rows: pd.DataFrame, quality: str, reference: float | None, title: str, path: Path) -> Path | None:
+    """Per track, quality vs training seconds (log x): one marker per variant."""
+    rows = rows.dropna(subset=["track", quality, "train_seconds"])
+    rows = rows[rows["train_seconds"] > 0]
     if rows.empty:
         return None
-    fig, ax = _figure()
-    for label, sub, color, ls, marker in _lines(rows, group, x):
-        ax.plot(sub[x], sub[quality], ls=ls, color=color, marker=marker, markersize=7, label=label)
-    if reference is not None and not pd.isna(reference):
-        ax.axhline(reference, color="black", ls="--", lw=1.2, label=f"flat, uncompressed ({reference:.3f})")
-    if log2:
-        ax.set_xscale("log", base=2)
-    ticks = sorted(rows[x].unique())
-    ax.set_xticks(ticks, [tick_text(t) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel(xlabel)
-    return _finish(fig, ax, quality, title, path)
-
-
-def _figure() -> tuple[Figure, object]:
-    fig = Figure(figsize=(8.5, 4.8))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.grid(True, which="major", color="#dddddd", lw=0.6)
-    return fig, ax
-
-
-def _finish(fig: Figure, ax, quality: str, title: str, path: Path) -> Path:
-    ax.set_ylabel(f"{quality} (mean over seeds)")
-    ax.set_title(title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    tracks = sorted(rows["track"].unique())
+    style = styles(rows)
+    fig, axes = _panels(len(tracks))
+    for ax, track in zip(axes, tracks):
+        sub = rows[rows["track"] == track]
+        for tlabel, s in style.items():
+            point = sub[sub["tlabel"] == tlabel]
+            if not point.empty:
+                ax.errorbar(point["train_seconds"], point[quality], xerr=point["train_seconds_std"].fillna(0.0),
+                            color=s.colour, marker=s.marker, ls="none", markersize=7, capsize=2)
+        if reference is not None:
+            ax.axhline(reference, color="black", lw=1.2)
+        _log_x(ax)
+        ax.set_title(f"{track_name(track)}/vector")
+        ax.set_xlabel("training seconds (log scale)")
+    axes[0].set_ylabel(f"{quality} (mean over seeds)")
+    _legend(fig, rows, style, _aids(reference, None, False))
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -1,8 +1,9 @@
 """Paired significance tests on per-query values, and the † rule of the leaderboard.
 
-† rule: a contrastive or distillation row gets a † when it beats the *best reconstruction baseline* of the same
-dataset and view (family ``reconstruction``, best = highest mean quality) chosen among the baselines with the same
-bytes/vector when one exists, else among all of them. "Beats" = one-sided paired test in the direction of
+† rule: a row of a learned family (every family of :data:`benchmark.registry.FAMILIES` but the reference and
+:data:`BASELINE_FAMILY`) gets a † when it beats the *best reconstruction baseline* of the same dataset, operating
+point and track (family :data:`BASELINE_FAMILY`, best = highest mean quality) chosen among the baselines with the
+same bytes/vector when one exists, else among all of them. "Beats" = one-sided paired test in the direction of
 improvement, p < 0.05, on the per-query values of the quality measure, each query's value first averaged over seeds
 (only queries present for both rows count).
 """
@@ -18,10 +19,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from benchmark.registry import FAMILIES, REFERENCE_FAMILY
+
 ALPHA = 0.05
 TESTS = {"ttest": "one-sided paired t-test (scipy.stats.ttest_rel, alternative='greater')",
          "wilcoxon": "one-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon, alternative='greater')"}
-COMPARED_FAMILIES = ("contrastive", "distillation")
+# the family the learned objectives are tested against (faiss k-means / PQ / OPQ)
+BASELINE_FAMILY = "reconstruction"
+if BASELINE_FAMILY not in FAMILIES:
+    raise ImportError(f"benchmark.registry.FAMILIES {FAMILIES} lacks the † baseline family {BASELINE_FAMILY!r}")
+COMPARED_FAMILIES = tuple(f for f in FAMILIES if f not in (REFERENCE_FAMILY, BASELINE_FAMILY))
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,11 @@ def compare(paths_a: list[str], paths_b: list[str], measure: str, test: str = "t
 
 
 def best_baseline(rows: pd.DataFrame, row: pd.Series, quality: str) -> pd.Series | None:
-    """The best reconstruction row of ``row``'s dataset at its bytes/vector, else the best overall (see module)."""
-    recon = rows[(rows["dataset"] == row["dataset"]) & (rows["family"] == "reconstruction")].dropna(subset=[quality])
+    """The best reconstruction row of ``row``'s dataset at its bytes/vector, else the best overall (see module);
+    rows flagged ``fits = False`` (over the latency budget) are never a baseline."""
+    recon = rows[(rows["dataset"] == row["dataset"]) & (rows["family"] == BASELINE_FAMILY)].dropna(subset=[quality])
+    if "fits" in recon:  # at the pruned point, a baseline over the latency budget is no baseline
+        recon = recon[recon["fits"].map(lambda v: v is True or v is np.True_)]
     same = recon[recon["bytes_per_vector"] == row["bytes_per_vector"]]
     pool = same if not same.empty else recon
     return None if pool.empty else pool.loc[pool[quality].idxmax()]

@@ -1,15 +1,28 @@
-"""Leaderboard tables from results records: flatten, label variants, average over seeds, pick nprobe, format, write.
+"""Leaderboard tables from results records: flatten, label variants, average over seeds, pick operating points,
+group into code-budget tracks, format, write.
 
 A *variant* is a method plus the params that tell its rows apart. Its label shows the params that take several
 values within at least one dataset (``distill-vq (M=16)``): the same variant gets the same label on every dataset,
 even when a dataset-dependent param (e.g. nlist) differs between datasets.
 
-Latency budget (default): the p50 latency of the uncompressed reference (``flat``) on the same dataset, i.e. a
-compressed index may not be slower than exhaustive search; without a ``flat`` record, the median p50 over all
-measured points of the dataset. Each IVF variant is shown at its best nprobe (highest mean quality, ties -> faster)
-among those with mean p50 <= budget; when none fits, its fastest nprobe is shown and flagged.
+Tracks (as in big-ann-benchmarks): variants are grouped by code budget, the ``index.bytes_per_vector`` of their
+records; nothing is ranked across tracks. The reference family (:data:`benchmark.registry.REFERENCE_FAMILY`, the
+uncompressed ceiling) is in no track: it is shown as the ceiling line. Inside a track a variant is named by its label
+without the code-size params (``M``, ``nbits``), unless two variants of the track would then share a name.
 
-Fixed nprobe (default): the nprobe of each sweep closest to nlist/16 (in log2 distance, ties -> the larger).
+Two operating points per variant:
+
+- **exhaustive**: the quantizer alone, nprobe = nlist for an IVF sweep (the largest nprobe, flagged, when nlist was
+  not swept); a variant without IVF has a single row.
+- **pruned**: the best mean quality (ties -> faster) among the nprobes with mean p50 <= the latency budget. The
+  default budget is :data:`DEFAULT_BUDGET_FRACTION` (10%) of the reference's p50 on the same dataset, low enough that
+  IVF must prune (on debian-desc the reference takes 6.0 ms and IVF256 at nprobe 256 already 0.56-0.80 ms); without a
+  reference record, 10% of the slowest measured p50. A variant with no point within the budget shows its fastest
+  point, flagged, and is listed after every variant that fits.
+
+Index bytes/vector = ``index.index_bytes`` / number of docs (so IVF's list ids and every codebook count; code
+bytes/vector does not). The number of docs is ``index.ntotal`` when records hold it, else the reference's
+``index_bytes // bytes_per_vector`` (an uncompressed flat index: 4·dim bytes per doc plus a header of < 100 bytes).
 """
 from __future__ import annotations
 
@@ -22,22 +35,28 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from benchmark._io import write_text
 from benchmark.records import FIDELITY, MEASURES
+from benchmark.registry import FAMILIES, REFERENCE_FAMILY
 
 NUMERIC = (*MEASURES, *FIDELITY, "p50_ms", "p95_ms", "qps", "train_seconds")
-FAMILY_ORDER = {"reference": 0, "reconstruction": 1, "contrastive": 2, "distillation": 3}
+FAMILY_ORDER = {family: i for i, family in enumerate(FAMILIES)}
+DEFAULT_BUDGET_FRACTION = 0.1
 DASH = "—"
 PAPER_METRICS = ("nDCG@10", "RR@10", "R@100")
 # label columns without the swept params: one row per "method" of a sweep table
 SWEEPS = {"base_code_size": ("M", "nbits"), "base_label_fraction": ("label_fraction",),
           "base_ablation": ("loss", "candidates")}
-DISPLAY = (("nDCG@10", 3), ("RR@10", 3), ("R@10", 3), ("R@100", 3), ("overlap@10", 3))
+TRACK_METRICS = (("nDCG@10", 3), ("RR@10", 3), ("R@100", 3), ("overlap@10", 3))
+VIEWS = ("exhaustive", "pruned")
 
 
 # ---------------------------------------------------------------- loading and labels
 
 def load_frame(records: list[dict[str, Any]], run_dir: Path) -> pd.DataFrame:
-    """One row per record, nested fields flattened; ``per_query`` becomes an absolute path (or None)."""
+    """One row per record, nested fields flattened; ``per_query`` becomes an absolute path (or None); ``track``
+    (code bytes/vector of the variant, NaN for the reference), ``tlabel`` (its name inside the track) and
+    ``index_bpv`` (index bytes per doc) are added."""
     df = pd.DataFrame([_flatten(rec, Path(run_dir)) for rec in records])
     splits = df.groupby("dataset")["split"].transform("nunique")
     df["dataset"] = df["dataset"].where(splits == 1, df["dataset"] + " (" + df["split"] + ")")
@@ -45,6 +64,12 @@ def load_frame(records: list[dict[str, Any]], run_dir: Path) -> pd.DataFrame:
     df["label"] = variant_labels(df, keys)
     for column, dropped in SWEEPS.items():
         df[column] = variant_labels(df, keys, dropped)
+    docs = docs_per_dataset(df)
+    df["index_bpv"] = df["index_bytes"] / df["dataset"].map(docs).astype(float)
+    ok = df[(df["status"] == "ok") & (df["family"] != REFERENCE_FAMILY)]
+    sizes = ok.groupby("label")["bytes_per_vector"].first()
+    df["track"] = df["label"].map(sizes).where(df["family"] != REFERENCE_FAMILY)
+    df["tlabel"] = track_labels(df)
     return df
 
 
@@ -55,6 +80,7 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     row = {"dataset": rec["dataset"], "split": rec["split"], "method": rec["method"], "family": rec["family"],
            "params": rec["params"], "seed": rec["seed"], "nprobe": _num(rec["nprobe"]),
            "nlist": _num(index.get("nlist")), "bytes_per_vector": _num(index.get("bytes_per_vector")),
+           "index_bytes": _num(index.get("index_bytes")), "ntotal": _num(index.get("ntotal")),
            "label_fraction": _num(rec["params"].get("label_fraction")), "status": rec["status"],
            "error": rec.get("error") or "", "per_query": str(run_dir / sidecar) if sidecar else None,
            "train_seconds": _num(rec.get("train_seconds")),
@@ -65,6 +91,20 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def docs_per_dataset(df: pd.DataFrame) -> dict[str, float]:
+    """Number of docs per dataset: ``index.ntotal`` when recorded, else from the reference's index size (see
+    module doc); datasets with neither are left out (their index bytes/vector shows as —)."""
+    out: dict[str, float] = {}
+    for dataset, sub in df[df["status"] == "ok"].groupby("dataset"):
+        ntotal = sub["ntotal"].dropna()
+        ref = sub[sub["family"] == REFERENCE_FAMILY].dropna(subset=["index_bytes", "bytes_per_vector"])
+        if not ntotal.empty:
+            out[dataset] = float(ntotal.iloc[0])
+        elif not ref.empty and ref["bytes_per_vector"].iloc[0] > 0:
+            out[dataset] = float(ref["index_bytes"].iloc[0] // ref["bytes_per_vector"].iloc[0])
+    return out
 
 
 def varying_params(df: pd.DataFrame) -> dict[str, list[str]]:
@@ -86,74 +126,116 @@ def variant_labels(df: pd.DataFrame, keys: dict[str, list[str]], drop: tuple[str
     return pd.Series([label(m, p) for m, p in zip(df["method"], df["params"])], index=df.index, dtype=object)
 
 
+def track_labels(df: pd.DataFrame) -> pd.Series:
+    """The label without code-size params when that name is unique inside the variant's track, else the label."""
+    out = df["label"].copy()
+    for _, sub in df.dropna(subset=["track"]).groupby("track"):
+        clash = sub.groupby("base_code_size")["label"].nunique()
+        unique = sub["base_code_size"].map(clash) == 1
+        out.loc[sub.index[unique.to_numpy()]] = sub.loc[unique, "base_code_size"]
+    return out
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-# ---------------------------------------------------------------- seed aggregation and nprobe selection
+def track_name(track: float) -> str:
+    return f"{track:g} B"
+
+
+def tracks_of(df: pd.DataFrame) -> list[float]:
+    """The code budgets (bytes/vector) of the run, ascending."""
+    return sorted(df["track"].dropna().unique())
+
+
+# ---------------------------------------------------------------- seed aggregation and operating points
 
 def aggregate_points(df: pd.DataFrame) -> pd.DataFrame:
     """Ok records averaged over seeds: one row per (dataset, label, nprobe) with means, ``<col>_std``,
     ``n_seeds`` and the list of per-query sidecars."""
     ok = df[df["status"] == "ok"]
+    firsts = ["method", "family", "params", "nlist", "bytes_per_vector", "label_fraction", "track", "tlabel",
+              *SWEEPS]
     if ok.empty:
         return pd.DataFrame(columns=[*df.columns, *(f"{c}_std" for c in NUMERIC), "n_seeds"])
     groups = ok.groupby(["dataset", "label", "nprobe"], dropna=False, sort=True)
-    first = groups[["method", "family", "params", "nlist", "bytes_per_vector", "label_fraction", *SWEEPS]].first()
-    numeric = list(NUMERIC)
-    parts = [first, groups[numeric].mean(), groups[numeric].std().add_suffix("_std"),
+    numeric = [*NUMERIC, "index_bpv"]
+    parts = [groups[firsts].first(), groups[numeric].mean(), groups[list(NUMERIC)].std().add_suffix("_std"),
              groups["seed"].nunique().rename("n_seeds"),
              groups["per_query"].apply(lambda s: [p for p in s if p]).rename("per_query")]
     return pd.concat(parts, axis=1).reset_index()
 
 
-def default_budget(points: pd.DataFrame, dataset: str) -> tuple[float, str]:
-    """``(budget_ms, how)``: the p50 of ``flat`` on ``dataset``, else the median p50 of its points (see module doc)."""
+@dataclass(frozen=True)
+class Budget:
+    """A latency budget (p50 ms per query, 1 thread) and how it was set."""
+
+    ms: float
+    how: str
+
+    @property
+    def text(self) -> str:
+        return f"p50 ≤ {self.ms:.3g} ms" if math.isfinite(self.ms) else "no latency budget"
+
+
+def latency_budget(points: pd.DataFrame, dataset: str, budget_ms: float | None = None,
+                   fraction: float = DEFAULT_BUDGET_FRACTION) -> Budget:
+    """The pruning budget of ``dataset`` (see module doc): ``budget_ms`` when given, else ``fraction`` of the
+    reference's p50, else ``fraction`` of the slowest measured p50."""
+    if budget_ms is not None:
+        return Budget(float(budget_ms), "given")
     sub = points[points["dataset"] == dataset]
-    flat = sub.loc[sub["method"] == "flat", "p50_ms"].dropna()
-    if not flat.empty:
-        return float(flat.median()), "default: the p50 of `flat` on this dataset"
+    ref = sub.loc[sub["family"] == REFERENCE_FAMILY, "p50_ms"].dropna()
+    if not ref.empty:
+        return Budget(fraction * float(ref.median()),
+                      f"{fraction:.0%} of the reference's p50, {float(ref.median()):.3g} ms")
     p50 = sub["p50_ms"].dropna()
     if not p50.empty:
-        return float(p50.median()), "default: the median p50 of all points (no `flat` record)"
-    return math.inf, "no latency measured"
+        return Budget(fraction * float(p50.max()),
+                      f"{fraction:.0%} of the slowest measured p50 ({float(p50.max()):.3g} ms; no reference record)")
+    return Budget(math.inf, "no latency measured")
 
 
-def select_budget(points: pd.DataFrame, quality: str, budgets: dict[str, float]) -> pd.DataFrame:
-    """Per (dataset, label) the best-quality point with p50 <= the dataset's budget (``flag`` says when none fits)."""
-    def pick(sub: pd.DataFrame) -> pd.DataFrame:
-        within = sub[sub["p50_ms"] <= budgets[sub["dataset"].iloc[0]]]
-        if within.empty:
-            return sub.sort_values("p50_ms").head(1).assign(flag="no nprobe within the latency budget; "
-                                                                  "the fastest is shown")
-        return within.sort_values([quality, "p50_ms"], ascending=[False, True]).head(1).assign(flag="")
-    return _per_variant(points, pick)
-
-
-def select_fixed(points: pd.DataFrame, nprobe: int | None = None) -> pd.DataFrame:
-    """Per (dataset, label) the point at ``nprobe`` (default nlist/16), else the closest in log2 (ties -> larger)."""
+def select_exhaustive(points: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, label) the point at nprobe = nlist (no IVF: its single point); ``flag`` says when nlist was
+    not in the sweep and the largest nprobe is shown."""
     def pick(sub: pd.DataFrame) -> pd.DataFrame:
         ivf = sub.dropna(subset=["nprobe"])
         if ivf.empty:
-            return sub.head(1).assign(flag="")
+            return sub.head(1).assign(flag="", fits=True)
         nlist = ivf["nlist"].iloc[0]
-        target = nprobe if nprobe is not None else (nlist / 16 if nlist > 0 else ivf["nprobe"].median())
-        distance = (np.log2(ivf["nprobe"]) - math.log2(max(target, 1e-9))).abs()
-        best = ivf.assign(_d=distance).sort_values(["_d", "nprobe"], ascending=[True, False]).head(1)
-        missed = nprobe is not None and best["nprobe"].iloc[0] != nprobe
-        return best.drop(columns="_d").assign(flag=f"nprobe {nprobe} is not in the sweep; the closest is shown"
-                                              if missed else "")
+        at = ivf[ivf["nprobe"] == nlist]
+        if not at.empty:
+            return at.head(1).assign(flag="", fits=True)
+        top = ivf.sort_values("nprobe").tail(1)
+        return top.assign(flag=f"nprobe = nlist ({nlist:g}) not in the sweep; the largest nprobe is shown",
+                          fits=True)
+    return _per_variant(points, pick)
+
+
+def select_pruned(points: pd.DataFrame, quality: str, budgets: dict[str, Budget]) -> pd.DataFrame:
+    """Per (dataset, label) the best-quality point with p50 <= the dataset's budget; ``fits`` is False (and
+    ``flag`` says so) when none fits and the fastest point is shown instead."""
+    def pick(sub: pd.DataFrame) -> pd.DataFrame:
+        budget = budgets[sub["dataset"].iloc[0]].ms
+        within = sub[sub["p50_ms"] <= budget]
+        if within.empty:
+            return sub.sort_values("p50_ms").head(1).assign(
+                flag=f"over the latency budget at every nprobe ({budget:.3g} ms); its fastest point is shown",
+                fits=False)
+        return within.sort_values([quality, "p50_ms"], ascending=[False, True]).head(1).assign(flag="", fits=True)
     return _per_variant(points, pick)
 
 
 def _per_variant(points: pd.DataFrame, pick: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
     parts = [pick(sub) for _, sub in points.groupby(["dataset", "label"], sort=True)]
-    return pd.concat(parts, ignore_index=True) if parts else points.assign(flag="").iloc[0:0]
+    return pd.concat(parts, ignore_index=True) if parts else points.assign(flag="", fits=True).iloc[0:0]
 
 
-# ---------------------------------------------------------------- leaderboard rows
+# ---------------------------------------------------------------- track tables
 
 class Footnotes:
     """Numbered footnotes; the same text gets the same number."""
@@ -170,16 +252,17 @@ class Footnotes:
         return [f"[{i}] {text}" for i, text in enumerate(self.texts, 1)]
 
 
-def complete_rows(selected: pd.DataFrame, df: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Every variant of the run on ``dataset``: the selected (significance-marked) ok rows plus failed/missing ones,
-    with ``status`` and ``reason`` (failures, flags, untested †)."""
-    variants = df.drop_duplicates("label")[["label", "method", "family"]]
-    sel = selected[selected["dataset"] == dataset].drop(columns=["method", "family", "dataset"])
+def track_rows(selected: pd.DataFrame, df: pd.DataFrame, dataset: str, track: float) -> pd.DataFrame:
+    """Every variant of ``track`` in the run, on ``dataset``: the selected (significance-marked) ok rows plus
+    failed/missing ones, with ``status`` and ``reason`` (failures, flags, untested †)."""
+    variants = df[df["track"] == track].drop_duplicates("label")[["label", "tlabel", "method", "family"]]
+    sel = selected[(selected["dataset"] == dataset) & (selected["track"] == track)]
+    sel = sel.drop(columns=["method", "family", "dataset", "tlabel"])
     out = variants.merge(sel, on="label", how="left").assign(dataset=dataset)
-    here = df[df["dataset"] == dataset]
-    failed = here[here["status"] == "failed"]
+    failed = df[(df["dataset"] == dataset) & (df["status"] == "failed")]
     status, reasons = [], []
-    for label, flag, no_test in zip(out["label"], out["flag"].fillna(""), out["untested"].map(is_true)):
+    untested = out["untested"] if "untested" in out else pd.Series(False, index=out.index)
+    for label, flag, no_test in zip(out["label"], out["flag"].fillna(""), untested.map(is_true)):
         fails = failed[failed["label"] == label]
         if label in set(sel["label"]):
             status.append("ok")
@@ -194,6 +277,13 @@ def complete_rows(selected: pd.DataFrame, df: pd.DataFrame, dataset: str) -> pd.
     return out.assign(status=status, reason=reasons)
 
 
+def unplaced_failures(df: pd.DataFrame, dataset: str) -> list[str]:
+    """Failures of variants with no successful record anywhere (so no known code size, hence no track)."""
+    failed = df[(df["dataset"] == dataset) & (df["status"] == "failed") & df["track"].isna()
+                & (df["family"] != REFERENCE_FAMILY)]
+    return [f"{label}: " + _failure_text(sub, "failed") for label, sub in failed.groupby("label", sort=True)]
+
+
 def _failure_text(fails: pd.DataFrame, prefix: str) -> str:
     if fails.empty:
         return ""
@@ -205,26 +295,46 @@ def _failure_text(fails: pd.DataFrame, prefix: str) -> str:
     return f"{prefix}: " + "; ".join(parts)
 
 
-def display_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> pd.DataFrame:
-    """Formatted leaderboard: mean ± std over seeds (plain with one seed), — for failed/missing rows, † on the
+def rank_order(rows: pd.DataFrame, quality: str) -> pd.DataFrame:
+    """Ok rows within the budget by quality (best first), then ok rows over the budget, then failed/missing."""
+    fits = rows["fits"].map(is_true) if "fits" in rows else pd.Series(True, index=rows.index)
+    key = np.where(rows["status"] == "ok", np.where(fits, 0, 1), 2)
+    return rows.assign(_k=key).sort_values(["_k", quality, "tlabel"], ascending=[True, False, True]).drop(
+        columns="_k")
+
+
+def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> pd.DataFrame:
+    """Formatted track table: mean ± std over seeds (plain with one seed), — for failed/missing rows, † on the
     quality cell of significant rows, footnote markers after the method."""
-    rows = rows.assign(_ok=rows["status"] == "ok").sort_values(["_ok", quality, "label"],
-                                                                ascending=[False, False, True])
     out = []
-    for _, r in rows.iterrows():
-        ok, n = r["status"] == "ok", int(r["n_seeds"]) if r["status"] == "ok" else 0
-        cells = {"Method": r["label"] + (f" {notes.mark(r['reason'])}" if r["reason"] else ""),
-                 "Family": r["family"], "nprobe": _int_cell(r["nprobe"], ok, "n/a"), "Seeds": n if ok else DASH}
-        for key, digits in DISPLAY:
+    for _, r in rank_order(rows, quality).iterrows():
+        ok = r["status"] == "ok"
+        n = int(r["n_seeds"]) if ok else 0
+        cells = {"Method": r["tlabel"] + (f" {notes.mark(r['reason'])}" if r["reason"] else ""),
+                 "Family": r["family"], "nprobe": _int_cell(r["nprobe"], ok, "n/a")}
+        for key, digits in TRACK_METRICS:
             cells[key] = format_cell(r[key], r[f"{key}_std"], n, digits) if ok else DASH
             if key == quality and ok and is_true(r.get("significant")):
                 cells[key] += " †"
-        cells["B/vec"] = _int_cell(r["bytes_per_vector"], ok, DASH)
         cells["p50 ms"] = format_cell(r["p50_ms"], r["p50_ms_std"], n, 3) if ok else DASH
-        cells["QPS"] = format_cell(r["qps"], r["qps_std"], n, 0) if ok else DASH
-        cells["Train s"] = format_cell(r["train_seconds"], r["train_seconds_std"], n, 1) if ok else DASH
+        cells["code B/vec"] = _int_cell(r["bytes_per_vector"], ok, DASH)
+        cells["index B/vec"] = format_cell(r["index_bpv"], math.nan, 1, 1) if ok else DASH
+        cells["train s"] = format_cell(r["train_seconds"], r["train_seconds_std"], n, 0) if ok else DASH
+        cells["seeds"] = str(n) if ok else DASH
         out.append(cells)
-    return pd.DataFrame(out)
+    columns = ["Method", "Family", "nprobe", *(k for k, _ in TRACK_METRICS), "p50 ms", "code B/vec", "index B/vec",
+               "train s", "seeds"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def reference_line(points: pd.DataFrame, dataset: str, quality: str) -> str | None:
+    """One sentence on the uncompressed ceiling of ``dataset`` (None without a reference record)."""
+    ref = points[(points["dataset"] == dataset) & (points["family"] == REFERENCE_FAMILY)]
+    if ref.empty:
+        return None
+    r = ref.sort_values(quality, ascending=False).iloc[0]
+    return (f"Ceiling (family `{REFERENCE_FAMILY}`, in no track): `{r['label']}` {quality} {r[quality]:.3f}, "
+            f"R@100 {r['R@100']:.3f}, {r['bytes_per_vector']:g} B/vector, p50 {r['p50_ms']:.3f} ms.")
 
 
 def format_cell(mean: float, std: float, n: int, digits: int) -> str:
@@ -246,55 +356,93 @@ def _int_cell(value: float, ok: bool, empty: str) -> str:
     return empty if pd.isna(value) else str(int(value))
 
 
-# ---------------------------------------------------------------- sanity checks and cross-dataset summary
+# ---------------------------------------------------------------- summaries (never across tracks)
 
 def sanity_lines(points: pd.DataFrame, dataset: str, measure: str = "nDCG@10") -> list[str]:
-    """Two checks the issue asks for: ``flat`` tops every compressed point; faiss-opq beats faiss-pq per size."""
+    """The reference tops every compressed point of ``dataset`` (a broken metric or index would show here)."""
     sub = points[points["dataset"] == dataset]
-    return [_flat_tops(sub, measure), _opq_beats_pq(sub, measure)]
-
-
-def _flat_tops(sub: pd.DataFrame, measure: str) -> str:
-    flat = sub.loc[sub["method"] == "flat", measure].dropna()
-    compressed = sub[(sub["family"] != "reference") & sub[measure].notna()]
-    if flat.empty or compressed.empty:
-        return f"– flat vs compressed ({measure}): not checked, `flat` or compressed rows missing"
+    ref = sub.loc[sub["family"] == REFERENCE_FAMILY, measure].dropna()
+    compressed = sub[(sub["family"] != REFERENCE_FAMILY) & sub[measure].notna()]
+    if ref.empty or compressed.empty:
+        return [f"– reference vs compressed ({measure}): not checked, reference or compressed rows missing"]
     top = compressed.loc[compressed[measure].idxmax()]
     where = top["label"] + ("" if pd.isna(top["nprobe"]) else f", nprobe {int(top['nprobe'])}")
-    ok = flat.max() > top[measure]
+    ok = ref.max() > top[measure]
     verb = "tops every compressed point" if ok else "does NOT top every compressed point"
-    return (f"{'✓' if ok else '✗'} `flat` {verb} in {measure}: flat {flat.max():.3f} vs best compressed "
-            f"{top[measure]:.3f} ({where})")
+    return [f"{'✓' if ok else '✗'} the reference {verb} in {measure}: {ref.max():.3f} vs best compressed "
+            f"{top[measure]:.3f} ({where})"]
 
 
-def _opq_beats_pq(sub: pd.DataFrame, measure: str) -> str:
-    best = {m: sub[sub["method"] == m].groupby("bytes_per_vector")[measure].max() for m in ("faiss-opq", "faiss-pq")}
-    sizes = sorted(set(best["faiss-opq"].index) & set(best["faiss-pq"].index))
-    if not sizes:
-        return f"– faiss-opq vs faiss-pq ({measure}): not checked, not both run at the same bytes/vector"
-    wins = [best["faiss-opq"][b] > best["faiss-pq"][b] for b in sizes]
-    detail = "; ".join(f"{int(b)} B: {best['faiss-opq'][b]:.3f} vs {best['faiss-pq'][b]:.3f} {'✓' if w else '✗'}"
-                       for b, w in zip(sizes, wins))
-    verb = "beats" if all(wins) else "does NOT always beat"
-    return f"{'✓' if all(wins) else '✗'} faiss-opq {verb} faiss-pq at the same bytes/vector in {measure}: {detail}"
+def glance(views: dict[str, pd.DataFrame], budgets: dict[str, Budget], quality: str) -> pd.DataFrame:
+    """One row per (dataset, track): the best variant at each operating point and its share of the ceiling."""
+    out = []
+    for (dataset, track), _ in views["exhaustive"].dropna(subset=["track"]).groupby(["dataset", "track"]):
+        cells = {"Dataset": dataset, "Track": track_name(track)}
+        for view, title in (("exhaustive", "exhaustive"), ("pruned", f"within {budgets[dataset].ms:.3g} ms")):
+            rows = views[view]
+            sub = rows[(rows["dataset"] == dataset) & (rows["track"] == track) & rows["fits"].map(is_true)]
+            sub = sub.dropna(subset=[quality])
+            if sub.empty:
+                cells[f"best {title}"], cells[f"{quality} ({view})"] = DASH, DASH
+                continue
+            best = sub.sort_values([quality, "p50_ms"], ascending=[False, True]).iloc[0]
+            nprobe = "" if pd.isna(best["nprobe"]) else f", nprobe {int(best['nprobe'])}"
+            mark = " †" if is_true(best.get("significant")) else ""
+            cells[f"best {title}"] = f"{best['tlabel']}{nprobe}"
+            cells[f"{quality} ({view})"] = f"{best[quality]:.3f}{mark}"
+        out.append(cells)
+    return pd.DataFrame(out)
 
 
-def cross_dataset(rows: pd.DataFrame, quality: str) -> pd.DataFrame:
-    """Per variant: mean rank of ``quality`` across datasets (1 = best) and mean relative gain (%) over the best
-    reconstruction row of each dataset."""
-    ok = rows.dropna(subset=[quality]).copy()
-    n_datasets = rows["dataset"].nunique()
-    ok["rank"] = ok.groupby("dataset")[quality].rank(ascending=False, method="average")
-    best = ok[ok["family"] == "reconstruction"].groupby("dataset")[quality].max()
-    ok["gain"] = (ok[quality] / ok["dataset"].map(best) - 1.0) * 100.0
-    table = ok.groupby("label").agg(family=("family", "first"), datasets=("dataset", "nunique"),
-                                    rank=("rank", "mean"), gain=("gain", "mean")).reset_index()
-    table = table.sort_values(["rank", "label"])
-    return pd.DataFrame({"Method": table["label"], "Family": table["family"],
-                         "Datasets": [f"{n}/{n_datasets}" for n in table["datasets"]],
-                         "Mean rank": [f"{r:.2f}" for r in table["rank"]],
-                         f"Gain in {quality} vs best reconstruction": [DASH if pd.isna(g) else f"{g:+.1f}%"
-                                                                       for g in table["gain"]]})
+def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: float,
+                  reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """BEIR-shaped table of one track: a row per variant, a column per dataset (mean ``quality``, † marks), and
+    the average over datasets (— unless the variant has every dataset). Rows by average, best first; the
+    reference row, when given, comes first and is not ranked."""
+    sub = rows[(rows["track"] == track)].dropna(subset=[quality])
+    sub = sub[sub["fits"].map(is_true)]
+    table = sub.pivot_table(index=["tlabel", "family"], columns="dataset", values=quality, aggfunc="first")
+    table = table.reindex(columns=datasets)
+    marks = sub.assign(_m=sub["significant"].map(is_true) if "significant" in sub else False).pivot_table(
+        index=["tlabel", "family"], columns="dataset", values="_m", aggfunc="first").reindex(
+        index=table.index, columns=datasets)
+    avg = table.mean(axis=1).where(table.notna().all(axis=1))
+    order = avg.fillna(-1.0).sort_values(ascending=False, kind="stable").index
+    out = []
+    if reference is not None and not reference.empty:
+        ref = reference.groupby("dataset")[quality].max().reindex(datasets)
+        out.append({"Method": f"{reference['label'].iloc[0]} (ceiling, not ranked)", "Family": REFERENCE_FAMILY,
+                    **{d: _cell(ref[d]) for d in datasets},
+                    "Average": _cell(ref.mean() if ref.notna().all() else math.nan)})
+    for tlabel, family in order:
+        cells = {"Method": tlabel, "Family": family}
+        for d in datasets:
+            value = table.at[(tlabel, family), d]
+            cells[d] = _cell(value) + (" †" if is_true(bool(marks.at[(tlabel, family), d] == 1)) else "")
+        cells["Average"] = _cell(avg[(tlabel, family)])
+        out.append(cells)
+    return pd.DataFrame(out, columns=["Method", "Family", *datasets, "Average"])
+
+
+def _cell(value: float) -> str:
+    return DASH if value is None or pd.isna(value) else f"{value:.3f}"
+
+
+def pareto_bytes(rows: pd.DataFrame, quality: str) -> pd.DataFrame:
+    """Compressed rows (one dataset, one operating point) on the quality-vs-code-size Pareto front: no row with
+    fewer or equal bytes/vector has a higher quality. Sorted by bytes/vector."""
+    sub = rows[(rows["family"] != REFERENCE_FAMILY)].dropna(subset=["bytes_per_vector", quality])
+    ordered = sub.sort_values(["bytes_per_vector", quality], ascending=[True, False])
+    return ordered[ordered[quality] > ordered[quality].cummax().shift(fill_value=-math.inf)]
+
+
+def pareto_table(front: pd.DataFrame, quality: str, reference: float | None) -> pd.DataFrame:
+    return pd.DataFrame({
+        "code B/vec": [f"{b:g}" for b in front["bytes_per_vector"]],
+        "index B/vec": [_cell(v).replace(".000", "") if pd.isna(v) else f"{v:.1f}" for v in front["index_bpv"]],
+        "Method": list(front["label"]), "Family": list(front["family"]),
+        quality: [f"{v:.3f}" for v in front[quality]],
+        "share of ceiling": [DASH if not reference else f"{v / reference:.1%}" for v in front[quality]]})
 
 
 # ---------------------------------------------------------------- paper-shaped tables
@@ -309,9 +457,9 @@ def _wide(rows: pd.DataFrame, index: list[str], metrics: tuple[str, ...], datase
     return wide.reindex(columns=pd.MultiIndex.from_product([datasets, list(metrics)]))
 
 
-def table2(rows: pd.DataFrame, datasets: list[str]) -> pd.DataFrame:
-    """Methods x (dataset, metric), like Distill-VQ's Table 2 (means over seeds)."""
-    table = _wide(rows, ["label"], PAPER_METRICS, datasets).reindex(_by_family(rows, "label"))
+def table2(rows: pd.DataFrame, datasets: list[str], index: str = "label") -> pd.DataFrame:
+    """Methods x (dataset, metric), like Distill-VQ's Table 2 (means over seeds); call it on one track."""
+    table = _wide(rows, [index], PAPER_METRICS, datasets).reindex(_by_family(rows, index))
     return table.rename_axis("Method")
 
 
@@ -350,12 +498,11 @@ def sweep_table(rows: pd.DataFrame, quality: str, base: str, x: str,
 def write_table(table: pd.DataFrame, directory: Path, stem: str, caption: str,
                 skip_bold: frozenset = frozenset()) -> list[Path]:
     """Write ``stem.csv`` (4 decimals, columns ``dataset/metric``) and ``stem.tex`` (booktabs); return the paths."""
-    directory.mkdir(parents=True, exist_ok=True)
     csv, tex = directory / f"{stem}.csv", directory / f"{stem}.tex"
     flat = table.copy()
     flat.columns = ["/".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns]
-    flat.to_csv(csv, float_format="%.4f")
-    tex.write_text(to_latex(table, caption, f"tab:{stem}", skip_bold), encoding="utf-8")
+    write_text(csv, flat.to_csv(float_format="%.4f"))
+    write_text(tex, to_latex(table, caption, f"tab:{stem}", skip_bold))
     return [csv, tex]
 
 
