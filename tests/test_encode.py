@@ -136,3 +136,40 @@ def test_real_model_flat_run_through_the_harness(tmp_path, monkeypatch):
     split = ds.split("test")
     q6 = np.asarray(split.query_emb[split.query_ids.index("q6")]) @ np.asarray(ds.doc_emb).T
     assert [ds.doc_ids[i] for i in np.argsort(-q6)[:2]] == ["d12", "d11"]
+
+
+def test_progress_bar_names_what_is_encoded(tmp_path, data_dir, fake_model, capsys):
+    encode_texts(TEXTS, "some/model", cache_dir=tmp_path, desc="beir/x corpus")
+    err = capsys.readouterr().err
+    assert "encoding beir/x corpus (some/model)" in err and "Batches" not in err
+    fixture = Path(__file__).parent / "fixtures" / "beir_tiny"
+    load_dataset(f"beir:{fixture}", model="org/m")
+    err = capsys.readouterr().err
+    assert f"encoding beir:{fixture} corpus (org/m): 100%" in err and f"encoding beir:{fixture} queries (org/m)" in err
+    encode_texts(TEXTS, "some/model", cache_dir=tmp_path, desc="beir/x corpus")  # a cache hit shows no bar
+    assert "encoding" not in capsys.readouterr().err
+
+
+def test_chunked_encoding_equals_one_call(tmp_path, fake_model):
+    """Texts go to the model in chunks of 16 x batch_size, rows in input order, same vectors as one call."""
+    texts = [f"text number {i} about {'plants' if i % 3 else 'volcanoes'} and {i % 7}" for i in range(40)]
+    chunked = encode_texts(texts, "m", cache_dir=tmp_path, batch_size=1)
+    assert fake_model.calls == [16, 16, 8] and chunked.shape == (40, 16)
+    whole = fake_model.encode(texts, 64, False, True, True)
+    np.testing.assert_array_equal(chunked, whole)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{cache_key(texts, 'm', None, True)}.npy"]  # no temp file
+
+
+def test_failed_encoding_leaves_no_file(tmp_path, fake_model, monkeypatch):
+    calls = []
+
+    def nan_on_second_chunk(texts, batch_size, show_progress_bar, normalize_embeddings, convert_to_numpy):
+        calls.append(len(texts))
+        out = np.ones((len(texts), 4), np.float32)
+        out[0, 0] = np.nan if len(calls) == 2 else 1.0
+        return out
+
+    monkeypatch.setattr(fake_model, "encode", nan_on_second_chunk)
+    with pytest.raises(ValueError, match=r"embeddings of d corpus \(20 texts\) from model 'm': row 16 contains NaN"):
+        encode_texts([f"t{i}" for i in range(20)], "m", cache_dir=tmp_path, batch_size=1, desc="d corpus")
+    assert calls == [16, 4] and list(tmp_path.iterdir()) == []

@@ -1,7 +1,9 @@
 """BEIR and npy loaders: fixtures in folder and zip form, catalog, download errors, and every bad-input case."""
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
 import shutil
 import sys
 import types
@@ -11,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.data.beir import list_datasets, load_beir_dataset, load_catalog
-from benchmark.data import DatasetError, load_dataset
+from benchmark.data import (DatasetError, beir, check_dataset, check_dataset_name, dataset_options,
+                            describe_dataset_options, list_datasets, load_dataset, npy, parse_dataset_opt, resolve,
+                            synthetic)
+from benchmark.data.beir import load_beir_dataset
+from benchmark.data.catalog import load_catalog
 from benchmark.data.npy import load_npy_dataset, read_qrels
 
 BEIR_TINY = Path(__file__).parent / "fixtures" / "beir_tiny"
@@ -441,3 +446,202 @@ def test_dev_split_carved_from_train_hides_test():
     assert not set(td.train_query_ids) & set(dev.query_ids)
     with pytest.raises(DatasetError, match=r"dev_queries must be in \[1, 799\]"):
         load_dataset("synthetic:quick", dev_queries=800)
+
+
+# ---------------------------------------------------------------- the name -> loader table and dataset options
+
+@pytest.mark.parametrize("name, key, rest", [
+    ("synthetic", "synthetic", ""), ("synthetic:quick", "synthetic:quick", ""), ("msmarco", "msmarco", ""),
+    ("beir/msmarco", "beir/", "msmarco"), ("beir/cqadupstack/android", "beir/", "cqadupstack/android"),
+    ("beir:/data/x.zip", "beir:", "/data/x.zip"), ("npy:rel/dir", "npy:", "rel/dir"),
+])
+def test_resolve_table(name, key, rest):
+    entry, got = resolve(name)
+    assert (entry.key, got) == (key, rest)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("synthtic", r"unknown dataset 'synthtic' \(did you mean 'synthetic'"),
+    ("synthetic:quik", r"unknown dataset 'synthetic:quik' \(did you mean 'synthetic:quick'"),
+    ("scifact", r"unknown dataset 'scifact' \(did you mean 'beir/scifact'\?\); valid forms: 'synthetic'"),
+    ("npy", r"unknown dataset 'npy' \(did you mean 'npy:<dir>'\?\)"),
+    ("npy:", r"unknown dataset 'npy:' \(did you mean 'npy:<dir>'\?\)"),
+    ("wat", r"^unknown dataset 'wat'; valid forms: 'synthetic', 'synthetic:quick', 'msmarco', 'beir/<name>', "
+            r"'beir:<folder-or-zip>', 'npy:<dir>'$"),
+    ("beir/sci-fact", r"unknown BEIR dataset 'sci-fact' \(did you mean 'beir/scifact'\?\); known: \['arguana'"),
+    ("beir/cqadupstack/andriod", r"with <subset> in \['android', .*\] \(did you mean 'beir/cqadupstack/android'\?\)"),
+    ("beir/scifact/x", r"beir/scifact has no subsets"),
+])
+def test_unknown_names_get_close_matches(name, message):
+    with pytest.raises(DatasetError, match=message):
+        check_dataset_name(name)
+
+
+def test_files_checked_by_check_dataset_not_by_name(tmp_path):
+    check_dataset_name("npy:/no/such/dir")  # the name alone is valid
+    with pytest.raises(DatasetError, match=r"^dataset 'npy:/no/such/dir': npy dataset folder /no/such/dir does not"):
+        check_dataset("npy:/no/such/dir")
+    with pytest.raises(DatasetError, match=r"scifact: no such folder or .zip file .*\(did you mean 'beir/scifact'\?\)"):
+        check_dataset("beir:scifact")
+
+
+def test_declared_options_match_the_loader_signatures():
+    """Declared option defaults are the loader functions' own defaults, so a spec means the same either way."""
+    def defaults(fn, skip):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items() if k not in skip}
+    assert {k: p.default for k, p in beir.OPTIONS.items()} == defaults(beir.load_beir_dataset, {"name"})
+    assert {k: p.default for k, p in npy.OPTIONS.items()} == defaults(npy.load_npy_dataset, {"name", "path"})
+    assert {k: p.default for k, p in synthetic.OPTIONS.items()} == defaults(synthetic.make_synthetic, {"name"})
+    quick = dataset_options("synthetic:quick")
+    assert quick["num_docs"].default == 4000 and quick["signal_dim"].default == 24 and quick["seed"].default == 0
+    assert dataset_options("synthetic")["num_docs"].default == 50_000
+    assert set(dataset_options("msmarco")) == set(beir.OPTIONS) | {"dev_queries", "dev_seed"}
+    assert dataset_options("npy:x")["drop_unknown_qrels"].type is bool
+    lines = describe_dataset_options("npy:x")
+    assert lines[2] == ("drop_unknown_qrels=False  (bool)  drop judgments naming an unknown doc or query id "
+                        "instead of failing")
+
+
+def test_check_dataset_options(tmp_path):
+    root = make_npy(tmp_path / "emb")
+    values = check_dataset(f"npy:{root}", {"drop_unknown_qrels": True, "qrels_dir": root / "qrels"})
+    assert values["drop_unknown_qrels"] is True and values["qrels_dir"] == str(root / "qrels")  # a Path is a str
+    assert values["split"] is None and values["dev_queries"] == 0
+    with pytest.raises(DatasetError) as err:
+        check_dataset(f"npy:{root}", {"drop_unknown_qrel": True, "split": 3, "dev_queries": -1}, label="mine")
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3  # one line per problem
+    assert lines[0].startswith("dataset 'mine': unknown option 'drop_unknown_qrel' (did you mean "
+                               "'drop_unknown_qrels'?); options of npy:<dir>: split, qrels_dir, drop_unknown_qrels")
+    assert ("[datasets.<alias>] in a config file (drop_unknown_qrels = true)" in lines[0]
+            and "--dataset-opt drop_unknown_qrels=true" in lines[0])
+    assert lines[1] == "dataset 'mine' option split: expected str or None, got 3"
+    assert lines[2] == "dataset 'mine' option dev_queries: expected int >= 0, got -1"
+    with pytest.raises(DatasetError, match=r"^dataset 'x' option drop_unknown_qrels: expected bool, got 'yes'$"):
+        check_dataset("beir/scifact", {"drop_unknown_qrels": "yes"}, label="x")
+    with pytest.raises(DatasetError, match=r"option max_length: expected int >= 1 or None, got 0"):
+        check_dataset("beir/scifact", {"max_length": 0})
+    with pytest.raises(DatasetError, match=r"option nuisance_energy: expected float >= 0 and <= 1, got 1.5"):
+        check_dataset("synthetic", {"nuisance_energy": 1.5})
+    with pytest.raises(DatasetError, match=r"^dataset 'synthetic:quick' option signal_dim: expected < dim \(24\), got 24"):
+        check_dataset("synthetic:quick", {"dim": 24})   # the preset's signal_dim (24) no longer fits
+    with pytest.raises(DatasetError, match=r"unknown option 'model'; options of synthetic:quick: num_docs"):
+        load_dataset("synthetic:quick", model="x")
+
+
+def test_options_reach_the_loader_with_preset_defaults():
+    ds = load_dataset("synthetic:quick", num_docs=500, num_test=20)
+    assert ds.num_docs == 500 and ds.dim == 64 and len(ds.split("test")) == 20 and len(ds.split("train")) == 800
+    assert ds.meta["params"]["signal_dim"] == 24
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("drop_unknown_qrels=true", ("drop_unknown_qrels", True)), ("drop_unknown_qrels=False", ("drop_unknown_qrels", False)),
+    ("split=dev", ("split", "dev")), ("split=\"2019\"", ("split", "2019")), ("split=none", ("split", None)),
+    ("dev_queries=2000", ("dev_queries", 2000)), ("max_length=128", ("max_length", 128)),
+])
+def test_parse_dataset_opt(text, expected):
+    assert parse_dataset_opt("beir/scifact", text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("drop_unknown_qrels", r"--dataset-opt 'drop_unknown_qrels': expected KEY=VALUE"),
+    ("drop_unkown_qrels=true", r"has no option 'drop_unkown_qrels' \(did you mean 'drop_unknown_qrels'\?\)"),
+    ("drop_unknown_qrels=yes", r"option drop_unknown_qrels: expected bool, got 'yes'"),
+    ("max_length=long", r"option max_length: expected int >= 1 or None, got 'long'"),
+])
+def test_parse_dataset_opt_errors(text, message):
+    with pytest.raises(DatasetError, match=message):
+        parse_dataset_opt("beir/scifact", text)
+
+
+def test_hints_name_both_ways_to_set_an_option(tmp_path, data_dir, fake_model):
+    folder = copy_tiny(tmp_path)
+    corrupt(folder, "unknown-doc")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(f"beir:{folder}")
+    assert ("set drop_unknown_qrels = true under [datasets.<alias>] in a config file, or pass --dataset-opt "
+            "drop_unknown_qrels=true on the command line") in str(err.value)
+    with pytest.raises(DatasetError, match=r"available splits: \['test', 'train'\] \(to pick one, set split = "
+                                           r"\"test\" under \[datasets.<alias>\] .* --dataset-opt split=test"):
+        load_dataset(f"beir:{BEIR_TINY}", split="dev")
+    with pytest.raises(DatasetError, match=r"option dev_queries must be in \[1, 799\].*--dataset-opt dev_queries=80 "):
+        load_dataset("synthetic:quick", dev_queries=800)
+
+
+def test_data_package_imports_have_no_cycle_and_types_import_no_loader():
+    """Every import in benchmark/data (function-level ones too) forms an acyclic graph; dataset.py imports no
+    loader, and beir.py knows nothing of the synthetic presets or of the dispatch table."""
+    pkg = Path(__file__).parents[1] / "benchmark" / "data"
+    graph = {}
+    for f in pkg.glob("*.py"):
+        mod = f"benchmark.data.{f.stem}" if f.stem != "__init__" else "benchmark.data"
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                deps |= {f"{node.module}.{a.name}" if node.module == "benchmark.data" and f.stem != "__init__"
+                         else node.module for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[mod] = {d for d in deps if d.startswith("benchmark.data")}
+    assert graph["benchmark.data.dataset"] == set()
+    assert "benchmark.data.synthetic" not in graph["benchmark.data.beir"]
+    assert "benchmark.data.loaders" not in graph["benchmark.data.beir"] | graph["benchmark.data.npy"]
+    seen: dict[str, int] = {}
+
+    def visit(mod: str, path: list[str]) -> None:
+        assert seen.get(mod) != 1, f"import cycle: {' -> '.join(path + [mod])}"
+        if seen.get(mod) == 2:
+            return
+        seen[mod] = 1
+        for dep in graph.get(mod, ()):
+            visit(dep, path + [mod])
+        seen[mod] = 2
+
+    for mod in graph:
+        visit(mod, [])
+    assert len(graph) >= 8
+
+
+# ---------------------------------------------------------------- issue #14: rows named by the file, BOMs
+
+def test_npy_inf_row_is_the_files_row_not_the_qrels_order(tmp_path):
+    root = make_npy(tmp_path / "emb")
+    (root / "qrels" / "test.tsv").write_text("q3\td1\t1\nq2\td2\t1\nq4\td0\t1\n")  # q2: 2nd judged, row 2
+    (root / "qrels" / "train.tsv").write_text("q0\td3\t1\n")
+    q = np.load(root / "queries.npy")
+    q[2, 5] = np.inf
+    np.save(root / "queries.npy", q)
+    with pytest.raises(DatasetError, match=r"queries.npy \(split 'test'\): row 2 contains NaN/inf values"):
+        load_dataset(f"npy:{root}")
+
+
+def test_beir_precomputed_inf_row_is_the_files_row(tmp_path, data_dir, fake_model):
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    (emb / "corpus_ids.txt").write_text("".join(f"d{i}\n" for i in range(1, 13)))
+    np.save(emb / "corpus.npy", np.eye(12, 12, dtype=np.float32))
+    (emb / "queries_ids.txt").write_text("".join(f"q{i}\n" for i in (7, 6, 5, 4, 3, 2, 1)))  # reversed
+    q = np.ones((7, 12), np.float32)
+    q[5, 0] = np.nan   # the file's row 5 = q2, 5th of the queries the splits ask for (q4 q5 q6 q1 q2 q3)
+    np.save(emb / "queries.npy", q)
+    with pytest.raises(DatasetError, match=r"queries.npy: row 5 contains NaN/inf"):
+        load_beir_dataset(f"beir:{BEIR_TINY}", embeddings=emb)
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_qrels_with_utf8_bom(tmp_path, header):
+    root = make_npy(tmp_path / "emb")
+    body = ("query-id\tcorpus-id\tscore\n" if header else "") + "q0\td0\t1\nq1\td1\t2\n"
+    (root / "qrels" / "test.tsv").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    (root / "queries_ids.txt").write_bytes(b"\xef\xbb\xbf" + "".join(f"q{i}\n" for i in range(5)).encode())
+    ds = load_dataset(f"npy:{root}")
+    assert ds.split("test").qrels == {"q0": {"d0": 1}, "q1": {"d1": 2}} and ds.split("test").query_ids == ["q0", "q1"]
+
+
+def test_beir_qrels_with_utf8_bom(tmp_path, data_dir, fake_model):
+    folder = copy_tiny(tmp_path)
+    for f in ("corpus.jsonl", "queries.jsonl"):
+        (folder / f).write_bytes(b"\xef\xbb\xbf" + (folder / f).read_bytes())
+    (folder / "qrels" / "test.tsv").write_bytes(b"\xef\xbb\xbfq4\td7\t1\nq5\td9\t1\nq6\td12\t2\nq6\td11\t1\n")
+    check_tiny(load_dataset(f"beir:{folder}"))

@@ -1,9 +1,10 @@
 """BEIR-layout datasets: ``beir/<catalog name>``, ``msmarco``, ``beir:<folder or .zip>``.
 
 A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``) and
-``qrels/<split>.tsv``. Every qrels file becomes a split holding the queries judged in it. Files are read by beir's
-``GenericDataLoader`` with validating line parsers, so bad input raises one :class:`DatasetError` (file:line) before
-any encoding. Docs are encoded as ``(title + " " + text).strip()``; texts are kept in the dataset.
+``qrels/<split>.tsv``. Every qrels file becomes a split holding the queries judged in it. The files are parsed here
+rather than by beir's ``GenericDataLoader``, which keeps the last of duplicate ids, stops at the first bad JSON line
+without a line number, always skips the first qrels line as a header and reads no TREC-format qrels: here bad input
+raises one :class:`DatasetError` (file:line) before any encoding. beir itself is used for downloads only. Docs are encoded as ``(title + " " + text).strip()``; texts are kept in the dataset.
 
 Catalog datasets live in ``<cache>/beir/<name>/`` (``<cache>`` = ``data_dir``, ``$VQBENCH_DATA_DIR`` or
 ``datasets/cache``) and are downloaded there when missing. A ``.zip`` given as ``beir:<file>`` is extracted once to
@@ -16,7 +17,6 @@ become splits ``dl19`` / ``dl20``; their queries must be in ``queries.jsonl``.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -27,51 +27,36 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from beir.datasets.data_loader import GenericDataLoader
 from tqdm.auto import tqdm
 
-from benchmark.data.dataset import DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels, check_unique
-from benchmark.data.encode import DEFAULT_MODEL, REPO_ROOT, cache_root, encode_texts
+from benchmark.data.catalog import check_catalog_name, load_catalog
+from benchmark.data.dataset import (DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels,
+                                    check_unique, option_hint)
+from benchmark.data.encode import DEFAULT_MODEL, cache_root, encode_texts
 from benchmark.data.npy import UNLABELED_SPLIT, as_float32, find_file, open_matrix, read_qrels
+from benchmark.params import Param
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
-CATALOG_PATH = REPO_ROOT / "datasets" / "catalog.toml"
 log = logging.getLogger(__name__)
 
-
-def load_catalog() -> dict[str, dict]:
-    """``datasets/catalog.toml`` as ``{name: entry}``."""
-    with open(CATALOG_PATH, "rb") as f:
-        return tomllib.load(f)
-
-
-def _synthetic_summary(preset: str) -> str:
-    from benchmark.data.synthetic import SYNTHETIC_PRESETS, make_synthetic
-    p = {k: v.default for k, v in inspect.signature(make_synthetic).parameters.items()} | SYNTHETIC_PRESETS[preset]
-    return (f"embedded deterministic synthetic retrieval data: {p['num_docs']:,} docs x {p['dim']}-d, "
-            f"{p['num_train']:,} train / {p['num_unlabeled']:,} unlabeled / {p['num_test']:,} test queries")
-
-
-def list_datasets() -> list[tuple[str, str]]:
-    """``(name, short description)`` rows for ``--list-datasets``; ``[cached]`` marks BEIR data already on disk."""
-    rows = [("synthetic", _synthetic_summary("default")), ("synthetic:quick", _synthetic_summary("quick"))]
-    beir_dir = cache_root() / "beir"
-    for name, e in load_catalog().items():
-        label = name if name == "msmarco" else f"beir/{name}" + ("/<subset>" if "subsets" in e else "")
-        desc = f"{e['description']}; {e['num_docs']:,} docs, {e['num_queries']:,} {e['eval_split']} queries"
-        if "url" not in e:
-            desc += "; manual download"
-        if (beir_dir / name).is_dir():
-            desc += " [cached]"
-        rows.append((label, desc))
-    rows += [("beir:<folder-or-zip>", "any folder or .zip in BEIR layout (corpus.jsonl, queries.jsonl, qrels/)"),
-             ("npy:<dir>", "your own embeddings: corpus.npy + corpus_ids.txt, queries.npy + queries_ids.txt, "
-                           "qrels/<split>.tsv (see benchmark.data.npy)")]
-    return rows
+OPTIONS: dict[str, Param] = {
+    "split": Param(None, "evaluation split (default: the catalog's eval_split, else test; dev for msmarco)",
+                   dtype=str, special=(None,)),
+    "model": Param(DEFAULT_MODEL, "sentence-transformers model: a hub name, a local folder or an installed "
+                                  "gt-* model package"),
+    "embeddings": Param(None, "folder of precomputed corpus.npy + corpus_ids.txt and queries.npy + queries_ids.txt, "
+                              "used instead of model", dtype=str, special=(None,)),
+    "data_dir": Param(None, "data cache folder (default: $VQBENCH_DATA_DIR, else datasets/cache)", dtype=str,
+                      special=(None,)),
+    "max_length": Param(None, "model token limit (None: the model's own max_seq_length)", dtype=int, min=1,
+                        special=(None,)),
+    "normalize": Param(True, "L2-normalise the embeddings"),
+    "batch_size": Param(64, "encoding batch size (not part of the embedding cache key)", min=1),
+    "drop_unknown_qrels": Param(False, "drop judgments naming an unknown doc or query id instead of failing"),
+    "device": Param("cpu", "torch device for encoding (cpu, cuda, cuda:N)"),
+    "include_unlabeled": Param(False, f"add the queries judged in no qrels file as split {UNLABELED_SPLIT!r}"),
+    "ignore_identical_ids": Param(None, "drop a retrieved doc whose id equals the query id (None: the catalog's "
+                                        "flag, true for arguana and quora)", dtype=bool, special=(None,)),
+}
 
 
 def _file_hash(path: Path, algo: str) -> str:
@@ -150,15 +135,7 @@ def _resolve(name: str, root: Path) -> tuple[Path, str | None]:
         stem = src.name.removesuffix(".zip")
         return folder, stem if stem in catalog else None
     key = name.removeprefix("beir/")
-    base, _, subset = key.partition("/")
-    if base not in catalog:
-        raise DatasetError(f"unknown BEIR dataset {base!r}; known: {sorted(catalog)} (or use beir:<folder-or-zip>)")
-    subsets = catalog[base].get("subsets", [])
-    if subsets and subset not in subsets:
-        raise DatasetError(f"beir/{base} is {len(subsets)} datasets evaluated separately: load beir/{base}/<subset> "
-                           f"with <subset> in {subsets}")
-    if subset and not subsets:
-        raise DatasetError(f"beir/{base} has no subsets (got {name!r})")
+    base, _ = check_catalog_name(key, catalog)
     folder = root / "beir" / key
     if not (root / "beir" / base).is_dir():
         _download(base, catalog[base], folder, root / "beir")
@@ -191,54 +168,44 @@ def _records(path: str) -> Iterator[tuple[str, str, str]]:
             yield str(rid), text, title
 
 
-class _CheckedLoader(GenericDataLoader):
-    """beir's GenericDataLoader with validating parsers: bad JSON, missing fields, duplicate ids and unknown qrels ids
-    raise DatasetError (file:line) instead of crashing or being silently overwritten."""
+def _read_corpus(path: Path) -> dict[str, tuple[str, str]]:
+    """``{doc id: (title, text)}`` in file order; empty or duplicate ids raise."""
+    corpus = {}
+    ids = []
+    for did, text, title in _records(str(path)):
+        ids.append(did)
+        corpus[did] = (title, text)
+    if not ids:
+        raise DatasetError(f"{path}: no documents")
+    check_unique(ids, f"{path} (field '_id')")
+    return corpus
 
-    def __init__(self, folder: Path, drop_unknown_qrels: bool):
-        super().__init__(data_folder=str(folder))
-        self.drop_unknown_qrels = drop_unknown_qrels
-        self.dropped: dict[str, int] = {}
 
-    def _load_corpus(self) -> None:
-        ids = []
-        for did, text, title in _records(self.corpus_file):
-            ids.append(did)
-            self.corpus[did] = {"title": title, "text": text}
-        if not ids:
-            raise DatasetError(f"{self.corpus_file}: no documents")
-        check_unique(ids, f"{self.corpus_file} (field '_id')")
+def _read_queries(path: Path) -> dict[str, str]:
+    """``{query id: text}`` in file order; empty or duplicate ids raise."""
+    queries = {}
+    ids = []
+    for qid, text, _ in _records(str(path)):
+        ids.append(qid)
+        queries[qid] = text
+    if not ids:
+        raise DatasetError(f"{path}: no queries")
+    check_unique(ids, f"{path} (field '_id')")
+    return queries
 
-    def _load_queries(self) -> None:
-        ids = []
-        for qid, text, _ in _records(self.query_file):
-            ids.append(qid)
-            self.queries[qid] = text
-        if not ids:
-            raise DatasetError(f"{self.query_file}: no queries")
-        check_unique(ids, f"{self.query_file} (field '_id')")
 
-    def _load_qrels(self) -> None:
-        raw = read_qrels(Path(self.qrels_file))
-        self.qrels = check_qrels(raw, self.corpus.keys(), self.queries.keys(), self.qrels_file,
-                                 drop_unknown=self.drop_unknown_qrels)
-        dropped = sum(map(len, raw.values())) - sum(map(len, self.qrels.values()))
-        if dropped:
-            self.dropped[Path(self.qrels_file).stem] = dropped
-            log.warning("%s: dropped %d judgments with unknown doc or query ids", self.qrels_file, dropped)
-        if not self.qrels:
-            raise DatasetError(f"{self.qrels_file}: empty query set (no judgments for known queries and docs)")
-
-    def load_queries(self) -> dict[str, str]:
-        """All queries of queries.jsonl."""
-        self._load_queries()
-        return dict(self.queries)
-
-    def load_split(self, split: str, all_queries: dict[str, str]) -> tuple[dict[str, str], Qrels]:
-        """``(queries judged in split, qrels)`` through ``GenericDataLoader.load``."""
-        self.queries, self.qrels = dict(all_queries), {}
-        _, queries, qrels = self.load(split)
-        return queries, qrels
+def _read_split(path: Path, doc_ids: set[str] | dict, queries: dict[str, str], drop_unknown_qrels: bool,
+                dropped: dict[str, int]) -> tuple[dict[str, str], Qrels]:
+    """``(queries judged in qrels file `path`, in first-judged order; their qrels)``; counts drops in ``dropped``."""
+    raw = read_qrels(path)
+    qrels = check_qrels(raw, doc_ids, queries.keys(), str(path), drop_unknown=drop_unknown_qrels)
+    n_dropped = sum(map(len, raw.values())) - sum(map(len, qrels.values()))
+    if n_dropped:
+        dropped[path.stem] = n_dropped
+        log.warning("%s: dropped %d judgments with unknown doc or query ids", path, n_dropped)
+    if not qrels:
+        raise DatasetError(f"{path}: empty query set (no judgments for known queries and docs)")
+    return {q: queries[q] for q in qrels}, qrels
 
 
 def _check_layout(folder: Path) -> list[str]:
@@ -278,8 +245,9 @@ def _precomputed(emb_dir: Path, doc_ids: list[str], doc_texts: list[str],
     text_of = dict(zip(doc_ids, doc_texts))
     doc_emb = as_float32(doc_raw)
     check_embeddings(doc_emb, str(doc_npy))
-    q_emb = as_float32(q_raw[np.asarray([row[q] for q in query_ids])])
-    check_embeddings(q_emb, str(q_npy), dim=doc_emb.shape[1])
+    q_rows = np.asarray([row[q] for q in query_ids])
+    q_emb = as_float32(q_raw[q_rows])
+    check_embeddings(q_emb, str(q_npy), dim=doc_emb.shape[1], rows=q_rows)
     return emb_ids, [text_of[d] for d in emb_ids], doc_emb, q_emb
 
 
@@ -303,28 +271,30 @@ def load_beir_dataset(name: str, split: str | None = None, model: str = DEFAULT_
     split_names = _check_layout(folder)
     eval_split = split or entry.get("eval_split", "test")
     if eval_split not in split_names:
-        raise DatasetError(f"{folder}: split {eval_split!r} not found; available splits: {split_names} (pass split=)")
+        raise DatasetError(f"{folder}: split {eval_split!r} not found; available splits: {split_names} (to pick "
+                           f"one, {option_hint('split', split_names[0])})")
 
-    loader = _CheckedLoader(folder, drop_unknown_qrels)
-    corpus = loader.load_corpus()
-    all_queries = loader.load_queries()
-    per_split = {s: loader.load_split(s, all_queries) for s in split_names}
+    corpus = _read_corpus(folder / "corpus.jsonl")
+    query_file = folder / "queries.jsonl"
+    all_queries = _read_queries(query_file)
+    dropped: dict[str, int] = {}
+    per_split = {s: _read_split(folder / "qrels" / f"{s}.tsv", corpus, all_queries, drop_unknown_qrels, dropped)
+                 for s in split_names}
     if include_unlabeled:
         judged = {q for queries, _ in per_split.values() for q in queries}
         unlabeled = {q: t for q, t in all_queries.items() if q not in judged}
         if not unlabeled:
-            raise DatasetError(f"{loader.query_file}: every query is judged, so split {UNLABELED_SPLIT!r} "
-                               f"would be empty")
+            raise DatasetError(f"{query_file}: every query is judged, so split {UNLABELED_SPLIT!r} would be empty")
         per_split[UNLABELED_SPLIT] = (unlabeled, {})
 
     doc_ids = list(corpus)
-    doc_texts = [f"{d['title']} {d['text']}".strip() for d in corpus.values()]
+    doc_texts = [f"{title} {text}".strip() for title, text in corpus.values()]
     query_ids = list(dict.fromkeys(q for queries, _ in per_split.values() for q in queries))
     if embeddings is None:
         enc = dict(model=model, batch_size=batch_size, max_length=max_length, normalize=normalize, device=device,
                    cache_dir=root / "embeddings")
-        doc_emb = encode_texts(doc_texts, **enc)
-        query_emb = encode_texts([all_queries[q] for q in query_ids], **enc)
+        doc_emb = encode_texts(doc_texts, desc=f"{name} corpus", **enc)
+        query_emb = encode_texts([all_queries[q] for q in query_ids], desc=f"{name} queries", **enc)
     else:
         doc_ids, doc_texts, doc_emb, query_emb = _precomputed(Path(embeddings).expanduser(), doc_ids, doc_texts,
                                                               query_ids)
@@ -334,7 +304,7 @@ def load_beir_dataset(name: str, split: str | None = None, model: str = DEFAULT_
               for s, (queries, qrels) in per_split.items()}
     meta = {"source": str(folder.resolve()), "embeddings": str(embeddings) if embeddings is not None else None,
             "model": None if embeddings is not None else model, "max_length": max_length, "normalize": normalize,
-            "dropped_qrels": loader.dropped}
+            "dropped_qrels": dropped}
     return RetrievalDataset(name=name, doc_ids=doc_ids, doc_emb=doc_emb, splits=splits, eval_split=eval_split,
                             doc_texts=doc_texts, meta=meta,
                             ignore_identical_ids=bool(entry.get("ignore_identical_ids", False)

@@ -1,7 +1,8 @@
-"""The one dataset type the whole suite uses, and the ``load_dataset`` entry point.
+"""The one dataset type the whole suite uses, its validation, and the dev split carved from train.
 
 A :class:`RetrievalDataset` holds doc ids + doc embeddings (float32, possibly memory-mapped) and, per split,
 query ids + query embeddings + graded qrels (``dict[qid, dict[docid, int]]``), plus texts when known.
+This module imports no loader: the loaders import these types, and :mod:`benchmark.data.loaders` dispatches names.
 """
 from __future__ import annotations
 
@@ -75,8 +76,20 @@ class RetrievalDataset:
                 f"{self.doc_emb.dtype}, splits {{{'; '.join(parts)}}}, eval_split={self.eval_split!r})")
 
 
-def check_embeddings(arr: np.ndarray, what: str, dim: int | None = None) -> None:
-    """Raise :class:`DatasetError` for a non-2-d, wrong-dim, empty or non-finite embedding matrix."""
+def option_hint(key: str, value: bool | int | float | str) -> str:
+    """How to set dataset option ``key`` to the example ``value``, both ways: in a config and on the command line."""
+    toml = str(value).lower() if isinstance(value, bool) else f'"{value}"' if isinstance(value, str) else str(value)
+    cli = str(value).lower() if isinstance(value, bool) else str(value)
+    return (f"set {key} = {toml} under [datasets.<alias>] in a config file, or pass --dataset-opt {key}={cli} "
+            f"on the command line")
+
+
+def check_embeddings(arr: np.ndarray, what: str, dim: int | None = None, rows: np.ndarray | None = None) -> None:
+    """Raise :class:`DatasetError` for a non-2-d, wrong-dim, empty or non-finite embedding matrix.
+
+    ``rows``: when ``arr`` holds rows gathered from a file (``arr[i]`` = file row ``rows[i]``), the error names the
+    file's row, not the position in ``arr``.
+    """
     if arr.ndim != 2:
         raise DatasetError(f"{what}: expected a 2-d array (n, dim), got shape {arr.shape}")
     if arr.shape[0] == 0:
@@ -88,9 +101,11 @@ def check_embeddings(arr: np.ndarray, what: str, dim: int | None = None) -> None
         block = np.asarray(arr[start:start + step])
         bad = ~np.isfinite(block).all(axis=1)
         if bad.any():
-            row = start + int(np.argmax(bad))
-            raise DatasetError(f"{what}: row {row} contains NaN/inf values ({int(bad.sum())} bad rows in "
-                               f"block starting at {start})")
+            pos = start + int(np.argmax(bad))
+            row = pos if rows is None else int(rows[pos])
+            where = (f"block starting at {start}" if rows is None else
+                     f"the {len(block)} rows read from it" + (f" from position {start}" if start else ""))
+            raise DatasetError(f"{what}: row {row} contains NaN/inf values ({int(bad.sum())} bad rows in {where})")
 
 
 def check_unique(ids: list[str], what: str) -> None:
@@ -106,10 +121,11 @@ def check_qrels(qrels: Mapping[str, Mapping[str, int]], doc_ids: set[str], query
     unknown_docs = [(q, d) for q, rel in qrels.items() for d in rel if d not in doc_ids]
     if unknown_docs and not drop_unknown:
         raise DatasetError(f"{what}: {len(unknown_docs)} qrels point at unknown doc ids, e.g. {unknown_docs[:5]} "
-                           f"(pass drop_unknown_qrels=True to drop them)")
+                           f"(to drop them, {option_hint('drop_unknown_qrels', True)})")
     unknown_q = [q for q in qrels if q not in query_ids]
     if unknown_q and not drop_unknown:
-        raise DatasetError(f"{what}: {len(unknown_q)} qrels query ids have no query, e.g. {unknown_q[:5]}")
+        raise DatasetError(f"{what}: {len(unknown_q)} qrels query ids have no query, e.g. {unknown_q[:5]} "
+                           f"(to drop them, {option_hint('drop_unknown_qrels', True)})")
     out: Qrels = {}
     for q, rel in qrels.items():
         if q not in query_ids:
@@ -136,23 +152,6 @@ def validate(ds: RetrievalDataset) -> None:
         raise DatasetError(f"{ds.name}: eval split {ds.eval_split!r} missing; available: {sorted(ds.splits)}")
 
 
-DATASET_FORMS = "'synthetic', 'synthetic:quick', 'beir/<name>', 'beir:<folder-or-zip>', 'msmarco', 'npy:<dir>'"
-
-
-def check_dataset_name(name: str) -> None:
-    """Raise :class:`DatasetError` (listing the valid forms) unless ``name`` is a loadable dataset name."""
-    if name.startswith("synthetic"):
-        from benchmark.data.synthetic import SYNTHETIC_PRESETS
-        preset = name.split(":", 1)[1] if ":" in name else "default"
-        if name != "synthetic" and not name.startswith("synthetic:") or preset not in SYNTHETIC_PRESETS:
-            raise DatasetError(f"unknown synthetic preset in {name!r}; valid: "
-                               f"{['synthetic'] + [f'synthetic:{p}' for p in SYNTHETIC_PRESETS if p != 'default']}")
-        return
-    if name == "msmarco" or any(name.startswith(p) and len(name) > len(p) for p in ("beir/", "beir:", "npy:")):
-        return
-    raise DatasetError(f"unknown dataset {name!r}; valid forms: {DATASET_FORMS}")
-
-
 def carve_dev(ds: RetrievalDataset, num_queries: int, seed: int = 0) -> RetrievalDataset:
     """Hold out ``num_queries`` labeled train queries (seeded) as split ``dev`` and evaluate on it.
 
@@ -161,12 +160,13 @@ def carve_dev(ds: RetrievalDataset, num_queries: int, seed: int = 0) -> Retrieva
     """
     train = ds.splits.get("train")
     if train is None or not train.qrels:
-        raise DatasetError(f"{ds.name}: dev_queries needs a labeled 'train' split to carve from; "
+        raise DatasetError(f"{ds.name}: option dev_queries needs a labeled 'train' split to carve from; "
                            f"available splits: {sorted(ds.splits)}")
     labeled = [i for i, q in enumerate(train.query_ids) if any(g > 0 for g in train.qrels.get(q, {}).values())]
     if not 0 < num_queries < len(labeled):
-        raise DatasetError(f"{ds.name}: dev_queries must be in [1, {len(labeled) - 1}] (labeled train queries: "
-                           f"{len(labeled)}), got {num_queries}")
+        example = max(1, min(1000, len(labeled) // 10))
+        raise DatasetError(f"{ds.name}: option dev_queries must be in [1, {len(labeled) - 1}] (labeled train "
+                           f"queries: {len(labeled)}), got {num_queries}; {option_hint('dev_queries', example)}")
     dev_rows = np.sort(np.random.default_rng(seed).choice(labeled, num_queries, replace=False))
     train_rows = np.setdiff1d(np.arange(len(train)), dev_rows)
 
@@ -181,34 +181,3 @@ def carve_dev(ds: RetrievalDataset, num_queries: int, seed: int = 0) -> Retrieva
         splits["train-unlabeled"] = ds.splits["train-unlabeled"]
     meta = {**ds.meta, "dev": {"carved_from": "train", "queries": int(num_queries), "seed": int(seed)}}
     return replace(ds, splits=splits, eval_split="dev", meta=meta)
-
-
-def load_dataset(name: str, dev_queries: int = 0, dev_seed: int = 0, **kwargs) -> RetrievalDataset:
-    """Load a dataset by name.
-
-    - ``synthetic`` (optionally ``synthetic:quick``): the embedded deterministic default; kwargs go to the generator.
-    - ``beir/<name>`` or ``beir:<folder-or-zip>``: a BEIR dataset (catalog name, folder or .zip), encoded with a
-      sentence-transformers model (``model=``) unless precomputed embeddings are given.
-    - ``msmarco``: MS MARCO passage via the BEIR loader (dev = dev.small; TREC DL 19/20 if present).
-    - ``npy:<dir>``: your own embeddings (see :mod:`benchmark.data.npy`).
-
-    ``dev_queries`` > 0 evaluates on that many labeled train queries held out from training (:func:`carve_dev`,
-    seeded by ``dev_seed``) instead of the test split: the split to tune hyper-parameters on.
-    """
-    ds = _load(name, **kwargs)
-    return carve_dev(ds, dev_queries, dev_seed) if dev_queries else ds
-
-
-def _load(name: str, **kwargs) -> RetrievalDataset:
-    check_dataset_name(name)
-    if name.startswith("synthetic"):
-        from benchmark.data.synthetic import make_synthetic, SYNTHETIC_PRESETS
-        preset = name.split(":", 1)[1] if ":" in name else "default"
-        return make_synthetic(**{"name": name, **SYNTHETIC_PRESETS[preset], **kwargs})
-    if name.startswith("npy:"):
-        from benchmark.data.npy import load_npy_dataset
-        return load_npy_dataset(name[4:], **kwargs)
-    if name == "msmarco" or name.startswith("beir/") or name.startswith("beir:"):
-        from benchmark.data.beir import load_beir_dataset
-        return load_beir_dataset(name, **kwargs)
-    raise DatasetError(f"unknown dataset {name!r}; valid forms: {DATASET_FORMS}")

@@ -2,8 +2,14 @@
 
 Cache file: ``<cache root>/embeddings/<key>.npy`` (float32, rows in input order), where the cache root is
 ``$VQBENCH_DATA_DIR`` or ``<repo>/datasets/cache``. The key hashes the texts (in order), the model (a content
-fingerprint of its folder when it is local, else its name), ``max_length`` and ``normalize``. Batch size and device
-are not part of the key. Files are written atomically (temp file + ``os.replace``), so concurrent runs are safe.
+fingerprint of its folder when it is local, else its name), ``max_length`` and ``normalize``. Batch size, device and
+the progress label are not part of the key. Files are written atomically (:mod:`benchmark._io`), so concurrent runs
+are safe.
+
+Texts are encoded in chunks of ``16 x batch_size`` under one progress bar that names what is encoded and with which
+model (sentence-transformers' own bar says only "Batches"); rows go straight into the cache file, so no second
+full-size copy is held in memory. sentence-transformers sorts texts by length within one ``encode`` call, so a chunk
+pads to the longest text of its own batches: the same numbers up to float rounding.
 """
 from __future__ import annotations
 
@@ -15,12 +21,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from benchmark._io import atomic_path
 from benchmark.data.dataset import check_embeddings
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -122,10 +129,11 @@ def _load_model(model: str, device: str, max_length: int | None):
 
 def encode_texts(texts: Sequence[str], model: str = DEFAULT_MODEL, *, batch_size: int = 64,
                  max_length: int | None = None, normalize: bool = True, device: str = "cpu",
-                 cache_dir: str | Path | None = None) -> np.ndarray:
+                 cache_dir: str | Path | None = None, desc: str | None = None) -> np.ndarray:
     """Embed ``texts`` (float32, one row per text, read-only memmap of the cache file).
 
-    ``max_length=None`` keeps the model's own ``max_seq_length``. A cache hit never loads the model.
+    ``max_length=None`` keeps the model's own ``max_seq_length``. A cache hit never loads the model. ``desc`` names
+    what is encoded in the log and on the progress bar (e.g. ``"beir/scifact corpus"``); it is not part of the key.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "embeddings"
     key = cache_key(texts, model, max_length, normalize)
@@ -136,18 +144,30 @@ def encode_texts(texts: Sequence[str], model: str = DEFAULT_MODEL, *, batch_size
             log.info("embedding cache hit: %s (%d x %d)", path, *cached.shape)
             return cached
         log.warning("ignoring malformed embedding cache file %s (shape %s, %s)", path, cached.shape, cached.dtype)
+    if not texts:
+        raise ValueError(f"nothing to encode{f' for {desc}' if desc else ''}: no texts")
+    what = desc or "texts"
     st = _load_model(model, device, max_length)
-    emb = np.asarray(st.encode(list(texts), batch_size=batch_size, show_progress_bar=True,
-                               normalize_embeddings=normalize, convert_to_numpy=True), dtype=np.float32)
-    check_embeddings(emb, f"embeddings of {len(texts)} texts from model {model!r}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, emb)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    log.info("encoded %d texts with %s -> %s", len(texts), model, path)
+    log.info("encoding %s: %d texts with %s on %s -> %s", what, len(texts), model, device, path)
+    chunk = 16 * batch_size
+    with atomic_path(path) as tmp:
+        out = None
+        with tqdm(total=len(texts), desc=f"encoding {what} ({model})", unit=" texts") as bar:
+            for start in range(0, len(texts), chunk):
+                part = np.asarray(st.encode(list(texts[start:start + chunk]), batch_size=batch_size,
+                                            show_progress_bar=False, normalize_embeddings=normalize,
+                                            convert_to_numpy=True), dtype=np.float32)
+                if out is None:
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                    shape=(len(texts), part.shape[1] if part.ndim == 2 else 0))
+                if part.shape != (min(chunk, len(texts) - start), out.shape[1]):
+                    raise RuntimeError(f"model {model!r} returned shape {part.shape} for {what} rows "
+                                       f"{start}..{start + chunk - 1}, expected ({min(chunk, len(texts) - start)}, "
+                                       f"{out.shape[1]})")
+                out[start:start + len(part)] = part
+                bar.update(len(part))
+        check_embeddings(out, f"embeddings of {what} ({len(texts)} texts) from model {model!r}")
+        out.flush()
+        del out
+    log.info("encoded %s: %d texts with %s -> %s", what, len(texts), model, path)
     return np.load(path, mmap_mode="r")

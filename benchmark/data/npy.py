@@ -22,14 +22,25 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.data.dataset import (DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels,
-                            check_unique)
+                                    check_unique, option_hint)
+from benchmark.params import Param
 
 UNLABELED_SPLIT = "train-unlabeled"
+
+OPTIONS: dict[str, Param] = {
+    "split": Param(None, "evaluation split: a qrels/<split>.tsv file (None: test)", dtype=str, special=(None,)),
+    "qrels_dir": Param(None, "folder of the qrels/<split>.tsv files (None: <dir>/qrels, else <dir>/../qrels)",
+                       dtype=str, special=(None,)),
+    "drop_unknown_qrels": Param(False, "drop judgments naming an unknown doc or query id instead of failing"),
+    "include_unlabeled": Param(False, f"add the queries of queries.npy judged in no qrels file as split "
+                                      f"{UNLABELED_SPLIT!r}"),
+    "ignore_identical_ids": Param(False, "drop a retrieved doc whose id equals the query id"),
+}
 
 
 def read_ids(path: Path) -> list[str]:
     """One id per line (surrounding whitespace stripped; trailing blank lines ignored, inner blank lines rejected)."""
-    ids = Path(path).read_text(encoding="utf-8").splitlines()
+    ids = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a leading UTF-8 BOM is dropped
     while ids and not ids[-1].strip():
         ids.pop()
     ids = [i.strip() for i in ids]
@@ -63,10 +74,12 @@ def as_float32(arr: np.ndarray) -> np.ndarray:
 
 
 def read_qrels(path: Path) -> Qrels:
-    """Parse BEIR-style (3 columns, optional header) or TREC-style (4 columns) qrels; errors name file:line."""
+    """Parse BEIR-style (3 columns, optional header) or TREC-style (4 columns) qrels; errors name file:line.
+
+    A leading UTF-8 byte-order mark is dropped (as for the jsonl and id files), header line or not."""
     qrels: Qrels = {}
     ncols = 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -144,7 +157,8 @@ def load_npy_dataset(path: str | Path, qrels_dir: str | Path | None = None, spli
     eval_split = split or "test"
     if eval_split not in qrels_files:
         raise DatasetError(f"{root}: split {eval_split!r} not found; available splits: {list(qrels_files)} "
-                           f"(labeled splits are the files in {qdir}; pass split=)")
+                           f"(labeled splits are the files in {qdir}; to pick one, "
+                           f"{option_hint('split', next(iter(qrels_files)))})")
 
     doc_set = set(doc_ids)
     shared: list[tuple[list[str], np.ndarray]] = []
@@ -187,8 +201,9 @@ def load_npy_dataset(path: str | Path, qrels_dir: str | Path | None = None, spli
     splits: dict[str, Split] = {}
     for s, (src, qids, qraw, wanted, qrels) in picked.items():
         row = {q: i for i, q in enumerate(qids)}
-        emb = as_float32(qraw[np.asarray([row[q] for q in wanted])])
-        check_embeddings(emb, f"{src} (split {s!r})", dim=doc_emb.shape[1])
+        rows = np.asarray([row[q] for q in wanted])
+        emb = as_float32(qraw[rows])
+        check_embeddings(emb, f"{src} (split {s!r})", dim=doc_emb.shape[1], rows=rows)
         splits[s] = Split(s, wanted, emb, qrels)
     return RetrievalDataset(name=name or f"npy:{root}", doc_ids=doc_ids, doc_emb=doc_emb, splits=splits,
                             eval_split=eval_split, ignore_identical_ids=ignore_identical_ids,

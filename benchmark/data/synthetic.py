@@ -19,9 +19,12 @@ All embeddings are L2-normalised float32. The same seed gives bit-identical arra
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from benchmark.data.dataset import RetrievalDataset, Split
+from benchmark.data.dataset import DatasetError, RetrievalDataset, Split
+from benchmark.params import Param
 
 CHUNK = 65536
 SYNTHETIC_PRESETS: dict[str, dict] = {
@@ -29,6 +32,36 @@ SYNTHETIC_PRESETS: dict[str, dict] = {
     "quick": {"num_docs": 4000, "dim": 64, "num_topics": 32, "num_train": 800, "num_unlabeled": 800,
               "num_test": 200, "signal_dim": 24},
 }
+
+OPTIONS: dict[str, Param] = {
+    "num_docs": Param(50_000, "documents", min=1),
+    "dim": Param(128, "embedding dimension", min=2),
+    "num_topics": Param(256, "top-level topics (each parent belongs to one)", min=1),
+    "docs_per_parent": Param(4, "documents per parent; siblings are the grade-1 docs of a query", min=1),
+    "num_train": Param(5000, "labeled train queries (0: no train split)", min=0),
+    "num_unlabeled": Param(5000, "unlabeled train queries (0: no train-unlabeled split)", min=0),
+    "num_test": Param(1500, "test queries (the evaluation split)", min=1),
+    "signal_dim": Param(40, "dimension of the hidden signal subspace (< dim)", min=1),
+    "nuisance_energy": Param(0.75, "share of document energy in the nuisance subspace", min=0.0, max=1.0),
+    "query_noise": Param(1.2, "query noise in the signal subspace (relative to the signal amplitude)", min=0.0),
+    "seed": Param(0, "generator seed (same seed, bit-identical arrays)", min=0),
+    "out_path": Param(None, "write the docs to this memory-mapped .npy (large sizes); None: in memory", dtype=str,
+                      special=(None,)),
+}
+
+
+def preset_options(preset: str) -> dict[str, Param]:
+    """The generator options with the defaults of ``preset`` (a key of :data:`SYNTHETIC_PRESETS`)."""
+    values = SYNTHETIC_PRESETS[preset]
+    return {k: replace(p, default=values[k]) if k in values else p for k, p in OPTIONS.items()}
+
+
+def check_options(label: str, options: dict) -> None:
+    """Cross-option checks of a validated option set (each value is already of its declared type and range)."""
+    dim, signal_dim = options["dim"], options["signal_dim"]
+    if signal_dim >= dim:
+        raise DatasetError(f"dataset {label!r} option signal_dim: expected < dim ({dim}), got {signal_dim} "
+                           f"(the nuisance subspace needs at least one dimension)")
 
 
 def _orthonormal(rng: np.random.Generator, dim: int) -> np.ndarray:
