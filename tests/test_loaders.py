@@ -523,7 +523,8 @@ def test_check_dataset_options(tmp_path):
         check_dataset("beir/scifact", {"max_length": 0})
     with pytest.raises(DatasetError, match=r"option nuisance_energy: expected float >= 0 and <= 1, got 1.5"):
         check_dataset("synthetic", {"nuisance_energy": 1.5})
-    with pytest.raises(DatasetError, match=r"^dataset 'synthetic:quick' option signal_dim: expected < dim \(24\), got 24"):
+    with pytest.raises(DatasetError,
+                       match=r"^dataset 'synthetic:quick' option signal_dim: expected < dim \(24\), got 24"):
         check_dataset("synthetic:quick", {"dim": 24})   # the preset's signal_dim (24) no longer fits
     with pytest.raises(DatasetError, match=r"unknown option 'model'; options of synthetic:quick: num_docs"):
         load_dataset("synthetic:quick", model="x")
@@ -536,7 +537,8 @@ def test_options_reach_the_loader_with_preset_defaults():
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("drop_unknown_qrels=true", ("drop_unknown_qrels", True)), ("drop_unknown_qrels=False", ("drop_unknown_qrels", False)),
+    ("drop_unknown_qrels=true", ("drop_unknown_qrels", True)),
+    ("drop_unknown_qrels=False", ("drop_unknown_qrels", False)),
     ("split=dev", ("split", "dev")), ("split=\"2019\"", ("split", "2019")), ("split=none", ("split", None)),
     ("dev_queries=2000", ("dev_queries", 2000)), ("max_length=128", ("max_length", 128)),
 ])

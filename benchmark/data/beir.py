@@ -4,7 +4,8 @@ A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.j
 ``qrels/<split>.tsv``. Every qrels file becomes a split holding the queries judged in it. The files are parsed here
 rather than by beir's ``GenericDataLoader``, which keeps the last of duplicate ids, stops at the first bad JSON line
 without a line number, always skips the first qrels line as a header and reads no TREC-format qrels: here bad input
-raises one :class:`DatasetError` (file:line) before any encoding. beir itself is used for downloads only. Docs are encoded as ``(title + " " + text).strip()``; texts are kept in the dataset.
+raises one :class:`DatasetError` (file:line) before any encoding; beir itself is used for downloads only. Docs are
+encoded as ``(title + " " + text).strip()``; texts are kept in the dataset.
 
 Catalog datasets live in ``<cache>/beir/<name>/`` (``<cache>`` = ``data_dir``, ``$VQBENCH_DATA_DIR`` or
 ``datasets/cache``) and are downloaded there when missing. A ``.zip`` given as ``beir:<file>`` is extracted once to

@@ -105,7 +105,8 @@ def _cached_beir() -> Path:
 LOADERS: tuple[DatasetLoader, ...] = (
     *(DatasetLoader(key, False, key, _synthetic_load, synthetic.preset_options(preset),
                     partial(_synthetic_rows, preset, key), _synthetic_check)
-      for preset, key in ((p, "synthetic" if p == "default" else f"synthetic:{p}") for p in synthetic.SYNTHETIC_PRESETS)),
+      for preset, key in ((p, "synthetic" if p == "default" else f"synthetic:{p}")
+                          for p in synthetic.SYNTHETIC_PRESETS)),
     DatasetLoader("msmarco", False, "msmarco", _beir_load, beir.OPTIONS,
                   lambda: catalog_rows(["msmarco"], _cached_beir())),
     DatasetLoader("beir/", True, "beir/<name>", _beir_load, beir.OPTIONS,
