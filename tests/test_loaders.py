@@ -647,3 +647,21 @@ def test_beir_qrels_with_utf8_bom(tmp_path, data_dir, fake_model):
         (folder / f).write_bytes(b"\xef\xbb\xbf" + (folder / f).read_bytes())
     (folder / "qrels" / "test.tsv").write_bytes(b"\xef\xbb\xbfq4\td7\t1\nq5\td9\t1\nq6\td12\t2\nq6\td11\t1\n")
     check_tiny(load_dataset(f"beir:{folder}"))
+
+
+def test_every_listed_name_resolves_to_its_loader():
+    rows = list_datasets()
+    names = [n for n, _ in rows]
+    assert len(names) == len(set(names)) == 2 + 19 + 2 and names[-2:] == ["beir:<folder-or-zip>", "npy:<dir>"]
+    for name in names:
+        if "<" not in name:
+            check_dataset_name(name)
+    assert resolve("beir/trec-covid")[0].key == "beir/" and resolve("msmarco")[0].key == "msmarco"
+
+
+def test_bad_option_fails_before_reading_or_encoding(tmp_path, data_dir, fake_model, monkeypatch):
+    read = []
+    monkeypatch.setattr(beir, "_read_corpus", lambda path: read.append(path))
+    with pytest.raises(DatasetError, match=r"^dataset 'beir:\S+beir_tiny' option include_unlabeled: expected bool"):
+        load_dataset(f"beir:{BEIR_TINY}", include_unlabeled=1)
+    assert read == [] and fake_model.loads == []
