@@ -1,7 +1,7 @@
 """Report plots (matplotlib, Agg canvas, no pyplot state), one panel per code-budget track.
 
 Style: colour = family (Okabe & Ito 2008 colour-blind-safe hues; black is the reference ceiling and the Pareto
-front), marker = method, line style = variant of the same method. Every figure has one legend, grouped by family
+front), marker = method, line style and a darker/lighter shade of the family hue = variant of the same method. Every figure has one legend, grouped by family
 (a bold family heading above its variants), so a panel may hold more than 8 series and stay readable; a variant keeps
 its style in every panel and every figure of a report.
 """
@@ -13,19 +13,21 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from benchmark._io import atomic_path
 from benchmark.registry import FAMILIES, REFERENCE_FAMILY
-from benchmark.report.tables import FAMILY_ORDER, track_name
+from benchmark.report.tables import FAMILY_ORDER, pareto_bytes, pareto_front, track_name
 
 OKABE_ITO = {"reconstruction": "#0072B2", "score-aware": "#009E73", "contrastive": "#D55E00",
              "distillation": "#CC79A7"}
 SPARE_COLOURS = ("#E69F00", "#56B4E9", "#999999")  # families added to the registry after this file
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
 LINESTYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+SHADES = (0.0, -0.4, 0.4, -0.65, 0.6, -0.2, 0.2)  # variant k of a method: darker/lighter family hue
 PANEL_W, PANEL_H, COLS = 4.2, 4.2, 3
 DPI = 110
 
@@ -55,14 +57,16 @@ def styles(rows: pd.DataFrame) -> dict[str, Style]:
     for tlabel, method, family in zip(order["tlabel"], order["method"], order["family"]):
         k = seen.get(method, 0)
         seen[method] = k + 1
-        out[tlabel] = Style(family_colour(family), markers[method], LINESTYLES[k % len(LINESTYLES)])
+        out[tlabel] = Style(shade(family_colour(family), SHADES[k % len(SHADES)]), markers[method],
+                            LINESTYLES[k % len(LINESTYLES)])
     return out
 
 
-def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Points not dominated by a smaller-or-equal ``x`` of higher ``y`` (lower ``x`` is better), sorted by ``x``."""
-    ordered = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False])
-    return ordered[ordered[y] > ordered[y].cummax().shift(fill_value=-float("inf"))]
+def shade(colour: str, amount: float) -> str:
+    """``colour`` mixed with white (``amount`` > 0) or black (< 0) by ``|amount|``: variants of one method."""
+    rgb = to_rgb(colour)
+    target = 1.0 if amount > 0 else 0.0
+    return to_hex(tuple(c + (target - c) * abs(amount) for c in rgb))
 
 
 def _panels(n: int, sharey: bool = True) -> tuple[Figure, list]:
@@ -121,7 +125,7 @@ def _log_x(ax) -> None:
 
 
 def _aids(reference: float | None, budget: float | None, front: bool) -> list[tuple[Line2D, str]]:
-    out = []
+    out: list[tuple[Line2D, str]] = []
     if reference is not None:
         out.append((Line2D([], [], color="black", lw=1.2), f"dense ceiling ({reference:.3f})"))
     if front:
@@ -177,8 +181,8 @@ def quality_vs_bytes(rows: pd.DataFrame, quality: str, reference: float | None, 
         line = rows[rows["tlabel"] == tlabel].sort_values("bytes_per_vector")
         ax.plot(line["bytes_per_vector"], line[quality], color=s.colour, marker=s.marker, ls=s.linestyle,
                 markersize=6, lw=1.2)
-    front = pareto_bytes_front(rows, quality)
-    ax.step(front["bytes_per_vector"], front[quality], where="post", ls="--", lw=1.6, color="black", alpha=0.6)
+    front = pareto_bytes(rows, quality)
+    ax.plot(front["bytes_per_vector"], front[quality], ls="--", lw=1.6, color="black", alpha=0.6)
     if reference is not None:
         ax.axhline(reference, color="black", lw=1.2)
     ax.set_xscale("log", base=2)
@@ -190,10 +194,6 @@ def quality_vs_bytes(rows: pd.DataFrame, quality: str, reference: float | None, 
     _legend(fig, rows, style, _aids(reference, None, True))
     fig.suptitle(title)
     return _save(fig, path)
-
-
-def pareto_bytes_front(rows: pd.DataFrame, quality: str) -> pd.DataFrame:
-    return pareto_front(rows, "bytes_per_vector", quality)
 
 
 def label_budget(rows: pd.DataFrame, quality: str, reference: float | None, title: str,

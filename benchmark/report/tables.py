@@ -428,19 +428,23 @@ def _cell(value: float) -> str:
     return DASH if value is None or pd.isna(value) else f"{value:.3f}"
 
 
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Points not dominated by a smaller-or-equal ``x`` of higher ``y`` (lower ``x`` is better), sorted by ``x``."""
+    ordered = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False])
+    return ordered[ordered[y] > ordered[y].cummax().shift(fill_value=-math.inf)]
+
+
 def pareto_bytes(rows: pd.DataFrame, quality: str) -> pd.DataFrame:
     """Compressed rows (one dataset, one operating point) on the quality-vs-code-size Pareto front: no row with
     fewer or equal bytes/vector has a higher quality. Sorted by bytes/vector."""
-    sub = rows[(rows["family"] != REFERENCE_FAMILY)].dropna(subset=["bytes_per_vector", quality])
-    ordered = sub.sort_values(["bytes_per_vector", quality], ascending=[True, False])
-    return ordered[ordered[quality] > ordered[quality].cummax().shift(fill_value=-math.inf)]
+    return pareto_front(rows[rows["family"] != REFERENCE_FAMILY], "bytes_per_vector", quality)
 
 
 def pareto_table(front: pd.DataFrame, quality: str, reference: float | None) -> pd.DataFrame:
     return pd.DataFrame({
-        "code B/vec": [f"{b:g}" for b in front["bytes_per_vector"]],
-        "index B/vec": [_cell(v).replace(".000", "") if pd.isna(v) else f"{v:.1f}" for v in front["index_bpv"]],
         "Method": list(front["label"]), "Family": list(front["family"]),
+        "code B/vec": [f"{b:g}" for b in front["bytes_per_vector"]],
+        "index B/vec": [DASH if pd.isna(v) else f"{v:.1f}" for v in front["index_bpv"]],
         quality: [f"{v:.3f}" for v in front[quality]],
         "share of ceiling": [DASH if not reference else f"{v / reference:.1%}" for v in front[quality]]})
 
