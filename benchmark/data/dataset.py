@@ -103,9 +103,9 @@ def check_embeddings(arr: np.ndarray, what: str, dim: int | None = None, rows: n
         if bad.any():
             pos = start + int(np.argmax(bad))
             row = pos if rows is None else int(rows[pos])
-            where = (f"block starting at {start}" if rows is None else
-                     f"the {len(block)} rows read from it" + (f" from position {start}" if start else ""))
-            raise DatasetError(f"{what}: row {row} contains NaN/inf values ({int(bad.sum())} bad rows in {where})")
+            where = (f"in block starting at {start}" if rows is None else
+                     f"among the {len(block)} rows read" + (f" after the first {start}" if start else ""))
+            raise DatasetError(f"{what}: row {row} contains NaN/inf values ({int(bad.sum())} bad rows {where})")
 
 
 def check_unique(ids: list[str], what: str) -> None:
