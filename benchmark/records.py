@@ -7,7 +7,13 @@ Schema (every report is rebuilt from these records alone)::
     metrics{"nDCG@10","RR@10","R@10","R@100","R@1000"}, fidelity{"overlap@10","overlap@100"},
     latency{"p50_ms","p95_ms","qps","threads"}, train_seconds, per_query (sidecar path, relative to the file),
     provenance{git_sha, versions{torch, faiss, ir_measures, beir, python, numpy}, cpu, threads{...}, timestamp, ...}
-    status ("ok" or "failed") and error (the reason, for a failed run: metrics etc. are then null)
+    status ("ok" or "failed") and error (the reason, for a failed run: metrics etc. are then null),
+    fit_id (16 hex digits, shared by every record of one fit: what resume groups by),
+    schema_version (int; absent in files written before it existed, read as version 1)
+
+All records of one fit (its whole nprobe sweep, or its one failed record) are appended by one locked ``write`` of
+all their lines (:func:`append_records`), so a crash leaves either the whole fit or a torn tail that the reader
+reports; resume (``benchmark.runner``) additionally checks that every planned nprobe of a fit is present.
 """
 from __future__ import annotations
 
@@ -15,10 +21,13 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import signal
 from pathlib import Path
 from typing import Any, Iterable
 
 from benchmark import metrics
+from benchmark._io import write_bytes, write_text
 
 MEASURES = tuple(metrics.MEASURES)
 FIDELITY = tuple(f"overlap@{k}" for k in metrics.FIDELITY_KS)
@@ -26,8 +35,11 @@ LATENCY = ("p50_ms", "p95_ms", "qps", "threads")
 INDEX_KEYS = ("factory", "nlist", "M", "nbits", "bytes_per_vector", "writeback")
 PROVENANCE_KEYS = ("git_sha", "versions", "cpu", "timestamp")
 VERSION_KEYS = ("torch", "faiss", "ir_measures", "beir", "python")
-TOP_KEYS = ("run_id", "dataset", "split", "method", "family", "params", "seed", "nprobe", "index", "metrics",
-            "fidelity", "latency", "train_seconds", "per_query", "provenance", "status")
+TOP_KEYS = ("run_id", "fit_id", "dataset", "split", "method", "family", "params", "seed", "nprobe", "index",
+            "metrics", "fidelity", "latency", "train_seconds", "per_query", "provenance", "status")
+# 2: fit_id validated, schema_version written, a fit's records appended together. Files without the field are 1.
+SCHEMA_VERSION = 2
+_ID = re.compile(r"[0-9a-f]{16}")
 
 
 class RecordError(ValueError):
@@ -45,6 +57,12 @@ def validate_record(rec: dict[str, Any]) -> None:
     for key in TOP_KEYS:
         if key not in rec:
             raise RecordError(f"record {rec.get('run_id', '?')}: missing key {key!r}")
+    version = rec.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        raise RecordError(f"record {rec['run_id']}: schema_version must be an int in [1, {SCHEMA_VERSION}] "
+                          f"(this reader's version), got {version!r}")
+    if not isinstance(rec["fit_id"], str) or not _ID.fullmatch(rec["fit_id"]):
+        raise RecordError(f"record {rec['run_id']}: fit_id must be 16 lowercase hex digits, got {rec['fit_id']!r}")
     if rec["status"] not in ("ok", "failed"):
         raise RecordError(f"record {rec['run_id']}: status must be 'ok' or 'failed', got {rec['status']!r}")
     if not isinstance(rec["params"], dict):
@@ -73,29 +91,42 @@ def validate_record(rec: dict[str, Any]) -> None:
 
 
 def append_record(path: str | Path, rec: dict[str, Any]) -> None:
-    """Validate and append one record as a single ``write`` of a complete line, under an exclusive lock.
+    """Validate and append one record (see :func:`append_records`)."""
+    append_records(path, [rec])
 
-    If the file ends in a torn line (a crash mid-write by an older writer), a newline is written first so the new
-    record starts on its own line; the reader reports the torn line instead of silently skipping it.
+
+def append_records(path: str | Path, recs: list[dict[str, Any]]) -> None:
+    """Validate every record, then append all of them as one ``write`` of complete lines under an exclusive lock,
+    fsynced; SIGINT/SIGTERM are held back (delivered right after) so Ctrl-C never lands inside the write.
+
+    If the file ends in a torn line (a writer killed mid-write), a newline is written first so the new records start
+    on their own line; the reader reports the torn line instead of silently skipping it.
     """
-    validate_record(rec)
-    line = (json.dumps(rec, sort_keys=True, default=_json_default) + "\n").encode()
+    for rec in recs:
+        validate_record(rec)
+    if not recs:
+        return
+    data = "".join(json.dumps(rec, sort_keys=True, default=_json_default) + "\n" for rec in recs).encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size:
-            with open(path, "rb") as f:
-                f.seek(size - 1)
-                if f.read(1) != b"\n":
-                    line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _json_default(obj: Any) -> Any:
@@ -137,36 +168,27 @@ def read_records(path: str | Path, strict: bool = False) -> tuple[list[dict[str,
     return list(by_id.values()), problems
 
 
-def recorded_ids(path: str | Path) -> set[str]:
-    """run_ids already recorded with status ok (what a resumed run skips)."""
-    records, _ = read_records(path)
-    return {r["run_id"] for r in records if r["status"] == "ok"}
-
-
 def merge_results(sources: Iterable[str | Path], dest: str | Path) -> int:
     """Merge several results.jsonl files into ``dest`` (deduplicated by run_id, sorted for a stable file).
 
     Per-query sidecars are copied next to ``dest``. Returns the number of records written. Written atomically.
+    A missing source raises :class:`RecordError` before anything is written.
     """
-    import shutil
-
+    sources = [Path(src) for src in sources]
+    missing = [str(src) for src in sources if not src.is_file()]
+    if missing:
+        raise RecordError(f"no results file at {', '.join(missing)}")
     dest = Path(dest)
     merged: dict[str, dict[str, Any]] = {}
     for src in sources:
-        src = Path(src)
-        records, problems = read_records(src, strict=True)
+        records, _ = read_records(src, strict=True)
         for rec in records:
             if rec.get("per_query"):
                 sidecar = src.parent / rec["per_query"]
                 target = dest.parent / rec["per_query"]
                 if sidecar.exists() and sidecar.resolve() != target.resolve():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(sidecar, target)
+                    write_bytes(target, sidecar.read_bytes())
             merged[rec["run_id"]] = rec
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rid in sorted(merged):
-            f.write(json.dumps(merged[rid], sort_keys=True) + "\n")
-    os.replace(tmp, dest)
+    write_text(dest, "".join(json.dumps(merged[rid], sort_keys=True, default=_json_default) + "\n"
+                             for rid in sorted(merged)))
     return len(merged)

@@ -8,6 +8,7 @@ classes in ``methods/*.py`` are discovered automatically, and other packages reg
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -16,13 +17,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from benchmark.params import Param, ParamError, as_param
+from benchmark.params import Param, ParamError, as_param, describe
 from benchmark.vq import BuiltIndex, VQParams
 
 # The one list of method families (report order): every other module reads it from here.
 FAMILIES = ("reference", "reconstruction", "score-aware", "contrastive", "distillation")
 # The family whose method is the uncompressed ceiling (reports draw it as a line, never rank it in a budget).
 REFERENCE_FAMILY = "reference"
+PQ_CODEWORDS = 256  # 8-bit PQ: codewords per sub-quantizer
 
 
 class MethodError(ValueError):
@@ -88,6 +90,30 @@ class BaseMethod:
     def description(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
+    def check_data(self, dim: int, num_docs: int) -> list[str]:
+        """Problems this configuration has with a corpus of ``num_docs`` x ``dim``, found before any training.
+
+        The default covers the shared params: ``M`` (8-bit PQ: M divides the dim, and k-means of 256 codewords per
+        sub-quantizer needs >= 256 training points) and ``nlist`` (IVF k-means needs >= nlist training points);
+        the training points are ``min(num_docs, max_train_points)`` when the method declares ``max_train_points``.
+        Override (and extend ``super().check_data``) for method-specific needs.
+        """
+        cfg, problems = self.config, []
+        points = min(num_docs, cfg.get("max_train_points") or num_docs)
+        M = cfg.get("M")
+        if isinstance(M, int) and not isinstance(M, bool):
+            if M < 1 or dim % M:
+                problems.append(f"M={M} must be a positive divisor of the embedding dim {dim}")
+            if points < PQ_CODEWORDS:
+                problems.append(f"8-bit PQ trains {PQ_CODEWORDS} codewords per sub-quantizer by k-means and needs "
+                                f">= {PQ_CODEWORDS} training points; this corpus gives {points} "
+                                f"({num_docs} docs)")
+        nlist = cfg.get("nlist")
+        if isinstance(nlist, int) and not isinstance(nlist, bool) and not 1 <= nlist <= points:
+            problems.append(f"nlist={nlist} must be in [1, {points}] (IVF k-means needs >= nlist training points; "
+                            f"this corpus gives {points})")
+        return problems
+
     def fit(self, train: TrainData) -> VQParams | BuiltIndex:
         raise NotImplementedError
 
@@ -138,8 +164,21 @@ def available() -> dict[str, type[BaseMethod]]:
 def get_method(name: str) -> type[BaseMethod]:
     methods = available()
     if name not in methods:
-        raise MethodError(f"unknown method {name!r}; valid methods: {', '.join(methods)}")
+        near = difflib.get_close_matches(name, list(methods), n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise MethodError(f"unknown method {name!r}{hint}; valid methods: {', '.join(methods)}")
     return methods[name]
+
+
+def describe_methods() -> str:
+    """Every registered method: name, family, description, then one line per param (default, expected, meaning)."""
+    lines = []
+    for name, cls in available().items():
+        desc = cls.description if isinstance(cls.description, str) else cls.description()  # a plain attribute too
+        lines.append(f"{name}  [{cls.family}]  {desc}")
+        params = cls.declared_params()
+        lines += [f"    {line}" for line in describe(params)] if params else ["    (no params)"]
+    return "\n".join(lines)
 
 
 def make_method(name: str, params: dict[str, Any] | None = None) -> BaseMethod:

@@ -1,48 +1,66 @@
-"""Run jobs (dataset x method x params x seed): fit, build the faiss index, sweep nprobe, append records."""
+"""Run planned fits (dataset x method x params x seed): fit, build the faiss index, sweep nprobe, record.
+
+Two halves, so that any executor (this process, a pool, a cluster) can run fits and one writer records them:
+
+- :func:`execute_fit` computes one fit and returns a :class:`FitResult`: every record of its planned nprobe sweep
+  (or one ``failed`` record) plus the files they refer to (per-query sidecars, an optional saved index). It writes
+  nothing, so it can run anywhere.
+- :func:`write_fit` writes a result into an output folder: the files first (atomically), then all of the fit's
+  records in one locked, fsynced append (:func:`benchmark.records.append_records`).
+
+Resume: a fit counts as done only when every record it should produce (each nprobe of its planned sweep) is present
+with status ok (:func:`is_complete`); a fit killed anywhere, even mid-write, is fitted again.
+"""
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmark.vq import faiss_init
+from benchmark.config import Job, ConfigError
 from benchmark.data import RetrievalDataset, load_dataset
-from benchmark.harness import (Evaluation, ExactReference, SearchSettings, evaluate, ivf_nlist,
-                               nprobe_sweep)
+from benchmark.data.encode import cache_root
+from benchmark.harness import ExactReference, SearchSettings, evaluate, ivf_nlist, nprobe_sweep
 from benchmark.provenance import peak_rss_mb, provenance
-from benchmark.records import append_record, read_records, run_id
-from benchmark.registry import BaseMethod, TrainData, make_method
+from benchmark.records import SCHEMA_VERSION, append_records, read_records, run_id
+from benchmark.registry import BaseMethod, MethodError, TrainData, make_method
+from benchmark._io import write_bytes
 from benchmark.vq import BuiltIndex, VQParams, build_index
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CACHE = REPO / "datasets" / "cache" / "train"  # faiss inits and mined candidates
+__all__ = ["FitContext", "FitResult", "Job", "RunSummary", "Runner", "default_cache_dir", "execute_fit", "fit_id",
+           "is_complete", "planned_sweep", "train_data", "write_fit"]
 
 
-@dataclass
-class Job:
-    """One fit: a method with its build-time params on a dataset, with a seed."""
-
-    dataset: str
-    method: str
-    params: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-
-    def label(self) -> str:
-        extra = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.dataset} {self.method}" + (f"({extra})" if extra else "") + f" seed={self.seed}"
+def default_cache_dir() -> Path:
+    """Where faiss inits and mined candidates are cached: ``$VQBENCH_DATA_DIR/train`` (or datasets/cache/train)."""
+    return cache_root() / "train"
 
 
 def fit_id(dataset: str, split: str, method: str, config: dict[str, Any], seed: int) -> str:
-    """Id shared by all records of one fit (all nprobe values): what resume looks up."""
+    """Id shared by all records of one fit (all nprobe values): what resume groups by."""
     return run_id(dataset, split, method, config, seed, "fit")
+
+
+def planned_sweep(nlist: int, settings: SearchSettings) -> list[int | None]:
+    """The nprobe values a fit with an ``nlist``-list IVF is evaluated at (``[None]`` without an IVF)."""
+    return list(nprobe_sweep(nlist, settings.nprobes)) if nlist else [None]
+
+
+def is_complete(records: Iterable[dict[str, Any]], settings: SearchSettings) -> bool:
+    """True when ``records`` (those of one fit) hold an ok record for every nprobe of the fit's planned sweep."""
+    ok = [r for r in records if r["status"] == "ok"]
+    if not ok:
+        return False
+    nlist = int(ok[0]["index"].get("nlist") or 0)
+    return set(planned_sweep(nlist, settings)) <= {r["nprobe"] for r in ok}
 
 
 def train_data(ds: RetrievalDataset, seed: int, device: str, cache_dir: str | None) -> TrainData:
@@ -59,130 +77,257 @@ def train_data(ds: RetrievalDataset, seed: int, device: str, cache_dir: str | No
                      seed=seed, device=device, cache_dir=cache_dir)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, sort_keys=True))
-    os.replace(tmp, path)
+@dataclass
+class FitContext:
+    """What every fit of a run shares besides its dataset (what an executor needs to call :func:`execute_fit`)."""
+
+    settings: SearchSettings
+    device: str = "cpu"
+    cache_dir: str | None = None
+    save_index: bool = False
+    threads: int = 0  # 0 = faiss/torch defaults (all cores)
 
 
-def _index_facts(vq: VQParams | None, index: faiss.Index, writeback: str | None) -> dict[str, Any]:
+@dataclass
+class FitResult:
+    """Everything one fit produced: its records and the files they refer to (out-folder-relative path -> bytes)."""
+
+    job: Job
+    fit_id: str
+    records: list[dict[str, Any]]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.records) and all(r["status"] == "ok" for r in self.records)
+
+    @property
+    def error(self) -> str | None:
+        return next((r["error"] for r in self.records if r["status"] == "failed"), None)
+
+
+def _index_facts(vq: VQParams | None, index: faiss.Index) -> dict[str, Any]:
+    """What the searched index is: its factory string, size and code layout."""
     index_bytes = int(faiss.serialize_index(index).nbytes)
-    if vq is None:
+    if vq is not None:
+        return {"factory": vq.factory, "nlist": vq.nlist, "M": vq.M, "nbits": vq.nbits,
+                "bytes_per_vector": vq.bytes_per_vector, "index_bytes": index_bytes, "writeback": vq.writeback}
+    # an index the method built itself: described from faiss (an uncompressed IndexFlat stores 32-bit floats)
+    if isinstance(index, faiss.IndexFlat):
         return {"factory": "Flat", "nlist": 0, "M": 0, "nbits": 32, "bytes_per_vector": 4 * index.d,
                 "index_bytes": index_bytes, "writeback": None}
-    return {"factory": vq.factory, "nlist": vq.nlist, "M": vq.M, "nbits": vq.nbits,
-            "bytes_per_vector": vq.bytes_per_vector, "index_bytes": index_bytes, "writeback": writeback}
+    pq = getattr(faiss.downcast_index(index), "pq", None)
+    return {"factory": type(faiss.downcast_index(index)).__name__, "nlist": ivf_nlist(index),
+            "M": int(pq.M) if pq is not None else 0, "nbits": int(pq.nbits) if pq is not None else 0,
+            "bytes_per_vector": int(index.sa_code_size()), "index_bytes": index_bytes, "writeback": None}
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, device: str = "cpu",
+                cache_dir: str | Path | None = None, exact: ExactReference | None = None,
+                save_index: bool = False, method: BaseMethod | None = None,
+                stage: Callable[[str], None] | None = None) -> FitResult:
+    """Fit ``job`` on ``ds``, build its index and evaluate every nprobe of its sweep; write nothing.
+
+    An exception in the fit or the evaluation becomes one ``failed`` record (the suite goes on); an interruption
+    (KeyboardInterrupt, SystemExit) propagates and the fit leaves no record. ``train_seconds`` is the fit's wall time
+    plus ``info["cached_init_seconds"]`` (what a faiss init served from the shared cache took to train).
+    """
+    method = method or make_method(job.method, job.params)
+    split = ds.split(ds.eval_split)
+    fid = fit_id(job.dataset, split.name, job.method, method.config, job.seed)
+    exact = exact or ExactReference()
+    stage = stage or (lambda _text: None)
+    base = {"dataset": job.dataset, "split": split.name, "method": job.method, "family": method.family,
+            "params": method.config, "seed": job.seed, "fit_id": fid, "schema_version": SCHEMA_VERSION}
+    try:
+        stage("fit")
+        t0 = time.perf_counter()
+        out = method.fit(train_data(ds, job.seed, device, None if cache_dir is None else str(cache_dir)))
+        fit_seconds = time.perf_counter() - t0
+        if isinstance(out, BuiltIndex):
+            vq, index, info, query_map = None, out.index, dict(out.info), out.query_map
+        else:
+            stage("build index")
+            vq, index, info, query_map = out, build_index(out, ds.doc_emb), dict(out.info), out.query_map
+        if index.ntotal != ds.num_docs:
+            raise MethodError(f"{job.method}: the index holds {index.ntotal} docs, the corpus {ds.num_docs}")
+        train_seconds = fit_seconds + float(info.get("cached_init_seconds", 0.0))
+        stage("exact top-k")
+        exact_top = exact.top_k(ds, split, max(100, settings.latency_k))
+        facts = _index_facts(vq, index)
+        files: dict[str, bytes] = {}
+        if save_index:
+            path = f"indexes/{fid}.faiss"
+            files[path] = faiss.serialize_index(index).tobytes()
+            if query_map is not None:
+                files[f"indexes/{fid}.query_map.npy"] = _npy_bytes(query_map)
+            facts["path"] = path
+        records = []
+        for nprobe in planned_sweep(ivf_nlist(index), settings):
+            stage(f"search nprobe={nprobe}" if nprobe is not None else "search")
+            ev = evaluate(index, ds, split, exact_top, settings, nprobe, query_map)
+            rid = run_id(job.dataset, split.name, job.method, method.config, job.seed, nprobe)
+            sidecar = f"per_query/{rid}.json"
+            files[sidecar] = json_bytes(ev.per_query)
+            records.append({**base, "run_id": rid, "nprobe": nprobe, "index": facts, "metrics": ev.metrics,
+                            "fidelity": ev.fidelity, "latency": ev.latency, "train_seconds": train_seconds,
+                            "per_query": sidecar, "provenance": {**provenance(job.seed, device),
+                                                                 "peak_rss_mb": peak_rss_mb()},
+                            "train_info": info, "status": "ok"})
+        return FitResult(job, fid, records, files)
+    except Exception as exc:  # one failed fit must not stop the suite; the record keeps the reason
+        rec = {**base, "run_id": run_id(job.dataset, split.name, job.method, method.config, job.seed, None),
+               "nprobe": None, "index": {}, "metrics": None, "fidelity": None, "latency": None,
+               "train_seconds": None, "per_query": None, "provenance": provenance(job.seed, device),
+               "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+               "traceback": traceback.format_exc(limit=8)}
+        return FitResult(job, fid, [rec])
+
+
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+def write_fit(out_dir: str | Path, result: FitResult) -> None:
+    """Record one fit in ``out_dir``: its files (each written atomically), then all its records in one append."""
+    out_dir = Path(out_dir)
+    for rel, data in result.files.items():
+        write_bytes(out_dir / rel, data)
+    append_records(out_dir / "results.jsonl", result.records)
+
+
+@dataclass
+class RunSummary:
+    """What a run did with its planned fits (labels); ``remaining`` were not reached (an interruption)."""
+
+    planned: int = 0
+    skipped: list[str] = field(default_factory=list)      # complete in the results file already
+    completed: list[str] = field(default_factory=list)    # fitted and recorded by this run
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (label, error), recorded as failed
+
+    @property
+    def remaining(self) -> int:
+        return self.planned - len(self.skipped) - len(self.completed) - len(self.failed)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.remaining == 0
 
 
 class Runner:
     """Executes jobs into ``out_dir/results.jsonl`` (+ ``per_query/`` sidecars, optional ``indexes/``)."""
 
     def __init__(self, out_dir: str | Path, settings: SearchSettings | None = None, save_index: bool = False,
-                 device: str = "cpu", cache_dir: str | Path | None = DEFAULT_CACHE,
+                 device: str = "cpu", cache_dir: str | Path | None | bool = True,
                  datasets: dict[str, tuple[str, dict[str, Any]]] | None = None, resume: bool = True,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = tqdm.write, executor: Any = None, threads: int = 0) -> None:
         self.out_dir = Path(out_dir)
         self.results = self.out_dir / "results.jsonl"
         self.settings = settings or SearchSettings()
         self.save_index = save_index
         self.device = device
-        self.cache_dir = str(cache_dir) if cache_dir else None
+        # True: the default cache under $VQBENCH_DATA_DIR; None/False: no cache; else that folder
+        self.cache_dir = default_cache_dir() if cache_dir is True else (Path(cache_dir) if cache_dir else None)
         self.datasets = datasets or {}  # alias -> (loader name, loader kwargs); default: the alias itself
         self.resume = resume
         self.log = log
         self.exact = ExactReference()
+        self.summary = RunSummary()
+        self.executor = executor  # None: fits run in this process, one after the other
+        self.threads = threads
 
-    def done_fits(self) -> set[str]:
+    def complete_fits(self) -> set[str]:
+        """fit_ids whose planned sweep is fully recorded with status ok (what a resumed run skips)."""
+        if not self.resume:
+            return set()
         records, _ = read_records(self.results)
-        return {r.get("fit_id") for r in records if r["status"] == "ok"} if self.resume else set()
+        by_fit: dict[str, list[dict[str, Any]]] = {}
+        for rec in records:
+            by_fit.setdefault(rec["fit_id"], []).append(rec)
+        return {fid for fid, recs in by_fit.items() if is_complete(recs, self.settings)}
 
-    def run(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        """Run every job not already recorded; return the records written."""
-        written: list[dict[str, Any]] = []
-        done = self.done_fits()
-        by_dataset: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_dataset.setdefault(job.dataset, []).append(job)
-        bar = tqdm(total=len(jobs), desc="jobs", unit="fit")
-        for name, ds_jobs in by_dataset.items():
+    def load(self, names: Iterable[str]) -> dict[str, RetrievalDataset]:
+        """Load each dataset once (by alias)."""
+        loaded = {}
+        for name in names:
             loader, kwargs = self.datasets.get(name, (name, {}))
+            self.log(f"loading dataset {name}" + (f" ({loader})" if loader != name else ""))
             ds = load_dataset(loader, **kwargs)
             ds.name = name
-            for job in ds_jobs:
+            loaded[name] = ds
+        return loaded
+
+    @staticmethod
+    def check(jobs: list[Job], loaded: dict[str, RetrievalDataset]) -> None:
+        """Every job's params against its dataset's size and dim, before any training: one line per problem."""
+        problems: list[str] = []
+        for job in jobs:
+            ds = loaded[job.dataset]
+            try:
                 method = make_method(job.method, job.params)
-                fid = fit_id(job.dataset, ds.eval_split, job.method, method.config, job.seed)
-                bar.set_postfix_str(job.label()[:60])
-                if fid in done:
-                    self.log(f"skip (recorded): {job.label()}")
+            except MethodError as exc:
+                problems.append(f"{job.label()}: {exc}")
+                continue
+            problems += [f"{job.label()}: {p}" for p in method.check_data(ds.dim, ds.num_docs)]
+        problems = list(dict.fromkeys(problems))
+        if problems:
+            raise ConfigError(problems)
+
+    def run(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Run every job whose fit is not complete in the results file; return the records written.
+
+        Datasets are loaded and every job is checked against them first (:meth:`check`); then the fits run (in this
+        process, or on ``self.executor``: any object with ``results(jobs, loaded, ctx, exact, stage)`` yielding
+        :class:`FitResult` in any order) and this process writes each result whole as it arrives.
+        ``self.summary`` tracks progress, also when a KeyboardInterrupt stops the run.
+        """
+        self.summary = RunSummary(planned=len(jobs))
+        loaded = self.load(dict.fromkeys(job.dataset for job in jobs))
+        self.check(jobs, loaded)
+        done = self.complete_fits()
+        todo = []
+        for job in jobs:
+            ds = loaded[job.dataset]
+            config = make_method(job.method, job.params).config
+            if fit_id(job.dataset, ds.eval_split, job.method, config, job.seed) in done:
+                self.log(f"skip (recorded): {job.label()}")
+                self.summary.skipped.append(job.label())
+            else:
+                todo.append(job)
+        written: list[dict[str, Any]] = []
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="fits", unit="fit", dynamic_ncols=True)
+
+        def stage(job: Job, text: str) -> None:
+            bar.set_description_str(f"{job.dataset} {job.method} seed={job.seed}: {text}"[:80])
+
+        try:
+            for result in self._results(todo, loaded, stage):
+                write_fit(self.out_dir, result)
+                written += result.records
+                if result.ok:
+                    self.summary.completed.append(result.job.label())
                 else:
-                    written += self.run_one(job, method, ds, fid)
+                    self.log(f"FAILED {result.job.label()}: {result.error}")
+                    self.summary.failed.append((result.job.label(), result.error or "?"))
                 bar.update(1)
-        bar.close()
+        finally:
+            bar.close()
         return written
 
-    def run_one(self, job: Job, method: BaseMethod, ds: RetrievalDataset, fid: str) -> list[dict[str, Any]]:
-        """Fit one method and evaluate its index over the nprobe sweep; a failure becomes a ``failed`` record."""
-        split = ds.split(ds.eval_split)
-        base = {"dataset": job.dataset, "split": split.name, "method": job.method, "family": method.family,
-                "params": method.config, "seed": job.seed, "fit_id": fid}
-        try:
-            vq, index, train_seconds = self._fit(method, ds, job.seed)
-            exact_top = self.exact.top_k(ds, split, max(100, self.settings.latency_k))
-            nlist = ivf_nlist(index)
-            sweep: list[int | None] = nprobe_sweep(nlist, self.settings.nprobes) if nlist else [None]
-            writeback = None if vq is None else vq.writeback
-            facts = _index_facts(vq, index, writeback)
-            if self.save_index:
-                facts["path"] = self._save(index, vq, fid)
-            records = []
-            for nprobe in sweep:
-                ev = evaluate(index, ds, split, exact_top, self.settings, nprobe,
-                              None if vq is None else vq.query_map)
-                records.append(self._record(base, ev, facts, train_seconds, vq))
-            return records
-        except Exception as exc:  # one failed fit must not stop the suite; the report shows the reason
-            self.log(f"FAILED {job.label()}: {type(exc).__name__}: {exc}")
-            rec = {**base, "run_id": run_id(job.dataset, split.name, job.method, method.config, job.seed, None),
-                   "nprobe": None, "index": {}, "metrics": None, "fidelity": None, "latency": None,
-                   "train_seconds": None, "per_query": None, "provenance": provenance(job.seed, self.device),
-                   "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                   "traceback": traceback.format_exc(limit=8)}
-            append_record(self.results, rec)
-            return [rec]
-
-    def _fit(self, method: BaseMethod, ds: RetrievalDataset, seed: int
-             ) -> tuple[VQParams | None, faiss.Index, float]:
-        t0 = time.perf_counter()
-        faiss_init.reset_cached_init_seconds()
-        vq = method.fit(train_data(ds, seed, self.device, self.cache_dir))
-        if isinstance(vq, BuiltIndex):  # exact search (flat) or a faiss-native index, searched as built
-            return None, vq.index, time.perf_counter() - t0
-        # a faiss init served from the shared cache still counts: add what it took to train it
-        cached = faiss_init.cached_init_seconds()
-        vq.info = {**vq.info, "cached_init_seconds": cached}
-        train_seconds = time.perf_counter() - t0 + cached
-        return vq, build_index(vq, ds.doc_emb), train_seconds
-
-    def _save(self, index: faiss.Index, vq: VQParams | None, fid: str) -> str:
-        path = self.out_dir / "indexes" / f"{fid}.faiss"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
-        if vq is not None and vq.query_map is not None:
-            np.save(path.with_suffix(".query_map.npy"), vq.query_map)
-        return str(path.relative_to(self.out_dir))
-
-    def _record(self, base: dict[str, Any], ev: Evaluation, facts: dict[str, Any], train_seconds: float,
-                vq: VQParams | None) -> dict[str, Any]:
-        rid = run_id(base["dataset"], base["split"], base["method"], base["params"], base["seed"], ev.nprobe)
-        sidecar = Path("per_query") / f"{rid}.json"
-        _write_json_atomic(self.out_dir / sidecar, ev.per_query)
-        rec = {**base, "run_id": rid, "nprobe": ev.nprobe, "index": facts, "metrics": ev.metrics,
-               "fidelity": ev.fidelity, "latency": ev.latency, "train_seconds": train_seconds,
-               "per_query": str(sidecar), "provenance": {**provenance(base["seed"], self.device),
-                                                         "peak_rss_mb": peak_rss_mb()},
-               "train_info": {} if vq is None else vq.info, "status": "ok"}
-        append_record(self.results, rec)
-        return rec
+    def _results(self, jobs: list[Job], loaded: dict[str, RetrievalDataset],
+                 stage: Callable[[Job, str], None]) -> Iterable[FitResult]:
+        if self.executor is not None:
+            ctx = FitContext(self.settings, self.device, None if self.cache_dir is None else str(self.cache_dir),
+                             self.save_index, self.threads)
+            yield from self.executor.results(jobs, loaded, ctx, self.exact, stage)
+            return
+        for job in jobs:
+            yield execute_fit(job, loaded[job.dataset], self.settings, device=self.device, cache_dir=self.cache_dir,
+                              exact=self.exact, save_index=self.save_index,
+                              stage=lambda text, job=job: stage(job, text))

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 
-from benchmark.registry import BaseMethod, TrainData, register
+from benchmark.params import Param
+from benchmark.registry import BaseMethod, MethodError, TrainData, register
 from benchmark.vq import BuiltIndex, VQParams, exact_index
 from benchmark.vq.faiss_init import trained_params
 
@@ -25,7 +26,10 @@ class FaissQuantizer(BaseMethod):
     family = "reconstruction"
     opq = False
     ivf = False
-    params = {"M": 16, "max_train_points": 65536}
+    params = {
+        "M": Param(16, "PQ sub-quantizers = bytes per vector (8-bit codes); must divide the embedding dim", min=1),
+        "max_train_points": Param(65536, "docs sampled (seeded) to train k-means / PQ / OPQ", min=256),
+    }
 
     def factory(self) -> str:
         M = self.config["M"]
@@ -36,8 +40,9 @@ class FaissQuantizer(BaseMethod):
         return ",".join(parts)
 
     def fit(self, train: TrainData) -> VQParams:
-        if train.dim % self.config["M"]:
-            raise ValueError(f"{self.name}: M={self.config['M']} must divide the embedding dim {train.dim}")
+        problems = self.check_data(train.dim, train.num_docs)
+        if problems:
+            raise MethodError(f"{self.name}: " + "; ".join(problems))
         vq = trained_params(train.doc_emb, self.factory(), seed=train.seed, cache_dir=train.cache_dir,
                             max_train_points=self.config["max_train_points"],
                             opq_niter=self.config.get("opq_niter", 20))
@@ -45,7 +50,8 @@ class FaissQuantizer(BaseMethod):
         return vq
 
 
-OPQ_PARAMS = {**FaissQuantizer.params, "opq_niter": 20}
+OPQ_PARAMS = {**FaissQuantizer.params, "opq_niter": Param(20, "OPQ alternating-optimisation iterations", min=1)}
+NLIST = Param(256, "IVF lists (coarse k-means centroids); needs >= nlist training points", min=1)
 
 
 @register
@@ -70,7 +76,7 @@ class FaissIVFPQ(FaissQuantizer):
 
     name = "faiss-ivfpq"
     ivf = True
-    params = {**FaissQuantizer.params, "nlist": 256}
+    params = {**FaissQuantizer.params, "nlist": NLIST}
 
 
 @register
@@ -80,4 +86,4 @@ class FaissIVFOPQ(FaissQuantizer):
     name = "faiss-ivfopq"
     opq = True
     ivf = True
-    params = {**OPQ_PARAMS, "nlist": 256}
+    params = {**OPQ_PARAMS, "nlist": NLIST}

@@ -2,14 +2,16 @@
 import copy
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from benchmark.records import (RecordError, append_record, merge_results, read_records, recorded_ids, run_id,
-                               validate_record)
+from benchmark.records import (SCHEMA_VERSION, RecordError, append_record, append_records, merge_results,
+                               read_records, run_id, validate_record)
 
 RECORD = {
-    "run_id": "r1", "dataset": "synthetic", "split": "test", "method": "faiss-pq", "family": "reconstruction",
+    "run_id": "r1", "fit_id": "0123456789abcdef", "schema_version": SCHEMA_VERSION, "dataset": "synthetic",
+    "split": "test", "method": "faiss-pq", "family": "reconstruction",
     "params": {"M": 16}, "seed": 0, "nprobe": None, "status": "ok", "train_seconds": 1.5,
     "index": {"factory": "PQ16x8", "nlist": 0, "M": 16, "nbits": 8, "bytes_per_vector": 16, "writeback": "codes"},
     "metrics": {"nDCG@10": 0.5, "RR@10": 0.6, "R@10": 0.55, "R@100": 0.9, "R@1000": 0.99},
@@ -52,7 +54,6 @@ def test_append_and_read_round_trip(tmp_path):
     records, problems = read_records(path)
     assert problems == []
     assert {r["run_id"]: r["metrics"]["RR@10"] for r in records} == {"r1": 0.7, "r2": 0.6}
-    assert recorded_ids(path) == {"r1", "r2"}
 
 
 def test_interrupted_append_leaves_a_readable_file(tmp_path):
@@ -114,3 +115,47 @@ def test_git_sha_dirty_ignores_report_outputs(tmp_path, monkeypatch):
     (tmp_path / "code.py").write_text("x = 2\n")
     assert sha() == head + "-dirty"
     provenance.git_sha.cache_clear()
+
+
+def test_fit_id_and_schema_version_are_validated():
+    for bad in (None, "xyz", "0123456789ABCDEF", "0123456789abcde", 12):
+        with pytest.raises(RecordError, match="fit_id must be 16 lowercase hex digits"):
+            validate_record({**RECORD, "fit_id": bad})
+    with pytest.raises(RecordError, match="'fit_id'"):
+        validate_record({k: v for k, v in RECORD.items() if k != "fit_id"})
+    for bad in (0, SCHEMA_VERSION + 1, "2", True):
+        with pytest.raises(RecordError, match="schema_version must be an int in"):
+            validate_record({**RECORD, "schema_version": bad})
+    validate_record({k: v for k, v in RECORD.items() if k != "schema_version"})  # files written before it existed
+
+
+def test_committed_reports_still_load():
+    reports = sorted(Path(__file__).resolve().parent.parent.glob("reports/*/results.jsonl"))
+    assert reports
+    for path in reports:
+        records, problems = read_records(path, strict=True)
+        lines = sum(1 for line in path.read_text().splitlines() if line.strip())
+        assert not problems and len(records) == lines, path
+
+
+def test_append_records_writes_a_fit_in_one_write_and_refuses_any_invalid_one(tmp_path, monkeypatch):
+    import os
+    path = tmp_path / "results.jsonl"
+    recs = [{**RECORD, "run_id": f"r{i}", "nprobe": i} for i in range(5)]
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(len(data)) or real_write(fd, data))
+    append_records(path, recs)
+    assert len(writes) == 1 and writes[0] == path.stat().st_size
+    assert [json.loads(line)["run_id"] for line in path.read_text().splitlines()] == [f"r{i}" for i in range(5)]
+    with pytest.raises(RecordError):
+        append_records(path, [{**RECORD, "run_id": "r9"}, {**RECORD, "run_id": "bad", "fit_id": "nope"}])
+    assert len(path.read_text().splitlines()) == 5  # nothing of the refused batch was written
+
+
+def test_merge_refuses_a_missing_shard_before_writing(tmp_path):
+    append_record(tmp_path / "s0" / "results.jsonl", RECORD)
+    with pytest.raises(RecordError, match="no results file at .*nope"):
+        merge_results([tmp_path / "s0" / "results.jsonl", tmp_path / "nope" / "results.jsonl"],
+                      tmp_path / "all" / "results.jsonl")
+    assert not (tmp_path / "all").exists()

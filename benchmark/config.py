@@ -1,0 +1,427 @@
+"""Plan a grid of fits (datasets x methods x params x seeds) from the command line and a TOML config, validating
+everything a run needs before any data is loaded or any training starts.
+
+Every problem found becomes one line naming the flag, file or key and what is expected; :class:`ConfigError` carries
+all of them (the CLI prints them and exits 2). Planning reads no data: dataset names are checked by form, method
+params against their typed :class:`benchmark.params.Param` declarations; what needs the data (M divides the dim,
+enough documents for k-means) is checked by the runner right after loading, still before any training.
+
+Config file keys (``configs/*.toml``)::
+
+    out = "reports/x"          # default --out
+    seeds = 3                  # or a list of seeds [0, 4]
+    [datasets.<alias>]         # name = loader name (npy:<dir>, beir/<name>, ...; ${VAR:-default} expanded),
+    name = "npy:..."           # hint = shown when a local path is missing; other keys go to the loader
+    [search]                   # SearchSettings fields: nprobes, k, latency_k, latency_queries, warmup_queries, threads
+    [[runs]]                   # methods = [...], params = {key = value or [grid values]}, seeds = N (first N)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from benchmark.data import DatasetError, check_dataset_name
+from benchmark.harness import SearchSettings
+from benchmark.params import ParamError
+from benchmark.registry import available
+
+# --quick: tiny sizes for every method that declares these params (defaults are untouched)
+QUICK_DATASET = "synthetic:quick"
+QUICK_PARAMS = {"nlist": 32}
+QUICK_SEARCH = {"latency_queries": 50, "warmup_queries": 5}
+
+CONFIG_KEYS = ("out", "seeds", "datasets", "search", "runs")
+RUN_KEYS = ("methods", "params", "seeds")
+DATASET_KEYS = ("name", "hint", "dev_queries", "dev_seed")  # besides the loader's own keyword arguments
+
+
+class ConfigError(ValueError):
+    """A bad command line, config file or plan: one line per problem, each naming where and what is expected."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(dict.fromkeys(problems))
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass
+class Job:
+    """One fit: a method with its build-time params on a dataset, with a seed."""
+
+    dataset: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def label(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.dataset} {self.method}" + (f"({extra})" if extra else "") + f" seed={self.seed}"
+
+
+@dataclass
+class Plan:
+    """What a run will do: the jobs, the dataset specs (alias -> (loader name, kwargs)), the search settings and
+    the config's ``out`` folder (``None`` when it has none)."""
+
+    jobs: list[Job]
+    datasets: dict[str, tuple[str, dict[str, Any]]]
+    search: dict[str, Any]
+    out: str | None = None
+
+    def settings(self) -> SearchSettings:
+        return SearchSettings(**self.search)
+
+
+def close(name: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` when ``name`` is close to one of ``valid``, else ``''``."""
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def expand_env(text: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` (shell style) in a config string."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), text)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--param`` value: a TOML literal (``16``, ``1e-3``, ``true``, ``[1, 2]``), else the text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def csv(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML config (one :class:`ConfigError` line when it is missing or invalid)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: {path} does not exist" if not path.exists() else f"--config: {path} is not a file")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+
+
+def _loader_keys(name: str) -> set[str] | None:
+    """The keyword arguments the loader of dataset ``name`` accepts (None when it cannot be told)."""
+    try:
+        if name.startswith("synthetic"):
+            from benchmark.data.synthetic import make_synthetic as fn
+        elif name.startswith("npy:"):
+            from benchmark.data.npy import load_npy_dataset as fn
+        else:
+            from benchmark.data.beir import load_beir_dataset as fn
+    except ImportError:
+        return None
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return {k for k in params if k not in ("name", "path")}
+
+
+def _check_int_list(values: Any, where: str, lo: int, what: str, problems: list[str]) -> list[int]:
+    if not isinstance(values, list) or not values or not all(_is_int(v) and v >= lo for v in values):
+        problems.append(f"{where}: expected a non-empty list of integers >= {lo} ({what}), got {values!r}")
+        return []
+    return list(values)
+
+
+def _seed_list(value: Any, where: str, problems: list[str]) -> list[int]:
+    """``seeds = N`` (seeds 0..N-1, N >= 1) or an explicit list of seeds >= 0."""
+    if _is_int(value):
+        if value < 1:
+            problems.append(f"{where}: expected a number of seeds >= 1, got {value}")
+            return []
+        return list(range(value))
+    return _check_int_list(value, where, 0, "seed values", problems)
+
+
+def _search_settings(search: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    if not isinstance(search, dict):
+        problems.append(f"{where}: expected a table of search settings, got {search!r}")
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(SearchSettings)}
+    out: dict[str, Any] = {}
+    for key, value in search.items():
+        if key not in fields:
+            problems.append(f"{where}: unknown key {key!r}{close(key, list(fields))}; valid keys: {sorted(fields)}")
+        elif key == "nprobes":
+            out[key] = _check_int_list(value, f"{where}.nprobes", 1, "nprobe values", problems) or None
+        elif not _is_int(value) or value < (0 if key == "threads" else 1):
+            problems.append(f"{where}.{key}: expected an integer >= {0 if key == 'threads' else 1}, got {value!r}")
+        else:
+            out[key] = value
+    return out
+
+
+def _datasets(config: dict[str, Any], where: str, problems: list[str],
+              check_paths: bool = True) -> dict[str, tuple[str, dict[str, Any]]]:
+    table = config.get("datasets", {})
+    if not isinstance(table, dict):
+        problems.append(f"{where}: 'datasets' must be a table of [datasets.<alias>] entries, got {table!r}")
+        return {}
+    out = {}
+    for alias, spec in table.items():
+        at = f"{where}: [datasets.{alias}]"
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            problems.append(f"{at} needs name = \"<loader name>\" (synthetic, npy:<dir>, beir/<name>, ...)")
+            continue
+        name = expand_env(spec["name"])
+        try:
+            check_dataset_name(name)
+        except DatasetError as exc:
+            problems.append(f"{at} name: {exc}")
+            continue
+        kwargs = {k: v for k, v in spec.items() if k not in ("name", "hint")}
+        accepted = _loader_keys(name)
+        if accepted is not None:
+            valid = sorted(accepted | set(DATASET_KEYS))
+            for key in kwargs:
+                if key not in valid:
+                    problems.append(f"{at}: unknown key {key!r}{close(key, valid)}; valid keys: {valid}")
+        for key in ("dev_queries", "dev_seed"):
+            if key in kwargs and (not _is_int(kwargs[key]) or kwargs[key] < 0):
+                problems.append(f"{at} {key}: expected an integer >= 0, got {kwargs[key]!r}")
+        for prefix in ("npy:", "beir:"):
+            local = name[len(prefix):]
+            if check_paths and name.startswith(prefix) and not Path(local).expanduser().exists():
+                problems.append(f"{at}: {local} does not exist. {spec.get('hint') or ''}".strip())
+        out[alias] = (name, kwargs)
+    return out
+
+
+def _runs(config: dict[str, Any], where: str, problems: list[str]) -> list[dict[str, Any]]:
+    runs = config.get("runs", [])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        problems.append(f"{where}: 'runs' must be an array of [[runs]] tables, got {runs!r}")
+        return []
+    groups = []
+    for i, run in enumerate(runs, 1):
+        at = f"{where}: [[runs]] #{i}"
+        for key in run:
+            if key not in RUN_KEYS:
+                problems.append(f"{at}: unknown key {key!r}{close(key, RUN_KEYS)}; valid keys: {list(RUN_KEYS)}")
+        methods = run.get("methods")
+        if methods is None:
+            problems.append(f"{at}: needs methods = [\"<method>\", ...]")
+            continue
+        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+            problems.append(f"{at} methods: expected a list of method names like [\"faiss-pq\"], got {methods!r}")
+            continue
+        params = run.get("params", {})
+        if not isinstance(params, dict):
+            problems.append(f"{at} params: expected a table {{key = value or [values]}}, got {params!r}")
+            params = {}
+        group = {"methods": methods, "params": params, "where": at}
+        if "seeds" in run:
+            if not _is_int(run["seeds"]) or run["seeds"] < 1:
+                problems.append(f"{at} seeds: expected a number of seeds >= 1, got {run['seeds']!r}")
+            else:
+                group["seeds"] = run["seeds"]
+        groups.append(group)
+    return groups
+
+
+def _check_methods(names: list[str], where: str, problems: list[str]) -> list[str]:
+    valid = list(available())
+    good = []
+    for name in names:
+        if name in valid:
+            good.append(name)
+        else:
+            problems.append(f"{where}: unknown method {name!r}{close(name, valid)}; valid methods: {', '.join(valid)}")
+    return good
+
+
+def _param_grid(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cartesian product of list-valued params (scalars stay fixed)."""
+    keys = sorted(params)
+    values = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _check_value(method: str, key: str, value: Any, where: str, problems: list[str]) -> bool:
+    """``value`` against ``method``'s declaration of ``key``; a problem line naming ``where`` when it fails."""
+    declared = available()[method].declared_params()
+    try:
+        declared[key].validate(value, key)
+        return True
+    except ParamError as exc:
+        problems.append(f"{where}: {method}: {exc}")
+        return False
+
+
+def parse_params(items: Sequence[str], problems: list[str]) -> dict[str, tuple[str, Any]]:
+    """``--param KEY=VALUE`` items -> ``{key: (raw text, parsed value)}``."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"--param {item!r}: expected KEY=VALUE, e.g. --param M=32")
+            continue
+        out[key] = (raw, parse_value(raw.strip()))
+    return out
+
+
+def plan(*, datasets: str | None = None, methods: str | None = None, config: str | None = None,
+         seeds: str | int | None = None, params: Sequence[str] = (), nprobes: str | None = None,
+         quick: bool = False, check_paths: bool = True) -> Plan:
+    """Validate the inputs and plan the jobs (every method's first seed before any second seed). Reads no data.
+
+    Raises :class:`ConfigError` with one line per problem found (all of them, not only the first).
+    ``check_paths=False`` skips the existence check of local dataset folders (planning a config elsewhere).
+    """
+    problems: list[str] = []
+    cfg: dict[str, Any] = {}
+    where = config or "config"
+    if config:
+        cfg = load_config(config)
+        for key in cfg:
+            if key not in CONFIG_KEYS:
+                problems.append(f"{where}: unknown key {key!r}{close(key, CONFIG_KEYS)}; "
+                                f"valid keys: {list(CONFIG_KEYS)}")
+        if "out" in cfg and not isinstance(cfg["out"], str):
+            problems.append(f"{where} out: expected a folder path string, got {cfg['out']!r}")
+    specs = _datasets(cfg, where, problems, check_paths)
+    groups = _runs(cfg, where, problems)
+
+    names = csv(datasets) or list(specs) or [QUICK_DATASET if quick else "synthetic"]
+    for name in names:
+        if name not in specs:
+            try:
+                check_dataset_name(name)
+                specs[name] = (name, {})
+            except DatasetError as exc:
+                problems.append(f"--datasets: {exc}")
+    names = [n for n in names if n in specs]
+
+    if seeds is not None:
+        text = str(seeds).strip()
+        if re.fullmatch(r"-?\d+", text) and int(text) >= 1:
+            seed_list = list(range(int(text)))
+        else:
+            problems.append(f"--seeds: expected a number of seeds >= 1, got {text!r}")
+            seed_list = []
+    else:
+        seed_list = _seed_list(cfg.get("seeds", 1), f"{where} seeds", problems)
+
+    search = _search_settings(cfg.get("search", {}), f"{where} [search]", problems)
+    if nprobes is not None:
+        values = csv(nprobes)
+        if values and all(re.fullmatch(r"\d+", v) and int(v) >= 1 for v in values):
+            search["nprobes"] = sorted({int(v) for v in values})
+        else:
+            problems.append(f"--nprobes: expected comma-separated integers >= 1 (e.g. 1,4,16), got {nprobes!r}")
+    if quick:
+        search.update(QUICK_SEARCH)
+
+    selected = csv(methods)
+    if selected:
+        selected = _check_methods(selected, "--methods", problems)
+    if groups:
+        for group in groups:
+            group["methods"] = _check_methods(group["methods"], f"{group['where']} methods", problems)
+            if methods:
+                group["methods"] = [m for m in group["methods"] if m in selected]
+    else:
+        groups = [{"methods": selected if methods else list(available()), "params": {}, "where": "--methods"}]
+
+    cli_params = parse_params(params, problems)
+    chosen = sorted({m for g in groups for m in g["methods"]})
+    declared = {m: available()[m].declared_params() for m in chosen}
+    orphans = sorted(k for k in cli_params if not any(k in declared[m] for m in chosen))
+    if orphans:
+        problems.append(f"--param {orphans}: no selected method declares it; params of the selected methods: "
+                        f"{sorted({k for m in chosen for k in declared[m]})}")
+    for key, (raw, value) in cli_params.items():
+        for m in chosen:
+            if key in declared[m] and not _check_value(m, key, value, f"--param {key}={raw}", problems):
+                break
+
+    jobs: list[Job] = []
+    for group in groups:
+        group_params = group["params"]
+        orphans = sorted(k for k in group_params if not any(k in declared[m] for m in group["methods"]))
+        if orphans and group["methods"]:
+            problems.append(f"{group['where']} params: {orphans} declared by none of {group['methods']}")
+        for method in group["methods"]:
+            own = {k: v for k, v in group_params.items() if k in declared[method]}
+            for key, value in own.items():
+                for v in value if isinstance(value, list) else [value]:
+                    _check_value(method, key, v, f"{group['where']} params.{key}", problems)
+            quick_params = {k: v for k, v in QUICK_PARAMS.items() if quick and k in declared[method]}
+            cli = {k: v for k, (_, v) in cli_params.items() if k in declared[method]}
+            group_seeds = seed_list[:group["seeds"]] if "seeds" in group else seed_list
+            for combo in _param_grid(own):
+                job_params = {**quick_params, **combo, **cli}
+                for name in names:
+                    jobs += [Job(name, method, job_params, seed) for seed in group_seeds]
+    if problems:
+        raise ConfigError(problems)
+    if not jobs:
+        raise ConfigError("the plan has no fits: check --methods/--datasets against the config's [[runs]]")
+    # the same fit planned twice (overlapping [[runs]] grids) runs once
+    jobs = list({(j.dataset, j.method, repr(sorted(j.params.items())), j.seed): j for j in reversed(jobs)}.values())
+    jobs.reverse()
+    jobs.sort(key=lambda job: job.seed)  # every method's first seed before any second seed
+    return Plan(jobs, {n: specs[n] for n in names}, search, cfg.get("out"))
+
+
+def select_shard(jobs: list[Job], shard: str | None) -> list[Job]:
+    """Jobs of shard ``i/n`` (0-based i; round robin over the planned order, so shards are balanced and disjoint)."""
+    if not shard:
+        return jobs
+    match = re.fullmatch(r"(\d+)/(\d+)", shard.strip())
+    if not match or not int(match[1]) < int(match[2]):
+        raise ConfigError(f"--shard must be i/n with 0 <= i < n (0-based, e.g. 0/4 .. 3/4), got {shard!r}")
+    i, n = int(match[1]), int(match[2])
+    return jobs[i::n]
+
+
+def check_out(path: str | Path, flag: str = "--out") -> list[str]:
+    """Problems with writing into folder ``path``: it must not be a file, and it (or its nearest existing parent)
+    must be a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return [f"{flag}: {path} is a file; expected a folder (it is created if missing)"]
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return [f"{flag}: {probe} is a file, so {path} cannot be created"]
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return [f"{flag}: {probe} is not writable"]
+    return []
+
+
+def check_results_dir(path: str | Path, flag: str) -> list[str]:
+    """``path`` must be an existing folder holding a ``results.jsonl``."""
+    path = Path(path)
+    if not path.is_dir():
+        return [f"{flag}: {path} does not exist" if not path.exists() else f"{flag}: {path} is not a folder"]
+    if not (path / "results.jsonl").is_file():
+        return [f"{flag}: {path} holds no results.jsonl"]
+    return []
+

@@ -1,0 +1,54 @@
+"""Every committed ``configs/*.toml`` parses and plans without loading any data (the grid it promises)."""
+from pathlib import Path
+
+import pytest
+
+from benchmark import config as cfg
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.toml"))
+# fits each config plans (README: debian-desc is 67 fits: flat x 1 seed + 10 methods x M in {16, 32} x 3 seeds
+# + the dev-tuned Distill-VQ x 2 x 3; the dev grid: 3 references + 6 + 4 Distill-VQ points, one of them in both
+# Distill-VQ grids and planned once, + 6 JPQ points, 1 seed: 18)
+EXPECTED_FITS = {"debian-desc.toml": 67, "debian-desc-dev.toml": 18}
+
+
+def test_every_config_is_listed():
+    assert {p.name for p in CONFIGS} == set(EXPECTED_FITS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_config_parses_and_plans_without_data(path, monkeypatch):
+    import benchmark.data.dataset as dataset
+    monkeypatch.setattr(dataset, "_load", lambda *a, **k: pytest.fail("planning loaded data"))
+    plan = cfg.plan(config=str(path), check_paths=False)
+    assert len(plan.jobs) == EXPECTED_FITS[path.name]
+    assert len({(j.dataset, j.method, tuple(sorted(j.params.items())), j.seed) for j in plan.jobs}) == len(plan.jobs)
+    assert plan.out and plan.out.startswith("reports/")
+    settings = plan.settings()
+    assert settings.nprobes and all(p >= 1 for p in settings.nprobes)
+    for alias, (name, kwargs) in plan.datasets.items():
+        assert name.startswith("npy:") and name.endswith("/minilm") and "${" not in name
+    seeds = [j.seed for j in plan.jobs]
+    assert seeds == sorted(seeds)  # every method's first seed before any second seed
+
+
+def test_env_var_in_a_dataset_path_is_expanded(monkeypatch, tmp_path):
+    (tmp_path / "minilm").mkdir()
+    monkeypatch.setenv("VQBENCH_DEBIAN_DESC", str(tmp_path))
+    plan = cfg.plan(config=str(REPO / "configs" / "debian-desc.toml"))  # the path exists: checked and passes
+    assert plan.datasets["debian-desc"][0] == f"npy:{tmp_path}/minilm"
+    monkeypatch.setenv("VQBENCH_DEBIAN_DESC", str(tmp_path / "absent"))
+    with pytest.raises(cfg.ConfigError, match=r"\[datasets.debian-desc\]: .*absent/minilm does not exist. "
+                                              r"debian-desc data not found"):
+        cfg.plan(config=str(REPO / "configs" / "debian-desc.toml"))
+
+
+def test_a_fit_in_two_overlapping_grids_is_planned_once(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[runs]]\nmethods = ["faiss-pq"]\nparams = { M = [8, 16] }\n'
+                    '[[runs]]\nmethods = ["faiss-pq", "flat"]\nparams = { M = [16, 32] }\n')
+    plan = cfg.plan(config=str(path), seeds="2")
+    assert [(j.method, j.params, j.seed) for j in plan.jobs] == [
+        ("faiss-pq", {"M": 8}, 0), ("faiss-pq", {"M": 16}, 0), ("faiss-pq", {"M": 32}, 0), ("flat", {}, 0),
+        ("faiss-pq", {"M": 8}, 1), ("faiss-pq", {"M": 16}, 1), ("faiss-pq", {"M": 32}, 1), ("flat", {}, 1)]
