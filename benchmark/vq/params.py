@@ -130,6 +130,8 @@ def rotate(vq: VQParams, x: np.ndarray) -> np.ndarray:
 
 def _sa_codes(vq: VQParams, index: faiss.Index, rows: slice) -> np.ndarray:
     codes = np.ascontiguousarray(vq.doc_codes[rows], dtype=np.uint8)
+    if vq.nbits != 8:  # faiss packs sub-codes of fewer bits (PQ{M}x4: two per byte, low bits first)
+        codes = faiss.pack_bitstrings(codes.astype(np.int32), vq.nbits)
     if not vq.nlist:
         return codes
     ccs = _base(index).coarse_code_size()
