@@ -32,6 +32,8 @@ ul.notes { font-size: 0.8rem; color: #555; }
 figure { margin: 0.8rem 0; } figcaption { font-size: 0.8rem; color: #555; }
 img { max-width: 100%; height: auto; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
+nav ul.toc { columns: 3; font-size: 0.85rem; background: #f7f7f7; padding: 0.6rem 1rem 0.6rem 2rem; }
+nav li.toc3 { margin-left: 1rem; list-style: circle; }
 """
 
 # Click a header: sort its column (numbers by value, first click descending; text alphabetically, first click
@@ -63,10 +65,44 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 
 
 def render_html(doc: Doc, base_dir: Path, title: str) -> str:
-    """The page for ``doc``; image paths are relative to ``base_dir`` and get inlined."""
-    body = "\n".join(_block(kind, payload, Path(base_dir)) for kind, payload in doc.blocks)
+    """The page for ``doc``; image paths are relative to ``base_dir`` and get inlined; a contents list of the
+    level-2 and level-3 headings follows the title."""
+    ids = _heading_ids(doc)
+    parts, contents = [], []
+    for i, (kind, payload) in enumerate(doc.blocks):
+        if kind == "heading" and i in ids:
+            level, text = payload
+            parts.append(f'<h{level} id="{ids[i]}">{_inline(text)}</h{level}>')
+            if level in (2, 3):
+                contents.append(f'<li class="toc{level}"><a href="#{ids[i]}">{_inline(text)}</a></li>')
+        else:
+            parts.append(_block(kind, payload, Path(base_dir)))
+    if contents:
+        first = next((n for n, part in enumerate(parts) if not part.startswith("<h1")), len(parts))
+        parts.insert(first, f'<nav><ul class="toc">{"".join(contents)}</ul></nav>')
+    body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n<script>{SORT_JS}</script>\n</body>\n</html>\n")
+
+
+def _heading_ids(doc: Doc) -> dict[int, str]:
+    """Block index -> a unique anchor id for every heading (its text as a slug, under its parent heading's)."""
+    ids: dict[int, str] = {}
+    used: set[str] = set()
+    parents: dict[int, str] = {}
+    for i, (kind, payload) in enumerate(doc.blocks):
+        if kind != "heading":
+            continue
+        level, text = payload
+        slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+        base = "-".join(filter(None, [parents.get(level - 1, "") if level > 2 else "", slug]))
+        anchor, n = base, 2
+        while anchor in used:
+            anchor, n = f"{base}-{n}", n + 1
+        used.add(anchor)
+        ids[i] = anchor
+        parents[level] = anchor
+    return ids
 
 
 def _block(kind: str, payload, base_dir: Path) -> str:

@@ -1,7 +1,8 @@
 """Report plots (matplotlib, Agg canvas, no pyplot state), one panel per code-budget track.
 
 Style: colour = family (Okabe & Ito 2008 colour-blind-safe hues; black is the reference ceiling and the Pareto
-front), marker = method, line style and a darker/lighter shade of the family hue = variant of the same method. Every figure has one legend, grouped by family
+front), marker = method, line style and a darker/lighter shade of the family hue = variant of the same
+method. Every figure has one legend, grouped by family
 (a bold family heading above its variants), so a panel may hold more than 8 series and stay readable; a variant keeps
 its style in every panel and every figure of a report.
 """
@@ -22,9 +23,9 @@ from benchmark._io import atomic_path
 from benchmark.registry import FAMILIES, REFERENCE_FAMILY
 from benchmark.report.tables import FAMILY_ORDER, pareto_bytes, pareto_front, track_name
 
-OKABE_ITO = {"reconstruction": "#0072B2", "score-aware": "#009E73", "contrastive": "#D55E00",
-             "distillation": "#CC79A7"}
-SPARE_COLOURS = ("#E69F00", "#56B4E9", "#999999")  # families added to the registry after this file
+# Okabe-Ito hues given to the non-reference families of FAMILIES in registry order (reconstruction blue,
+# score-aware green, contrastive vermillion, distillation reddish purple, then orange, sky blue, grey)
+PALETTE = ("#0072B2", "#009E73", "#D55E00", "#CC79A7", "#E69F00", "#56B4E9", "#999999")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
 LINESTYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 SHADES = (0.0, -0.4, 0.4, -0.65, 0.6, -0.2, 0.2)  # variant k of a method: darker/lighter family hue
@@ -40,12 +41,11 @@ class Style:
 
 
 def family_colour(family: str) -> str:
+    """Black for the reference; else the family's hue by its position in FAMILIES (grey if unregistered)."""
     if family == REFERENCE_FAMILY:
         return "#000000"
-    if family in OKABE_ITO:
-        return OKABE_ITO[family]
-    others = [f for f in FAMILIES if f not in OKABE_ITO and f != REFERENCE_FAMILY]
-    return SPARE_COLOURS[others.index(family) % len(SPARE_COLOURS)] if family in others else "#777777"
+    others = [f for f in FAMILIES if f != REFERENCE_FAMILY]
+    return PALETTE[others.index(family) % len(PALETTE)] if family in others else "#777777"
 
 
 def styles(rows: pd.DataFrame) -> dict[str, Style]:
