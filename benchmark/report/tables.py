@@ -19,8 +19,8 @@ Two operating points per variant:
   choice); without a reference record, 10% of the slowest measured p50. Whether it forces pruning depends on the
   data: on debian-desc (reference 6.0 ms -> 0.60 ms) every 32-byte IVF256 variant drops to nprobe 128 (nprobe 256
   takes 0.70-0.80 ms) but the 16-byte ones still fit at nprobe 256 (0.52-0.58 ms); ``budget_ms`` sets a tighter
-  point (0.25 ms puts jpq-ivf at nprobe 64 at 16 B, 32 at 32 B). A variant with no point within the budget shows its fastest
-  point, flagged, and is listed after every variant that fits.
+  point (0.25 ms puts jpq-ivf at nprobe 64 at 16 B, 32 at 32 B). A variant with no point within the budget shows
+  its fastest point, flagged, and is listed after every variant that fits.
 
 Index bytes/vector = ``index.index_bytes`` / number of docs (so IVF's list ids and every codebook count; code
 bytes/vector does not). The number of docs is ``index.ntotal`` when records hold it, else the reference's
