@@ -174,7 +174,7 @@ def _row(table: pd.DataFrame, label: str) -> pd.Series:
 
 def test_outputs_written(run):
     run_dir, written, _ = run
-    for name in ("leaderboard.md", "leaderboard.html", "summary.json", "tables/table2_16B.csv",
+    for name in ("leaderboard.md", "leaderboard.html", "summary.json", "significance.json", "tables/table2_16B.csv",
                  "tables/table2_8B.tex", "tables/table3.csv", "tables/table6.tex", "tables/label_budget.csv",
                  "plots/toy-a_tracks.png", "plots/toy-b_tracks.png", "plots/toy-a_frontier.png",
                  "plots/toy-a_label_budget.png", "plots/toy-a_train_time.png"):
@@ -285,6 +285,33 @@ def test_significance_marks(run):
     pruned = next(r for r in summary["rows"] if r["dataset"] == "toy-a" and r["view"] == "pruned"
                   and r["variant"] == DISTILL_LABEL)
     assert pruned["baseline"] == "faiss-ivfopq" and pruned["nprobe"] == 1  # PQ scans over budget: not baselines
+
+
+def test_significance_survives_without_sidecars(tmp_path):
+    """significance.json keeps the paired tests: rebuilt without the per-query sidecars (as a committed report is),
+    the † marks and p-values stay; without the cache too, the report says the marks were not tested."""
+    write_fixture(tmp_path, {"toy-a": SPECS["toy-a"]}, torn=False)
+    assert "significance.json" in build_report(tmp_path)
+
+    def p_values() -> dict:
+        rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+        return {(r["view"], r["variant"]): r["p_value"] for r in rows if r["p_value"] is not None}
+
+    tested = p_values()
+    assert len(tested) >= 10
+    shutil.rmtree(tmp_path / "per_query")
+    build_report(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert p_values() == tested
+    assert _row(_track(md, "toy-a", 16, "exhaustive"), DISTILL_TRACK)["nDCG@10"].endswith(" †")
+    assert f"read from `significance.json`, the paired tests an earlier build of this report computed from those " \
+           f"sidecars ({len(tested)} row(s))" in md
+    (tmp_path / "significance.json").write_text('{"x": 1}')
+    build_report(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert p_values() == {} and "†" not in _row(_track(md, "toy-a", 16, "exhaustive"), DISTILL_TRACK)["nDCG@10"]
+    assert "† not tested anywhere in this report" in md
+    assert "significance.json: unreadable paired-test cache, ignored" in _part(md, "## Problems")
 
 
 def test_failed_and_missing_rows(run):

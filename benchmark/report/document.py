@@ -1,8 +1,10 @@
 """Build the leaderboard of a run directory from its ``results.jsonl`` alone.
 
-Writes ``leaderboard.md``, ``leaderboard.html`` (self-contained), ``summary.json``, ``tables/*.csv|tex`` and
-``plots/*.png`` (``leaderboard.png`` too with ``--screenshot``). Usage: ``python -m benchmark.report RUN_DIR
-[--track 16] [--budget-ms X | --budget-fraction F] [--quality RR@10] [--test wilcoxon] [--out DIR] [--screenshot]``.
+Writes ``leaderboard.md``, ``leaderboard.html`` (self-contained), ``summary.json``, ``tables/*.csv|tex``,
+``plots/*.png`` (``leaderboard.png`` too with ``--screenshot``) and ``significance.json`` (the paired tests behind the
+† marks, so a rebuild without the per-query sidecars keeps them; see
+:func:`benchmark.report.stats.mark_significance`). Usage: ``python -m benchmark.report RUN_DIR [--track 16]
+[--budget-ms X | --budget-fraction F] [--quality RR@10] [--test wilcoxon] [--out DIR] [--screenshot]``.
 Tracks, the two operating points and the default latency budget are defined in :mod:`benchmark.report.tables`, the
 † rule in :mod:`benchmark.report.stats`.
 """
@@ -17,14 +19,14 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark._io import write_text
+from benchmark._io import write_json, write_text
 from benchmark.records import read_records
 from benchmark.registry import REFERENCE_FAMILY
 from benchmark.report import plots
 from benchmark.report.browser import WIDTH, browser_missing, screenshot
 from benchmark.report import tables as rt
 from benchmark.report.html import render_html
-from benchmark.report.stats import TESTS, footnote, mark_significance
+from benchmark.report.stats import CACHE_FILE, TESTS, footnote, mark_significance, read_cache
 
 QUALITY = ("nDCG@10", "RR@10")
 TITLE = "vqbench leaderboard"
@@ -66,25 +68,34 @@ def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float
                 raise ValueError(f"track {track:g} is not in {run_dir / 'results.jsonl'}; its tracks (bytes/vector):"
                                  f" {', '.join(f'{t:g}' for t in tracks) or 'none'}")
             df = df[(df["track"] == track) | (df["family"] == REFERENCE_FAMILY)]
-        written.update(_report_records(doc, summary, df, records, out, quality, budget_ms, budget_fraction, test))
+        written.update(_report_records(doc, summary, df, records, run_dir, out, quality, budget_ms,
+                                       budget_fraction, test))
     else:
         doc.add("text", "No records: `results.jsonl` is missing or empty, so there is nothing to rank yet.")
     doc.add("heading", (2, "Problems"))
-    doc.add("list", problems or ["none: every line of `results.jsonl` was readable"])
+    doc.add("list", summary["problems"] or ["none: every line of `results.jsonl` was readable"])
     written.update(_write_outputs(doc, summary, out))
     return written
 
 
 def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, records: list[dict[str, Any]],
-                    out: Path, quality: str, budget_ms: float | None, fraction: float,
+                    run_dir: Path, out: Path, quality: str, budget_ms: float | None, fraction: float,
                     test: str) -> dict[str, Path]:
     points = rt.aggregate_points(df)
     datasets = sorted(df["dataset"].unique())
     budgets = {ds: rt.latency_budget(points, ds, budget_ms, fraction) for ds in datasets}
-    views = {"exhaustive": mark_significance(rt.select_exhaustive(points), quality, test),
-             "pruned": mark_significance(rt.select_pruned(points, quality, budgets), quality, test)}
+    cache, cache_problems = read_cache(run_dir / CACHE_FILE)
+    summary["problems"] += cache_problems
+    before = dict(cache)
+    views = {"exhaustive": mark_significance(rt.select_exhaustive(points), quality, test, cache),
+             "pruned": mark_significance(rt.select_pruned(points, quality, budgets), quality, test, cache)}
+    written: dict[str, Path] = {}
+    if cache and (cache != before or out != run_dir):
+        write_json(out / CACHE_FILE, cache, indent=0)
+        written[CACHE_FILE] = out / CACHE_FILE
     compared = [v[v["baseline"].notna()] for v in views.values()]
     tested = any(not c["untested"].map(rt.is_true).all() for c in compared if not c.empty)
+    from_cache = sum(int(v["cached"].map(rt.is_true).sum()) for v in views.values())
     if not tested:  # no sidecar at all (e.g. a committed report): one note instead of a footnote per row
         views = {k: v.assign(untested=False) for k, v in views.items()}
     failed = int((df["status"] == "failed").sum())
@@ -99,6 +110,9 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
                     "that forces IVF to skip lists; budgets per dataset below). *index B/vec* counts everything the "
                     "index stores per document (IVF list ids, codebooks), *code B/vec* only the code.")
     notes = [footnote(quality, test)]
+    if from_cache:
+        notes.append(f"† of rows whose per-query sidecars are absent: read from `{CACHE_FILE}`, the paired tests "
+                     f"an earlier build of this report computed from those sidecars ({from_cache} row(s)).")
     if not tested:
         notes.append("† not tested anywhere in this report: no per-query sidecar is in this folder (they are not "
                      "committed, for size); re-run the records' configs to get the marks.")
@@ -109,7 +123,6 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
     doc.add("notes", ["Best variant per track and operating point (budgets: " + "; ".join(
         f"{ds}: {b.text}, {b.how}" for ds, b in budgets.items()) + ").", *notes])
     summary["glance"] = glance.to_dict(orient="records")
-    written: dict[str, Path] = {}
     if len(datasets) >= 2:
         _cross_dataset(doc, summary, df, points, views, datasets, tracks, quality, notes)
     for ds in datasets:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,8 @@ TESTS = {"ttest": "one-sided paired t-test (scipy.stats.ttest_rel, alternative='
 BASELINE_FAMILY = "reconstruction"
 if BASELINE_FAMILY not in FAMILIES:
     raise ImportError(f"benchmark.registry.FAMILIES {FAMILIES} lacks the † baseline family {BASELINE_FAMILY!r}")
+# paired-test results kept beside results.jsonl (see mark_significance)
+CACHE_FILE = "significance.json"
 COMPARED_FAMILIES = tuple(f for f in FAMILIES if f not in (REFERENCE_FAMILY, BASELINE_FAMILY))
 
 
@@ -61,7 +62,6 @@ def paired_test(a: np.ndarray, b: np.ndarray, test: str = "ttest") -> PairedResu
     return PairedResult(test, statistic, 1.0 if math.isnan(p_value) else p_value, len(a), diff)
 
 
-@lru_cache(maxsize=4096)
 def _sidecar(path: str) -> dict[str, dict[str, float]]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -99,19 +99,52 @@ def best_baseline(rows: pd.DataFrame, row: pd.Series, quality: str) -> pd.Series
     return None if pool.empty else pool.loc[pool[quality].idxmax()]
 
 
-def mark_significance(rows: pd.DataFrame, quality: str, test: str = "ttest") -> pd.DataFrame:
-    """Add ``baseline``, ``p_value``, ``significant`` and ``untested`` (no per-query values to compare) to
-    selected leaderboard rows."""
-    baselines, p_values, marks, untested = [], [], [], []
+def cache_key(row: pd.Series, base: pd.Series, quality: str, test: str) -> str | None:
+    """What a paired test depends on: the measure, the test and the two rows' per-query sidecars (named by their
+    records' run ids). None when a row names no sidecar."""
+    a, b = sorted(Path(p).name for p in row["per_query"]), sorted(Path(p).name for p in base["per_query"])
+    return json.dumps([quality, test, a, b]) if a and b else None
+
+
+def mark_significance(rows: pd.DataFrame, quality: str, test: str = "ttest",
+                      cache: dict[str, dict] | None = None) -> pd.DataFrame:
+    """Add ``baseline``, ``p_value``, ``significant``, ``untested`` (no per-query values to compare) and ``cached``
+    to selected leaderboard rows.
+
+    ``cache`` (:data:`CACHE_FILE`'s content) keeps every test computed here under :func:`cache_key`, and answers for
+    a pair whose sidecars are gone (they are not committed with a report), so † survives a rebuild from records."""
+    baselines, p_values, marks, untested, cached = [], [], [], [], []
     for _, row in rows.iterrows():
         base = best_baseline(rows, row, quality) if row["family"] in COMPARED_FAMILIES else None
         result = compare(row["per_query"], base["per_query"], quality, test) if base is not None else None
+        key = cache_key(row, base, quality, test) if base is not None and cache is not None else None
+        hit = False
+        if key is not None and result is not None:
+            cache[key] = asdict(result)
+        elif key is not None and key in cache:
+            result, hit = PairedResult(**cache[key]), True
         baselines.append(None if base is None else base["label"])
         p_values.append(None if result is None else result.p_value)
         marks.append(False if result is None else result.significant)
         untested.append(base is not None and result is None)
-    columns = {"baseline": baselines, "p_value": p_values, "significant": marks, "untested": untested}
+        cached.append(hit)
+    columns = {"baseline": baselines, "p_value": p_values, "significant": marks, "untested": untested,
+               "cached": cached}
     return rows.assign(**{k: pd.Series(v, index=rows.index, dtype=object) for k, v in columns.items()})
+
+
+def read_cache(path: Path) -> tuple[dict[str, dict], list[str]]:
+    """The paired-test cache at ``path`` (empty when absent) and the problems found reading it."""
+    if not path.exists():
+        return {}, []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not all(isinstance(v, dict) and set(v) == set(PairedResult.__annotations__)
+                                                 for v in data.values()):
+            raise ValueError("expected an object of {key: {test, statistic, p_value, n, mean_diff}}")
+    except ValueError as exc:
+        return {}, [f"{path}: unreadable paired-test cache, ignored ({exc})"]
+    return data, []
 
 
 def footnote(quality: str, test: str) -> str:
