@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", help="comma-separated: synthetic, synthetic:quick, beir/<name>, beir:<path>, "
                                       "msmarco, npy:<dir> (default: synthetic)")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a loader option for every selected dataset (repeatable): split=dev, drop_unknown_qrels=true, "
+                        "dev_queries=2000, dev_seed=0, model=<sentence-transformers name>, ... (a config sets them "
+                        "under [datasets.<alias>])")
     p.add_argument("--methods", help="comma-separated registered method names (default: all; see --list-methods)")
     p.add_argument("--config", help="TOML grid file (datasets x methods x params x seeds); see configs/")
     p.add_argument("--seeds", help="number of seeds N >= 1 (seeds 0..N-1); default 1")
@@ -131,7 +135,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     problems = [] if args.threads >= 0 else [f"--threads: expected an integer >= 0, got {args.threads}"]
     try:
         planned = plan(datasets=args.datasets, methods=args.methods, config=args.config, seeds=args.seeds,
-                       params=args.param, nprobes=args.nprobes, quick=args.quick)
+                       params=args.param, nprobes=args.nprobes, quick=args.quick,
+                       dataset_options=args.dataset_option)
     except ConfigError as exc:
         problems += exc.problems
         planned = None

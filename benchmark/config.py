@@ -12,6 +12,8 @@ Config file keys (``configs/*.toml``)::
     seeds = 3                  # or a list of seeds [0, 4]
     [datasets.<alias>]         # name = loader name (npy:<dir>, beir/<name>, ...; ${VAR:-default} expanded),
     name = "npy:..."           # hint = shown when a local path is missing; other keys go to the loader
+                               # (split, drop_unknown_qrels, dev_queries, dev_seed, model, ...: on the command
+                               # line, --dataset-option KEY=VALUE sets one for every selected dataset)
     [search]                   # SearchSettings fields: nprobes, k, latency_k, latency_queries, warmup_queries, threads
     [[runs]]                   # methods = [...], params = {key = value or [grid values]}, seeds = N (first N)
 """
@@ -272,14 +274,15 @@ def _check_value(method: str, key: str, value: Any, where: str, problems: list[s
         return False
 
 
-def parse_params(items: Sequence[str], problems: list[str]) -> dict[str, tuple[str, Any]]:
+def parse_params(items: Sequence[str], problems: list[str], flag: str = "--param") -> dict[str, tuple[str, Any]]:
     """``--param KEY=VALUE`` items -> ``{key: (raw text, parsed value)}``."""
     out = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            problems.append(f"--param {item!r}: expected KEY=VALUE, e.g. --param M=32")
+            example = "M=32" if flag == "--param" else "drop_unknown_qrels=true"
+            problems.append(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
             continue
         out[key] = (raw, parse_value(raw.strip()))
     return out
@@ -287,7 +290,7 @@ def parse_params(items: Sequence[str], problems: list[str]) -> dict[str, tuple[s
 
 def plan(*, datasets: str | None = None, methods: str | None = None, config: str | None = None,
          seeds: str | int | None = None, params: Sequence[str] = (), nprobes: str | None = None,
-         quick: bool = False, check_paths: bool = True) -> Plan:
+         quick: bool = False, check_paths: bool = True, dataset_options: Sequence[str] = ()) -> Plan:
     """Validate the inputs and plan the jobs (every method's first seed before any second seed). Reads no data.
 
     Raises :class:`ConfigError` with one line per problem found (all of them, not only the first).
@@ -316,6 +319,18 @@ def plan(*, datasets: str | None = None, methods: str | None = None, config: str
             except DatasetError as exc:
                 problems.append(f"--datasets: {exc}")
     names = [n for n in names if n in specs]
+    options = parse_params(dataset_options, problems, flag="--dataset-option")
+    for name in names:
+        loader, kwargs = specs[name]
+        accepted = _loader_keys(loader)
+        valid = sorted((accepted or set()) | {"dev_queries", "dev_seed"})
+        for key, (raw, value) in options.items():
+            if accepted is not None and key not in valid:
+                problems.append(f"--dataset-option {key}={raw}: {name} ({loader}) has no option {key!r}"
+                                f"{close(key, valid)}; valid options: {valid}")
+            elif key in ("dev_queries", "dev_seed") and (not _is_int(value) or value < 0):
+                problems.append(f"--dataset-option {key}={raw}: expected an integer >= 0")
+        specs[name] = (loader, {**kwargs, **{k: v for k, (_, v) in options.items()}})
 
     if seeds is not None:
         text = str(seeds).strip()

@@ -112,6 +112,13 @@ CASES = [
      ["error: --device: unknown torch device 'tpu': use cpu or cuda[:N]"]),
     ("device-unsupported", ["--quick", "--device", "mps"], {},
      ["error: --device: device 'mps' is not supported: use cpu or cuda[:N]"]),
+    ("dataset-option-typo", ["--quick", "--dataset-option", "drop_unkown_qrels=true"], {},
+     ["error: --dataset-option drop_unkown_qrels=true: synthetic:quick (synthetic:quick) has no option "
+      "'drop_unkown_qrels'"]),
+    ("dataset-option-no-equals", ["--quick", "--dataset-option", "split"], {},
+     ["error: --dataset-option 'split': expected KEY=VALUE, e.g. --dataset-option drop_unknown_qrels=true"]),
+    ("dataset-option-dev", ["--quick", "--dataset-option", "dev_queries=-3"], {},
+     ["error: --dataset-option dev_queries=-3: expected an integer >= 0"]),
     ("many-problems-at-once", ["--methods", "faiss-pq,nope", "--seeds", "0", "--nprobes", "x"], {},
      ["error: --seeds: expected", "error: --nprobes: expected", "error: --methods: unknown method 'nope'"]),
 ]

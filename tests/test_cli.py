@@ -129,3 +129,21 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
 def test_unknown_method_param_lists_valid_params():
     with pytest.raises(registry.MethodError, match=r"unknown param\(s\) \['m'\]; valid params: \['M'"):
         registry.make_method("faiss-pq", {"m": 4})
+
+
+def test_list_methods_prints_descriptions_and_typed_params(capsys):
+    from benchmark import cli
+    assert cli.main(["--list-methods"]) == 0
+    out = capsys.readouterr().out
+    assert "faiss-ivfpq  [reconstruction]  Spherical k-means IVF + residual PQ, ``IVF{nlist},PQ{M}x8``." in out
+    block = out.split("faiss-ivfpq  [reconstruction]", 1)[1].split("\n\n")[0].splitlines()
+    assert "    nlist=256  (int >= 1)  IVF lists (coarse k-means centroids); needs >= nlist training points" in block
+    assert "    M=16  (int >= 1)  PQ sub-quantizers = bytes per vector (8-bit codes); must divide the embedding dim" \
+           in block
+    assert "flat  [reference]" in out and "    (no params)" in out
+
+
+def test_dataset_options_reach_the_loader_of_every_selected_dataset():
+    from benchmark.config import plan
+    p = plan(datasets="synthetic:quick", methods="flat", dataset_options=["num_test=50", "dev_queries=20"])
+    assert p.datasets == {"synthetic:quick": ("synthetic:quick", {"num_test": 50, "dev_queries": 20})}

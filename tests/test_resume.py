@@ -108,7 +108,7 @@ def test_sigint_mid_sweep_exits_130_with_the_resume_command(tmp_path):
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     assert "interrupted: 1 fit(s) completed and recorded this run" in stderr
-    assert "1 not run (of 3)" in stderr  # flat; faiss-ivfopq was in progress
+    assert "2 not run (of 3)" in stderr  # faiss-ivfopq (interrupted mid-sweep) and flat
     command = stderr.split("resume with: ", 1)[1].splitlines()[0]
     assert shlex.split(command)[2:] == [*ARGS, "--out", str(out)]
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
