@@ -80,8 +80,6 @@ class FaissRaBitQ(BaseMethod):
     params = {
         "nb_bits": Param(1, "bits per dimension of the code (1 = RaBitQ; 2..9 = extended RaBitQ)", min=1, max=9),
         "qb": Param(8, "bits of the scalar-quantized query (faiss's default is 4; 0 = float query)", min=0, max=8),
-        "nlist": Param(0, "IVF lists (0: flat IndexRaBitQ; else IndexIVFRaBitQ, searched at the harness's nprobe "
-                          "sweep)", min=0),
         "rotate": Param(True, "apply a seeded random orthogonal rotation first (RaBitQ's analysis assumes it)"),
         "max_train_points": MAX_TRAIN,
     }
@@ -89,7 +87,7 @@ class FaissRaBitQ(BaseMethod):
     def fit(self, train: TrainData) -> BuiltIndex:
         d, cfg = train.dim, self.config
         metric = faiss.METRIC_INNER_PRODUCT
-        if cfg["nlist"]:
+        if cfg.get("nlist"):
             quantizer = faiss.IndexFlatIP(d)
             base = faiss.IndexIVFRaBitQ(quantizer, d, cfg["nlist"], metric, True, cfg["nb_bits"])
             base.own_fields = True
@@ -113,6 +111,14 @@ class FaissRaBitQ(BaseMethod):
             factory = f"RR{d}," + factory
         seconds = _train_add(index, train, cfg["max_train_points"])
         return _built(index, factory, seconds, qb=cfg["qb"])
+
+
+@register
+class FaissIVFRaBitQ(FaissRaBitQ):
+    """Spherical k-means IVF + RaBitQ codes of the residuals, faiss ``IndexIVFRaBitQ`` (seeded rotation first)."""
+
+    name = "faiss-ivfrabitq"
+    params = {**FaissRaBitQ.params, "nlist": Param(256, "IVF lists (searched at the harness's nprobe sweep)", min=1)}
 
 
 def sign_codebooks(dim: int) -> np.ndarray:

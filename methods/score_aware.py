@@ -230,11 +230,11 @@ class ScoreAwarePQ(BaseMethod):
                      dtype=float, min=1.0, special=(None,)),
         "eta_formula": Param("exact", "eta from T: 'exact' (Theorem 3.2 integrals) or 'limit' (Theorem 3.4, "
                                       "ScaNN's formula)", choices=("exact", "limit")),
-        "iterations": Param(8, "alternations of anisotropic assignment and codebook update (0: k-means "
+        "iterations": Param(4, "alternations of anisotropic assignment and codebook update (0: k-means "
                                "codebooks, anisotropic encoding only)", min=0),
         "codebook_update": Param(True, "train codebooks on the anisotropic loss (False: k-means codebooks, as "
                                        "ScaNN's AH)"),
-        "codebook_sweeps": Param(2, "block Gauss-Seidel sweeps of the least-squares codebook update per iteration",
+        "codebook_sweeps": Param(1, "block Gauss-Seidel sweeps of the least-squares codebook update per iteration",
                                  min=1),
         "kmeans_niter": Param(25, "faiss k-means iterations of the initial PQ", min=1),
         "max_train_points": Param(65536, "docs sampled (seeded) to train the codebooks", min=1),

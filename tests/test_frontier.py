@@ -144,6 +144,7 @@ def test_bad_params_fail_with_one_clear_error(clustered):
     ("faiss-sq", {"bits": 4}, 16),
     ("faiss-rabitq", {}, 4 + 8),             # 32 sign bits + faiss's two float factors per vector
     ("faiss-rabitq", {"nb_bits": 4}, 16 + 20),
+    ("faiss-ivfrabitq", {"nlist": 16}, 1 + 4 + 8),  # + the list number (1 byte for 16 lists)
     ("binary-sign", {}, 4),
 ])
 def test_native_quantizers_hold_every_doc_and_report_their_bytes(clustered, name, params, bytes_per_vector):
@@ -193,6 +194,7 @@ def test_listed_with_descriptions():
     methods = available()
     for name, family in [("score-aware", "score-aware"), ("faiss-pq-fastscan", "reconstruction"),
                          ("faiss-sq", "reconstruction"), ("faiss-rabitq", "reconstruction"),
+                         ("faiss-ivfrabitq", "reconstruction"),
                          ("binary-sign", "reconstruction")]:
         assert methods[name].family == family
         assert len(methods[name].description()) > 30
