@@ -72,8 +72,9 @@ class FaissSQ(BaseMethod):
 
 @register
 class FaissRaBitQ(BaseMethod):
-    """RaBitQ (Gao & Long 2024; multi-bit extension), faiss ``IndexRaBitQ``/``IndexIVFRaBitQ`` behind a seeded
-    random rotation."""
+    """RaBitQ (Gao & Long 2024) and its multi-bit extension, faiss ``IndexRaBitQ`` behind a seeded random rotation.
+
+    ``info["bytes_per_vector"]`` counts faiss's per-vector float factors besides the nb_bits*d code bits."""
 
     name = "faiss-rabitq"
     family = "reconstruction"

@@ -73,7 +73,7 @@ def test_eta_from_threshold():
 
 def test_training_loss_never_increases(clustered):
     docs, _ = clustered
-    vq = make_method("score-aware", {"M": 4, "iterations": 4}).fit(train_of(docs))
+    vq = make_method("score-aware", {"M": 4, "iterations": 4, "codebook_update": True}).fit(train_of(docs))
     hist = vq.info["loss_history"]
     assert len(hist) == 8
     assert all(b <= a + 1e-12 for a, b in zip(hist, hist[1:]))
@@ -88,8 +88,10 @@ def ip_error_top(docs, queries, recon, k=10):
     return float(np.abs(exact - approx).mean())
 
 
-@pytest.mark.parametrize("nbits", [4, 8])
-def test_beats_plain_pq_on_inner_products_of_top_neighbours(clustered, nbits):
+# measured |q.x - q.x~| over the top 10, score-aware vs plain PQ: 0.168 vs 0.178 (4 bits), 0.115 vs 0.133 (8 bits),
+# 0.099 vs 0.178 (4 bits, codebooks trained on the anisotropic loss: they also undo k-means' shrink along x)
+@pytest.mark.parametrize("nbits, codebook_update, ratio", [(4, False, 0.97), (8, False, 0.92), (4, True, 0.65)])
+def test_beats_plain_pq_on_inner_products_of_top_neighbours(clustered, nbits, codebook_update, ratio):
     docs, queries = clustered
     M = 4  # 4 bytes: PQ8x4 or PQ4x8 over 32-d
     pq = faiss.index_factory(32, f"PQ{M * 8 // nbits}x{nbits}", faiss.METRIC_INNER_PRODUCT)
@@ -97,15 +99,15 @@ def test_beats_plain_pq_on_inner_products_of_top_neighbours(clustered, nbits):
     pq.train(docs)
     pq.add(docs)
     plain = ip_error_top(docs, queries, pq.reconstruct_n(0, len(docs)))
-    vq = make_method("score-aware", {"M": M, "nbits": nbits, "iterations": 4}).fit(train_of(docs))
+    vq = make_method("score-aware", {"M": M, "nbits": nbits, "codebook_update": codebook_update}).fit(train_of(docs))
     index = build_index(vq, docs)
     ours = ip_error_top(docs, queries, index.reconstruct_n(0, len(docs)))
-    assert ours < 0.65 * plain, (ours, plain)  # measured: 0.099 vs 0.178 (4 bits), 0.078 vs 0.133 (8 bits)
+    assert ours < ratio * plain, (ours, plain)
     # and it ranks better: overlap of the top 10 with the exact top 10
     exact = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
     overlap = [np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx.search(queries, 10)[1], exact)])
                for idx in (pq, index)]
-    assert overlap[1] > overlap[0], overlap  # measured: 0.370 vs 0.352 (4 bits), 0.436 vs 0.424 (8 bits)
+    assert overlap[1] > overlap[0], overlap  # measured: 0.382 vs 0.352 at 4 bits
 
 
 def test_four_bit_codes_are_what_faiss_scores(clustered):
@@ -121,8 +123,8 @@ def test_four_bit_codes_are_what_faiss_scores(clustered):
 
 def test_same_seed_same_numbers(clustered):
     docs, _ = clustered
-    a = make_method("score-aware", {"M": 4, "iterations": 2}).fit(train_of(docs, seed=3))
-    b = make_method("score-aware", {"M": 4, "iterations": 2}).fit(train_of(docs, seed=3))
+    a, b = (make_method("score-aware", {"M": 4, "iterations": 2, "codebook_update": True}).fit(train_of(docs, seed=3))
+            for _ in range(2))
     np.testing.assert_array_equal(a.doc_codes, b.doc_codes)
     np.testing.assert_array_equal(a.pq_codebooks, b.pq_codebooks)
 
