@@ -39,9 +39,12 @@ from benchmark.harness import SearchSettings
 from benchmark.params import ParamError
 from benchmark.registry import available
 
-# --quick: tiny sizes for every method that declares these params (defaults are untouched)
+# --quick: a smoke run, not results. Tiny sizes for every method that declares these params (defaults untouched):
+# 32 IVF lists for 4k docs, 5 OPQ iterations (of 20) and half an epoch of training. Measured single-threaded
+# (OMP_NUM_THREADS=1, --threads 1, shared machine) at 274afdf: the quick grid's 11 fits took 51.4 CPU s with only
+# nlist=32 (three OPQ inits at 20 iterations ~10 s each), 31.4 CPU s with these; bench/suite_time.py times it.
 QUICK_DATASET = "synthetic:quick"
-QUICK_PARAMS = {"nlist": 32}
+QUICK_PARAMS = {"nlist": 32, "opq_niter": 5, "epochs": 0.5}
 QUICK_SEARCH = {"latency_queries": 50, "warmup_queries": 5}
 
 CONFIG_KEYS = ("out", "seeds", "datasets", "search", "runs")
