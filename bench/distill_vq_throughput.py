@@ -17,7 +17,7 @@ import torch
 
 from benchmark.data import load_dataset
 from benchmark.registry import make_method
-from benchmark.runner import DEFAULT_CACHE, train_data
+from benchmark.runner import default_cache_dir, train_data
 
 
 def parse_params(items: list[str]) -> dict:
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--threads", type=int, default=2, help="torch and faiss threads (0 = library default)")
     ap.add_argument("--param", action="append", default=[], help="method param override, key=value")
-    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="faiss init / top-K cache")
+    ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="faiss init / top-K cache")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,9 +54,10 @@ def main() -> None:
     warm = time.perf_counter() - t0
     info = vq.info
     n = info["steps"] * info["batch_size"]
-    print(f"{args.method} on {args.dataset}: {ds.num_docs} docs x {ds.dim}-d, {info['num_queries']} queries, "
-          f"{info['steps']} steps x batch {info['batch_size']}, candidates={info['candidates']}")
-    print(f"  training loop: {info['train_loop_seconds']:.2f} s = {info['queries_per_s']:.0f} queries/s")
+    print(f"{args.method} on {args.dataset}: {ds.num_docs} docs x {ds.dim}-d, {info['train_queries']} queries, "
+          f"{info['steps']} steps x batch {info['batch_size']}, candidates={method.config['candidates']}")
+    print(f"  training loop: {info['train_loop_seconds']:.2f} s (CPU {info['train_loop_cpu_seconds']:.2f} s) = "
+          f"{info['queries_per_s']:.0f} queries/s")
     print(f"  warm fit (cached init + top-K): {warm:.2f} s = {n / warm:.0f} queries/s; first fit: {first:.2f} s")
     print(f"  peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
           f"threads: torch {torch.get_num_threads()}, faiss {faiss.omp_get_max_threads()}")

@@ -6,13 +6,12 @@ that size's own peak, not a high-water mark carried over from a smaller one. Doc
 training cost). Stages, timed separately:
 
 * ``generate``   make_synthetic(out_path=...) (memmap, float32), flushed and reopened read-only
-* ``init``       faiss ``OPQ{M},IVF{nlist},PQ{M}x8`` training on a sample + chunked add (``trained_params``, fresh
-                 cache dir)
-* ``mining``     exact top-K of the training queries (``cached_topk``); for jpq, the negative pool of the
-                 labeled queries in the init index (``JPQ.negative_pool``)
-* ``cache_load`` the two caches read back (what ``fit`` pays before training)
-* ``fit``        ``method.fit`` with warm caches; ``train/epoch`` is the training loop's own time from
-                 ``VQParams.info['train_loop_seconds']`` (else fit time) divided by epochs
+* ``fit``        ``method.fit`` from cold caches (fresh cache dir): faiss init, mining and training
+* ``init``, ``mining``, ``train`` are read from the core's recorded timings in ``VQParams.info`` (no patching of
+                 method internals): ``init_seconds`` (faiss ``OPQ{M},IVF{nlist},PQ{M}x8`` training, measured
+                 now), ``mining_seconds`` (exact top-K for distill-vq, the init index's negative pool for jpq),
+                 ``train_loop_seconds`` / ``train_loop_cpu_seconds`` (:class:`benchmark.vq.train.Trainer`);
+                 ``train/epoch`` is ``train`` divided by epochs. They are parts of ``fit`` (not added to the total)
 * ``build``      ``build_index`` (chunked write-back)
 * ``exact``      exact top-k of the test queries (chunked ``ExactReference``)
 * ``eval``       ``harness.evaluate`` at one nprobe (batch search + single-thread latency)
@@ -50,7 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-STAGES = ("generate", "init", "mining", "cache_load", "fit", "train/epoch", "build", "exact", "eval")
+STAGES = ("generate", "fit", "init", "mining", "train", "train/epoch", "build", "exact", "eval")
+PARTS_OF_FIT = ("init", "mining", "train", "train/epoch")  # from info; inside ``fit``
 MiB = 1024.0
 
 
@@ -133,9 +133,7 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
         faiss.omp_set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
 
-    from benchmark.vq.faiss_init import trained_params
     from benchmark.harness import ExactReference, SearchSettings, evaluate
-    from benchmark.vq.mining import cached_topk
     from benchmark.provenance import cpu, threads
     from benchmark.registry import make_method
     from benchmark.runner import train_data
@@ -187,42 +185,22 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
         mm = ds.doc_emb
         ds.doc_emb = np.load(docs_path, mmap_mode="r")  # read-only reopen, as a user of a saved corpus would
         del mm
-    train_q = np.asarray(ds.split("train").query_emb, dtype=np.float32)
-
-    has_factory = hasattr(method, "factory")
-    init_kw = {"seed": args.seed, "cache_dir": str(cache_dir),
-               "max_train_points": cfg.get("max_train_points", 65536), "opq_niter": cfg.get("opq_niter", 20)}
-    if has_factory:
+    if hasattr(method, "factory"):
         result["factory"] = method.factory()
-        with stage("init"):
-            trained_params(ds.doc_emb, method.factory(), **init_kw)
-    def mine() -> None:
-        """The method's candidate mining: the exact top-K (distill-vq) or the init index's negative pool (jpq)."""
-        if hasattr(method, "negative_pool"):
-            from methods.jpq import labeled_queries
-            td = train_data(ds, args.seed, "cpu", str(cache_dir))
-            method.negative_pool(td, method.init_params(td), labeled_queries(td, cfg["label_fraction"], args.seed))
-        else:
-            cached_topk(ds.doc_emb, train_q, args.K, str(cache_dir))
-
-    with stage("mining"):
-        mine()
-    with stage("cache_load"):  # both caches hit now: what fit pays before its first step
-        if has_factory:
-            trained_params(ds.doc_emb, method.factory(), **init_kw)
-        mine()
-
-    loop_cpu: list[float] = []
-    with stage("fit"), _time_train_loop(method, loop_cpu):
+    with stage("fit"):   # cold: the fresh cache dir makes it train the faiss init and mine
         vq = method.fit(train_data(ds, args.seed, "cpu", str(cache_dir)))
-    fit_s = result["stages"]["fit"]["seconds"]
-    loop_s = vq.info.get("train_loop_seconds")
-    epochs = float(cfg.get("epochs", 1.0))
-    result["train_seconds_source"] = "info.train_loop_seconds" if loop_s is not None else "fit (warm caches)"
-    result["stages"]["train/epoch"] = {
-        "seconds": (loop_s if loop_s is not None else fit_s) / epochs,
-        "cpu_seconds": (loop_cpu[0] if loop_cpu else result["stages"]["fit"]["cpu_seconds"]) / epochs}
-    result["train_info"] = {k: v for k, v in vq.info.items() if isinstance(v, (int, float, str, bool))}
+    info = vq.info
+    epochs = float(info.get("epochs", cfg.get("epochs", 1.0)))
+    for name, key in (("init", "init_seconds"), ("mining", "mining_seconds"), ("train", "train_loop_seconds")):
+        if key in info:
+            cpu_key = "train_loop_cpu_seconds" if name == "train" else None
+            result["stages"][name] = {"seconds": float(info[key]),
+                                      "cpu_seconds": float(info[cpu_key]) if cpu_key in info else None}
+    if "train" in result["stages"]:
+        result["stages"]["train/epoch"] = {k: None if v is None else v / epochs
+                                           for k, v in result["stages"]["train"].items()}
+    result["train_seconds_source"] = "info (benchmark.vq.train)" if "train" in result["stages"] else "-"
+    result["train_info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
 
     with stage("build"):
         index = build_index(vq, ds.doc_emb)
@@ -240,38 +218,6 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
         del ds, index, vq
         docs_path.unlink(missing_ok=True)
     return result
-
-
-@contextmanager
-def _time_train_loop(method, out: list[float]):
-    """Record the CPU seconds of the method's training loop: its ``train_loop`` method (jpq) or its module's
-    ``train_student`` function (distill-vq), if it has one.
-
-    Wall time of the loop comes from ``VQParams.info``; CPU time is the load-robust companion on a shared machine.
-    Only this instance's / this process's module attribute is wrapped, for the duration of the fit.
-    """
-    module = sys.modules.get(type(method).__module__)
-    owner, attr = (method, "train_loop") if hasattr(method, "train_loop") else (module, "train_student")
-    orig = getattr(owner, attr, None)
-    if orig is None:
-        yield
-        return
-
-    def timed(*a, **k):
-        c0 = time.process_time()
-        try:
-            return orig(*a, **k)
-        finally:
-            out.append(time.process_time() - c0)
-
-    setattr(owner, attr, timed)
-    try:
-        yield
-    finally:
-        if owner is method:
-            delattr(method, attr)
-        else:
-            setattr(owner, attr, orig)
 
 
 # ----------------------------------------------------------------------------------------------------- parent
@@ -319,8 +265,8 @@ def size_table(r: dict) -> str:
 
 
 def _stage_value(r: dict, name: str, key: str) -> float | None:
-    if name == "total":  # every timed stage (train/epoch is part of fit)
-        vals = [s.get(key) for k, s in r["stages"].items() if k != "train/epoch"]
+    if name == "total":  # every timed stage (init, mining and train are parts of fit)
+        vals = [s.get(key) for k, s in r["stages"].items() if k not in PARTS_OF_FIT]
         return None if any(v is None for v in vals) else float(sum(vals))
     return r["stages"].get(name, {}).get(key)
 

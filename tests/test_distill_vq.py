@@ -15,7 +15,8 @@ from benchmark.runner import train_data
 from benchmark.vq import build_index, encode_pq, rotate
 from benchmark.vq.torch_vq import TorchVQ
 from methods._distill_losses import LOSSES
-from methods.distill_vq import DistillStudent, combined_loss, parse_candidates, ste_quantize
+from benchmark.vq.torch_vq import ste_quantize
+from methods.distill_vq import batch_scores, combined_loss, parse_candidates
 
 SMALL = {"M": 8, "nlist": 16, "batch_size": 64, "topk": 50, "opq_niter": 4}
 FACTORY = "OPQ8,IVF16,PQ8x8"
@@ -116,12 +117,13 @@ def _init(ds, cache, seed=0):
 def test_student_gradients_reach_codebooks_and_centroids(quick, cache):
     init = _init(quick, cache)
     for codes in ("ste", "fixed"):
-        student = DistillStudent(init, codes, train_ivf=True, train_pq=True, query_adapter=True)
-        idx = np.arange(0, 400, 7)
-        s_ivf, s_pq = student(torch.from_numpy(quick.split("train").query_emb[:8]),
-                              torch.from_numpy(quick.doc_emb[idx]), torch.from_numpy(idx))
+        vq = TorchVQ(init, query_adapter=True)
+        cand = np.arange(0, 392, 7).reshape(8, 7)
+        t, s_ivf, s_pq = batch_scores(vq, quick.split("train").query_emb[:8], cand, quick.doc_emb, True,
+                                      codes == "ste")
+        assert t.shape == s_ivf.shape == s_pq.shape == (8, 56)
         (s_ivf.sum() + s_pq.sum()).backward()
-        for p in (student.vq.codebooks, student.vq.centroids, student.vq.query_map):
+        for p in (vq.codebooks, vq.centroids, vq.query_map):
             assert p.grad is not None and p.grad.abs().sum() > 0, (codes, p.shape)
 
 
@@ -173,11 +175,12 @@ def test_same_seed_same_params_and_training_moves_them(quick, cache):
     init = _init(quick, cache)
     assert np.abs(a.pq_codebooks - init.pq_codebooks).max() > 1e-4
     assert np.abs(a.ivf_centroids - init.ivf_centroids).max() > 1e-4
-    assert a.info["steps"] == math.ceil(1600 * 0.5 / 64) and a.info["num_queries"] == 1600
+    assert a.info["steps"] == math.ceil(1600 * 0.5 / 64) and a.info["train_queries"] == 1600
+    assert a.info["drift_codebooks"] > 0 and a.info["drift_centroids"] > 0 and a.info["lr_centroids"] == 1e-3
 
 
 def test_labeled_queries_need_labels(quick, cache):
-    with pytest.raises(MethodError, match="labeled"):
+    with pytest.raises(ValueError, match="distill-vq queries='labeled' needs labeled train queries"):
         make_method("distill-vq-labeled", SMALL).fit(_train(quick, cache, labeled=False))
     with pytest.raises(MethodError, match="gt"):
         make_method("distill-vq", {**SMALL, "candidates": "gt+topk"}).fit(_train(quick, cache))
@@ -185,9 +188,9 @@ def test_labeled_queries_need_labels(quick, cache):
 
 def test_labeled_and_doc_queries_train(quick, cache):
     vq = make_method("distill-vq-labeled", {**SMALL, "epochs": 0.2}).fit(_train(quick, cache))
-    assert vq.info["queries"] == "labeled" and vq.info["num_queries"] == 800
+    assert vq.info["train_queries"] == 800
     vq = _fit(quick, cache, queries="docs", doc_queries=256, codes="fixed")
-    assert vq.info["num_queries"] == 256 and vq.writeback == "codes"
+    assert vq.info["train_queries"] == 256 and vq.writeback == "codes"
 
 
 def test_candidate_specs_and_presets():
@@ -196,7 +199,7 @@ def test_candidate_specs_and_presets():
         with pytest.raises(MethodError):
             parse_candidates(bad)
     base = get_method("distill-vq")
-    assert base.family == "distillation" and base.params["queries"] == "unlabeled"
+    assert base.family == "distillation" and base.params["queries"].default == "unlabeled"
     for name, diff in (("distill-vq-labeled", {"queries", "candidates", "topk_sample"}),
                        ("distill-vq-ivf-only", {"train_pq"}), ("distill-vq-pq-only", {"train_ivf"})):
         cls = get_method(name)

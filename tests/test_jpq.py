@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import faiss
 import numpy as np
@@ -70,12 +71,23 @@ def test_softmax_loss_by_hand() -> None:
 
 
 def test_learning_rates() -> None:
-    assert make_method("jpq", {"lr": "reference"}).learning_rates() == {"lr": 5e-6}           # JPQ, M <= 24
-    assert make_method("jpq", {"lr": "reference", "M": 32}).learning_rates() == {"lr": 2e-5}
+    assert make_method("jpq", {"lr": "reference"}).learning_rates() == {"codebooks": 5e-6}      # JPQ, M <= 24
+    assert make_method("jpq", {"lr": "reference", "M": 32}).learning_rates() == {"codebooks": 2e-5}
     rates = make_method("jpq-ivf", {"lr": 0.01, "query_adapter": True}).learning_rates()
-    assert rates == {"lr": 0.01, "ivf_lr": 0.01, "adapter_lr": 1e-2}
-    with pytest.raises(MethodError, match="lr must be"):
-        make_method("jpq", {"lr": "fast"}).learning_rates()
+    assert rates == {"codebooks": 0.01, "centroids": 0.01, "query_map": 1e-2}
+    assert make_method("jpq", {"adapter_lr": "reference", "query_adapter": True}).learning_rates()["query_map"] == 5e-6
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"lr": "fast"}, "lr='fast': expected float > 0 or None, 'reference'"),
+    ({"lr": 0.0}, "lr=0.0: expected float > 0"),
+    ({"loss": "hinge"}, "loss='hinge': expected one of 'lambda', 'softmax'"),
+    ({"label_fraction": 1.5}, "label_fraction=1.5: expected float > 0 and <= 1"),
+    ({"top_k": 0}, "top_k=0: expected int >= 1"),
+])
+def test_typed_params_reject_bad_values_before_any_work(params: dict, expected: str) -> None:
+    with pytest.raises(MethodError, match=re.escape(f"method 'jpq': {expected}")):
+        make_method("jpq", params)
 
 
 def test_build_candidates_appends_missing_relevant() -> None:
@@ -120,7 +132,7 @@ def test_faiss_search_equals_torch_scores(quick, train: TrainData, name: str, pa
 def test_missing_labels_raise(train: TrainData) -> None:
     unlabeled = TrainData(doc_emb=train.doc_emb, doc_ids=train.doc_ids, train_query_emb=train.train_query_emb,
                           train_query_ids=train.train_query_ids, train_qrels=None, cache_dir=train.cache_dir)
-    with pytest.raises(MethodError, match="labeled train queries"):
+    with pytest.raises(ValueError, match="JPQ needs labeled train queries"):
         make_method("jpq", FAST).fit(unlabeled)
 
 
@@ -128,8 +140,10 @@ def test_same_seed_same_codebooks(train: TrainData) -> None:
     params = {**FAST, "epochs": 0.5}
     a, b = (make_method("jpq", params).fit(train) for _ in range(2))
     np.testing.assert_array_equal(a.pq_codebooks, b.pq_codebooks)
-    untimed = [{k: v for k, v in vq.info.items() if not k.endswith("_seconds")} for vq in (a, b)]
+    untimed = [{k: v for k, v in vq.info.items() if "seconds" not in k and k not in ("queries_per_s", "init_cached")}
+               for vq in (a, b)]
     assert untimed[0] == untimed[1] and untimed[0]["train_rr@10"] > 0
+    assert untimed[0]["drift_codebooks"] > 0 and untimed[0]["lr_codebooks"] == 1e-3 and untimed[0]["steps"] == 13
 
 
 def test_label_fraction_subsamples(train: TrainData) -> None:

@@ -8,27 +8,26 @@ is part of the provenance of every record.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
+from benchmark._io import atomic_path, write_text
+from benchmark.params import Param
 from benchmark.vq.params import VQParams, params_from_index
 
 MAX_POINTS_PER_CENTROID = 256
-_cached_init_seconds = 0.0  # training time of inits served from the cache since the last reset
-
-
-def reset_cached_init_seconds() -> None:
-    global _cached_init_seconds
-    _cached_init_seconds = 0.0
-
-
-def cached_init_seconds() -> float:
-    """Seconds the cached inits loaded since the last reset originally took to train (credited to a fit's cost)."""
-    return _cached_init_seconds
+# faiss prints "WARNING clustering N points to K centroids" below 39 points per centroid (only a print: the
+# clustering is the same). Small samples are deliberate here (the quick preset, OPQ's sample, small corpora), so
+# the warning is off and the sample size is recorded in the init's info instead.
+MIN_POINTS_PER_CENTROID = 1
+INIT_PARAMS = {
+    "max_train_points": Param(65536, "docs sampled (seeded) to train the faiss init", min=1),
+    "opq_niter": Param(20, "OPQ alternating iterations of the faiss init", min=1),
+}
 
 
 def fingerprint(x: np.ndarray, sample_rows: int = 2048) -> str:
@@ -49,32 +48,51 @@ def training_sample(x: np.ndarray, max_points: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(x[rows], dtype=np.float32)
 
 
-def _configure(index: faiss.Index, seed: int, opq_niter: int) -> None:
-    """Seed every clustering inside an index_factory index and cap k-means subsampling."""
+def _quiet(cp: Any) -> None:
+    cp.min_points_per_centroid = MIN_POINTS_PER_CENTROID
+
+
+def _configure(index: faiss.Index, seed: int, opq_niter: int) -> list:
+    """Seed every clustering inside an index_factory index, cap k-means subsampling, silence small-sample warnings.
+
+    Returns (OPQ, its PQ) pairs: faiss only points to that PQ, so it must outlive training (then it is unset).
+    """
+    keep = []
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
             vt = faiss.downcast_VectorTransform(index.chain.at(i))
             if isinstance(vt, faiss.OPQMatrix):
                 vt.niter = opq_niter
                 vt.max_train_points = MAX_POINTS_PER_CENTROID * 256
+                # faiss trains OPQ's PQ on a default ProductQuantizer(d, M, 8) unless given one: give an identical
+                # one (same default seed and knobs) that does not warn
+                pq = faiss.ProductQuantizer(vt.d_out, vt.M, 8)
+                _quiet(pq.cp)
+                vt.pq = pq
+                keep.append((vt, pq))
         index = faiss.downcast_index(index.index)
     if isinstance(index, faiss.IndexIVF):
         index.cp.seed = seed
         index.cp.max_points_per_centroid = MAX_POINTS_PER_CENTROID
         index.cp.spherical = index.metric_type == faiss.METRIC_INNER_PRODUCT
+        _quiet(index.cp)
     if hasattr(index, "do_polysemous_training"):
         index.do_polysemous_training = False  # index_factory turns it on; it only reorders codes, slowly
     if hasattr(index, "pq"):
         index.pq.cp.seed = seed
         index.pq.cp.max_points_per_centroid = MAX_POINTS_PER_CENTROID
+        _quiet(index.pq.cp)
+    return keep
 
 
 def train_index(doc_emb: np.ndarray, factory: str, seed: int = 0, max_train_points: int = 65536,
                 opq_niter: int = 20, add: bool = True) -> faiss.Index:
     """Train ``factory`` (inner product) on a seeded sample of the docs and add all docs in chunks (ids 0..n-1)."""
     index = faiss.index_factory(doc_emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    _configure(index, seed, opq_niter)
+    keep = _configure(index, seed, opq_niter)
     index.train(training_sample(doc_emb, max_train_points, seed))
+    for vt, _ in keep:
+        vt.pq = None
     if add:
         for start in range(0, doc_emb.shape[0], 65536):
             index.add(np.ascontiguousarray(doc_emb[start:start + 65536], dtype=np.float32))
@@ -83,24 +101,39 @@ def train_index(doc_emb: np.ndarray, factory: str, seed: int = 0, max_train_poin
 
 def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: str | None = None,
                    max_train_points: int = 65536, opq_niter: int = 20) -> VQParams:
-    """:class:`VQParams` (with doc codes) of a faiss-trained ``factory``, cached under ``cache_dir`` if given."""
+    """:class:`VQParams` (with doc codes) of a faiss-trained ``factory``, cached under ``cache_dir`` if given.
+
+    Its ``info``: ``init`` (the factory), ``init_sample`` (docs it trained on), ``init_seconds`` (what training it
+    took: measured now, or read from the cache's ``.seconds`` file), ``init_cached`` (served from the cache) and
+    ``cached_init_seconds`` (``init_seconds`` if cached else 0.0: the cost a fit pays for an init it did not train;
+    the runner adds it to the fit's wall time).
+    """
     path = None
     if cache_dir:
         key = hashlib.sha1(f"{fingerprint(doc_emb)}|{factory}|{seed}|{max_train_points}|{opq_niter}|"
                            f"{faiss.__version__}".encode()).hexdigest()[:20]
         path = Path(cache_dir) / f"faiss-init-{key}.faiss"
-        if path.exists():
-            global _cached_init_seconds
-            timing = path.with_suffix(".seconds")
-            _cached_init_seconds += float(timing.read_text()) if timing.exists() else 0.0
-            return params_from_index(faiss.read_index(str(path)))
-    t0 = time.perf_counter()
-    index = train_index(doc_emb, factory, seed, max_train_points, opq_niter)
-    seconds = time.perf_counter() - t0
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        faiss.write_index(index, str(tmp))
-        path.with_suffix(".seconds").write_text(f"{seconds:.3f}")
-        os.replace(tmp, path)
-    return params_from_index(index)
+    cached = path is not None and path.exists()
+    if cached:
+        index = faiss.read_index(str(path))
+        timing = path.with_suffix(".seconds")
+        seconds = float(timing.read_text()) if timing.exists() else 0.0
+    else:
+        t0 = time.perf_counter()
+        index = train_index(doc_emb, factory, seed, max_train_points, opq_niter)
+        seconds = time.perf_counter() - t0
+        if path is not None:
+            write_text(path.with_suffix(".seconds"), f"{seconds:.3f}")
+            with atomic_path(path) as tmp:
+                faiss.write_index(index, str(tmp))
+    vq = params_from_index(index)
+    vq.info = {"init": factory, "init_sample": min(doc_emb.shape[0], max_train_points), "init_seconds": seconds,
+               "init_cached": cached, "cached_init_seconds": seconds if cached else 0.0}
+    return vq
+
+
+def init_for(train: Any, factory: str, config: dict[str, Any]) -> VQParams:
+    """The faiss init of a method: ``trained_params`` on ``train``'s docs, seed and cache with the method's
+    ``max_train_points`` / ``opq_niter`` (:data:`INIT_PARAMS`), shared with every method using the same init."""
+    return trained_params(train.doc_emb, factory, seed=train.seed, cache_dir=train.cache_dir,
+                          max_train_points=config["max_train_points"], opq_niter=config["opq_niter"])

@@ -7,13 +7,13 @@ scan the corpus: per-step cost does not grow with the number of docs.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable
 
 import faiss
 import numpy as np
 
+from benchmark._io import atomic_path
 from benchmark.vq.faiss_init import fingerprint
 from benchmark.vq.params import VQParams, build_index
 
@@ -59,10 +59,8 @@ def _cached_ids(cache_dir: str | None, key: str, compute: Callable[[], np.ndarra
     if path.exists():
         return np.load(path)
     ids = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, ids)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, ids)
     return ids
 
 

@@ -19,6 +19,17 @@ WRITEBACK_MODES = ("codes", "preassigned", "reencode")
 ADD_CHUNK = 65536
 
 
+def factory_string(M: int, nlist: int = 0, opq: bool = False, nbits: int = 8) -> str:
+    """The faiss ``index_factory`` string ``[OPQ{M},][IVF{nlist},]PQ{M}x{nbits}`` (``nlist`` 0: no IVF)."""
+    return ",".join(([f"OPQ{M}"] if opq else []) + ([f"IVF{nlist}"] if nlist else []) + [f"PQ{M}x{nbits}"])
+
+
+def check_divides(M: int, dim: int, who: str) -> None:
+    """A clear error unless ``M`` sub-vectors split the ``dim``-d embeddings evenly."""
+    if dim % M:
+        raise ValueError(f"{who}: M={M} must divide the embedding dim {dim}")
+
+
 @dataclass
 class VQParams:
     """What a VQ method learned. Optional doc assignment/codes are the training-time ones (for write-back)."""
@@ -57,16 +68,11 @@ class VQParams:
     @property
     def factory(self) -> str:
         """The faiss ``index_factory`` string of the index this builds."""
-        parts = [f"OPQ{self.M}"] if self.rotation is not None else []
-        if self.nlist:
-            parts.append(f"IVF{self.nlist}")
-        parts.append(f"PQ{self.M}x{self.nbits}")
-        return ",".join(parts)
+        return factory_string(self.M, self.nlist, self.rotation is not None, self.nbits)
 
     @property
     def bytes_per_vector(self) -> int:
         return self.M * self.nbits // 8
-
 
 
 @dataclass
@@ -219,3 +225,22 @@ def encode_pq(codebooks: np.ndarray, residuals: np.ndarray) -> np.ndarray:
     pq = faiss.ProductQuantizer(M * dsub, M, int(np.log2(ksub)))
     faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, dtype=np.float32).ravel(), pq.centroids)
     return pq.compute_codes(np.ascontiguousarray(residuals, dtype=np.float32))
+
+
+def fold_single_centroid(vq: VQParams) -> VQParams:
+    """``OPQ,IVF1,PQ`` -> ``OPQ,PQ`` with the same reconstructions: codebook[m] += centroid[m-th slice]."""
+    M, _, dsub = vq.pq_codebooks.shape
+    offset = vq.ivf_centroids[0].reshape(M, 1, dsub)
+    return replace(vq, pq_codebooks=(vq.pq_codebooks + offset).astype(np.float32), ivf_centroids=None,
+                   doc_assign=None)
+
+
+def encode_docs(vq: VQParams, doc_emb: np.ndarray) -> np.ndarray:
+    """Nearest-codeword PQ codes (n, M) of every doc's (residual) vector under ``vq``, ``ADD_CHUNK`` rows at a
+    time; IVF lists stay ``vq.doc_assign``."""
+    out = np.empty((doc_emb.shape[0], vq.M), dtype=np.uint8)
+    for start in range(0, len(out), ADD_CHUNK):
+        rows = slice(start, min(len(out), start + ADD_CHUNK))
+        x = rotate(vq, doc_emb[rows])
+        out[rows] = encode_pq(vq.pq_codebooks, x - vq.ivf_centroids[vq.doc_assign[rows]] if vq.nlist else x)
+    return out

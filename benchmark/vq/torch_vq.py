@@ -1,17 +1,16 @@
 """Torch side of a VQ: trainable IVF centroids and PQ codebooks over fixed doc assignments/codes.
 
-Learned methods (JPQ, Distill-VQ) train a :class:`TorchVQ` and hand back :meth:`TorchVQ.to_params`; the harness
-then searches a faiss index built from exactly these tensors, so torch and faiss scores agree.
+Learned methods (JPQ, Distill-VQ, ...) train a :class:`TorchVQ` (through :mod:`benchmark.vq.train`) and hand back
+:meth:`TorchVQ.to_params`; the harness then searches a faiss index built from exactly these tensors, so torch and
+faiss scores agree.
 """
 from __future__ import annotations
 
-import math
 import os
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmark.vq.params import VQParams
@@ -40,6 +39,7 @@ class TorchVQ(nn.Module):
         if query_adapter and vq.query_map is not None:
             self.query_map.data.copy_(torch.from_numpy(np.asarray(vq.query_map, dtype=np.float32)))
         self.writeback = vq.writeback
+        self.init_info = dict(vq.info)   # the init's facts (faiss init time, ...), carried into to_params
         self._m_index = torch.arange(vq.M)
 
     @property
@@ -93,15 +93,48 @@ class TorchVQ(nn.Module):
         out = [q_rot @ self.reconstruct(idx).T for idx in rows]
         return torch.cat(out, dim=1)
 
+    def topk(self, q_rot: torch.Tensor, k: int, pool: torch.Tensor | None = None) -> torch.Tensor:
+        """Top-``k`` doc indices (B, k) under the current parameters: of each query's ``pool`` row (lookup-table
+        scores, as faiss computes them), or of every doc (exhaustive)."""
+        if pool is None:
+            return self.all_doc_scores(q_rot).topk(k, dim=1).indices
+        pool = pool.long()
+        return pool.gather(1, self.lookup_scores(q_rot, pool).topk(k, dim=1).indices)
+
+    @torch.no_grad()
+    def pool_recall(self, queries: torch.Tensor, pool: torch.Tensor, k: int, chunk: int = 32) -> float:
+        """Share of each query's exhaustive top-``k`` that lies in its ``pool`` row (how much re-scoring a fixed
+        candidate pool misses), ``chunk`` queries at a time ((chunk, n) scores: 128 MB at 1M docs)."""
+        found = [(self.topk(self.encode_queries(q), k)[:, :, None] == p.long()[:, None, :]).any(-1).flatten()
+                 for q, p in zip(queries.split(chunk), pool.split(chunk))]
+        return float(torch.cat(found).float().mean())
+
     def to_params(self, writeback: str = "codes", info: dict | None = None) -> VQParams:
-        """Current parameters + the fixed codes/assignments as :class:`VQParams`."""
+        """Current parameters + the fixed codes/assignments as :class:`VQParams`; ``info`` is added to the init's."""
         def np32(t: torch.Tensor | None) -> np.ndarray | None:
             return None if t is None else t.detach().cpu().numpy().astype(np.float32)
         return VQParams(pq_codebooks=np32(self.codebooks), ivf_centroids=np32(self.centroids),
                         rotation=np32(self.rotation),
                         doc_assign=None if self.assign is None else self.assign.cpu().numpy(),
                         doc_codes=self.codes.cpu().numpy(), query_map=np32(self.query_map),
-                        writeback=writeback, info=dict(info or {}))
+                        writeback=writeback, info={**self.init_info, **(info or {})})
+
+
+def ste_quantize(residual: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """PQ of ``residual`` (N, d): forward = nearest codewords (hard), backward through softmax(-||r - c||^2).
+
+    ``assign = hard + (soft - soft.detach())`` is exactly one-hot in value, so the output equals the hard
+    reconstruction bit for bit; gradients reach the codebooks (selected codewords directly, all through the soft
+    assignment) and the residual (hence the IVF centroids). LibVQ's straight-through estimator.
+    """
+    M, K, dsub = codebooks.shape
+    r = residual.reshape(-1, M, dsub).transpose(0, 1)                                    # (M, N, dsub)
+    logits = (2 * torch.bmm(r, codebooks.transpose(1, 2)) - (codebooks ** 2).sum(-1).unsqueeze(1)
+              - (r ** 2).sum(-1, keepdim=True))                                         # (M, N, K) = -||r-c||^2
+    soft = logits.softmax(-1)
+    hard = F.one_hot(logits.argmax(-1), K).to(soft.dtype)
+    words = torch.bmm(hard + (soft - soft.detach()), codebooks)                          # (M, N, dsub)
+    return words.transpose(0, 1).reshape(-1, M * dsub)
 
 
 def torch_device(name: str) -> torch.device:
@@ -121,38 +154,3 @@ def torch_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"device {name!r} is not supported: use cpu or cuda[:N]")
     return device
-
-
-def warmup_linear(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base lr over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch and numpy globally and return a torch generator for sampling."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    gen = torch.Generator()
-    gen.manual_seed(seed)
-    return gen
-
-
-def num_steps(num_queries: int, batch_size: int, epochs: float) -> int:
-    return max(1, math.ceil(num_queries * epochs / batch_size))
-
-
-@contextmanager
-def deterministic_torch() -> Iterator[None]:
-    """Deterministic torch kernels inside (the backward of the codeword/centroid gathers otherwise accumulates with
-    atomics in thread order, so a seed would not fix the result); the previous setting is restored on exit."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
