@@ -2,8 +2,9 @@
 each from a cold cache: a fresh ``$VQBENCH_DATA_DIR`` (no faiss inits, no mined candidates) and a fresh ``--out``.
 
 Prints the thread policy (cores, faiss OpenMP and torch threads, load average before/after: the budgets are for an
-idle 2-core machine, so a busy machine's numbers say so) and, per suite, the wall time, exit status, fits, records
-and the slowest fits by train seconds.
+idle 2-core machine, so a busy machine's numbers say so) and, per suite, the wall time, the CPU time of the run,
+exit status, fits, records and the slowest fits by train seconds. On a shared machine, ``--threads 1`` with
+``OMP_NUM_THREADS=1`` gives the CPU seconds of the work itself (no spin-waiting), a load-independent yardstick.
 
     .venv/bin/python bench/suite_time.py                 # both
     .venv/bin/python bench/suite_time.py --only quick    # the quick grid only
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = {"quick": (["--quick"], 30.0), "default": ([], 180.0)}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def thread_policy() -> str:
@@ -40,18 +47,21 @@ def time_suite(name: str, extra: list[str]) -> dict:
         cmd = [sys.executable, str(REPO / "run_benchmark.py"), *args, *extra, "--out", str(out)]
         print(f"[{name}] {' '.join(cmd[1:])}  (cold cache: VQBENCH_DATA_DIR={env['VQBENCH_DATA_DIR']})", flush=True)
         load_before = os.getloadavg()[0]
+        cpu0 = _children_cpu()
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - t0
+        cpu = _children_cpu() - cpu0
         records = []
         if (out / "results.jsonl").exists():
             records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     fits = {rec["fit_id"]: (rec.get("train_seconds") or 0.0, rec["method"]) for rec in records}
     slowest = sorted(fits.values(), reverse=True)[:3]
-    result = {"suite": name, "wall_s": wall, "budget_s": budget, "exit": proc.returncode, "fits": len(fits),
+    result = {"suite": name, "wall_s": wall, "cpu_s": cpu, "budget_s": budget, "exit": proc.returncode, "fits": len(fits),
               "records": len(records), "load_before": load_before, "load_after": os.getloadavg()[0]}
     verdict = "within" if wall <= budget else "OVER"
-    print(f"[{name}] {wall:.1f} s wall ({verdict} the {budget:.0f} s budget), exit {proc.returncode}, {len(fits)} fits, "
+    print(f"[{name}] {wall:.1f} s wall ({verdict} the {budget:.0f} s budget), {cpu:.1f} CPU s (user+sys; on a busy "
+          f"machine OpenMP spin-waits inflate it), exit {proc.returncode}, {len(fits)} fits, "
           f"{len(records)} records; load average {load_before:.1f} -> {result['load_after']:.1f}; slowest train s: "
           + ", ".join(f"{m} {s:.1f}" for s, m in slowest), flush=True)
     if proc.returncode:
