@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", help="comma-separated: synthetic, synthetic:quick, beir/<name>, beir:<path>, "
                                       "msmarco, npy:<dir> (default: synthetic)")
-    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a loader option for every selected dataset (repeatable): split=dev, drop_unknown_qrels=true, "
                         "dev_queries=2000, dev_seed=0, model=<sentence-transformers name>, ... (a config sets them "
                         "under [datasets.<alias>])")
@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         planned = plan(datasets=args.datasets, methods=args.methods, config=args.config, seeds=args.seeds,
                        params=args.param, nprobes=args.nprobes, quick=args.quick,
-                       dataset_options=args.dataset_option)
+                       dataset_opts=args.dataset_opt)
     except ConfigError as exc:
         problems += exc.problems
         planned = None

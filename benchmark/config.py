@@ -13,7 +13,7 @@ Config file keys (``configs/*.toml``)::
     [datasets.<alias>]         # name = loader name (npy:<dir>, beir/<name>, ...; ${VAR:-default} expanded),
     name = "npy:..."           # hint = shown when a local path is missing; other keys go to the loader
                                # (split, drop_unknown_qrels, dev_queries, dev_seed, model, ...: on the command
-                               # line, --dataset-option KEY=VALUE sets one for every selected dataset)
+                               # line, --dataset-opt KEY=VALUE sets one for every selected dataset)
     [search]                   # SearchSettings fields: nprobes, k, latency_k, latency_queries, warmup_queries, threads
     [[runs]]                   # methods = [...], params = {key = value or [grid values]}, seeds = N (first N)
 """
@@ -34,7 +34,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from benchmark.data import DatasetError, check_dataset_name
+from benchmark.data import DatasetError, check_dataset, check_dataset_name, dataset_options, parse_dataset_opt
 from benchmark.harness import SearchSettings
 from benchmark.params import ParamError
 from benchmark.registry import available
@@ -89,9 +89,9 @@ class Plan:
 
 
 def close(name: str, valid: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` when ``name`` is close to one of ``valid``, else ``''``."""
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    """`` (did you mean 'x' or 'y'?)`` with the (up to 3) names of ``valid`` closest to ``name``, else ``''``."""
+    match = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(m) for m in match)}?)" if match else ""
 
 
 def expand_env(text: str) -> str:
@@ -126,23 +126,6 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
-
-
-def _loader_keys(name: str) -> set[str] | None:
-    """The keyword arguments the loader of dataset ``name`` accepts (None when it cannot be told)."""
-    try:
-        if name.startswith("synthetic"):
-            from benchmark.data.synthetic import make_synthetic as fn
-        elif name.startswith("npy:"):
-            from benchmark.data.npy import load_npy_dataset as fn
-        else:
-            from benchmark.data.beir import load_beir_dataset as fn
-    except ImportError:
-        return None
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return None
-    return {k for k in params if k not in ("name", "path")}
 
 
 def _check_int_list(values: Any, where: str, lo: int, what: str, problems: list[str]) -> list[int]:
@@ -180,6 +163,26 @@ def _search_settings(search: Any, where: str, problems: list[str]) -> dict[str, 
     return out
 
 
+def _check_dataset(name: str, options: dict[str, Any], label: str, where: str, hint: str | None,
+                   check_paths: bool, problems: list[str]) -> None:
+    """The data layer's checks of a dataset spec (name, typed options, files unless ``check_paths`` is False)."""
+    try:
+        if check_paths:
+            check_dataset(name, options, label=label)
+        else:
+            declared = dataset_options(name)
+            for key, value in options.items():
+                if key not in declared:
+                    problems.append(f"{where}dataset {label!r}: unknown option {key!r}{close(key, list(declared))}; "
+                                    f"options: {', '.join(declared)}")
+                else:
+                    declared[key].validate(value, key)
+    except (DatasetError, ParamError) as exc:
+        for line in str(exc).splitlines():
+            missing = hint and ("exist" in line or "not found" in line)
+            problems.append(f"{where}{line}" + (f" ({hint})" if missing else ""))
+
+
 def _datasets(config: dict[str, Any], where: str, problems: list[str],
               check_paths: bool = True) -> dict[str, tuple[str, dict[str, Any]]]:
     table = config.get("datasets", {})
@@ -198,21 +201,8 @@ def _datasets(config: dict[str, Any], where: str, problems: list[str],
         except DatasetError as exc:
             problems.append(f"{at} name: {exc}")
             continue
-        kwargs = {k: v for k, v in spec.items() if k not in ("name", "hint")}
-        accepted = _loader_keys(name)
-        if accepted is not None:
-            valid = sorted(accepted | set(DATASET_KEYS))
-            for key in kwargs:
-                if key not in valid:
-                    problems.append(f"{at}: unknown key {key!r}{close(key, valid)}; valid keys: {valid}")
-        for key in ("dev_queries", "dev_seed"):
-            if key in kwargs and (not _is_int(kwargs[key]) or kwargs[key] < 0):
-                problems.append(f"{at} {key}: expected an integer >= 0, got {kwargs[key]!r}")
-        for prefix in ("npy:", "beir:"):
-            local = name[len(prefix):]
-            if check_paths and name.startswith(prefix) and not Path(local).expanduser().exists():
-                problems.append(f"{at}: {local} does not exist. {spec.get('hint') or ''}".strip())
-        out[alias] = (name, kwargs)
+        out[alias] = (name, {k: v for k, v in spec.items() if k not in ("name", "hint")})
+        _check_dataset(name, out[alias][1], alias, f"{where}: ", spec.get("hint"), check_paths, problems)
     return out
 
 
@@ -284,8 +274,7 @@ def parse_params(items: Sequence[str], problems: list[str], flag: str = "--param
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            example = "M=32" if flag == "--param" else "drop_unknown_qrels=true"
-            problems.append(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
+            problems.append(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} M=32")
             continue
         out[key] = (raw, parse_value(raw.strip()))
     return out
@@ -293,7 +282,7 @@ def parse_params(items: Sequence[str], problems: list[str], flag: str = "--param
 
 def plan(*, datasets: str | None = None, methods: str | None = None, config: str | None = None,
          seeds: str | int | None = None, params: Sequence[str] = (), nprobes: str | None = None,
-         quick: bool = False, check_paths: bool = True, dataset_options: Sequence[str] = ()) -> Plan:
+         quick: bool = False, check_paths: bool = True, dataset_opts: Sequence[str] = ()) -> Plan:
     """Validate the inputs and plan the jobs (every method's first seed before any second seed). Reads no data.
 
     Raises :class:`ConfigError` with one line per problem found (all of them, not only the first).
@@ -311,6 +300,7 @@ def plan(*, datasets: str | None = None, methods: str | None = None, config: str
         if "out" in cfg and not isinstance(cfg["out"], str):
             problems.append(f"{where} out: expected a folder path string, got {cfg['out']!r}")
     specs = _datasets(cfg, where, problems, check_paths)
+    cfg_specs = set(specs)
     groups = _runs(cfg, where, problems)
 
     names = csv(datasets) or list(specs) or [QUICK_DATASET if quick else "synthetic"]
@@ -322,18 +312,19 @@ def plan(*, datasets: str | None = None, methods: str | None = None, config: str
             except DatasetError as exc:
                 problems.append(f"--datasets: {exc}")
     names = [n for n in names if n in specs]
-    options = parse_params(dataset_options, problems, flag="--dataset-option")
     for name in names:
         loader, kwargs = specs[name]
-        accepted = _loader_keys(loader)
-        valid = sorted((accepted or set()) | {"dev_queries", "dev_seed"})
-        for key, (raw, value) in options.items():
-            if accepted is not None and key not in valid:
-                problems.append(f"--dataset-option {key}={raw}: {name} ({loader}) has no option {key!r}"
-                                f"{close(key, valid)}; valid options: {valid}")
-            elif key in ("dev_queries", "dev_seed") and (not _is_int(value) or value < 0):
-                problems.append(f"--dataset-option {key}={raw}: expected an integer >= 0")
-        specs[name] = (loader, {**kwargs, **{k: v for k, (_, v) in options.items()}})
+        cli_options = {}
+        for text in dataset_opts:
+            try:
+                key, value = parse_dataset_opt(loader, text)
+                cli_options[key] = value
+            except DatasetError as exc:
+                problems.append(str(exc))
+        if cli_options or name not in cfg_specs:  # config datasets were checked with their own options
+            specs[name] = (loader, {**kwargs, **cli_options})
+            where_cli = "--dataset-opt: " if cli_options else "--datasets: "
+            _check_dataset(loader, specs[name][1], name, where_cli, None, check_paths, problems)
 
     if seeds is not None:
         text = str(seeds).strip()

@@ -18,8 +18,9 @@ CONFIG_TYPO = '[[runs]]\nmethod = ["faiss-pq"]\n'
 CONFIG_STRING = '[[runs]]\nmethods = "faiss-pq"\n'
 CONFIG_BAD_KEYS = 'seed = 2\n[search]\nnprobe = [1]\n[[runs]]\nmethods = ["faiss-pq"]\nparams = { M = "x" }\n'
 CONFIG_SEEDS = 'seeds = 0\n[search]\nnprobes = [0, 4]\n[[runs]]\nmethods = ["faiss-pq"]\nseeds = -1\n'
-CONFIG_DATASET = ('[datasets.mine]\nname = "npy:/no/such/folder"\nhint = "build it first"\ndrop_unkown_qrels = true\n'
+CONFIG_DATASET = ('[datasets.mine]\nname = "npy:/no/such/folder"\nhint = "build it first"\n'
                   '[[runs]]\nmethods = ["flat"]\n')
+CONFIG_OPTION = ('[datasets.mine]\nname = "synthetic:quick"\nnum_tset = 50\n[[runs]]\nmethods = ["flat"]\n')
 CONFIG_TOML = '[[runs]\nmethods = ["flat"]\n'
 
 
@@ -74,8 +75,8 @@ CASES = [
      ["error: --nprobes: expected comma-separated integers >= 1 (e.g. 1,4,16), got 'abc'"]),
     ("seeds-0", ["--seeds", "0", "--quick"], {}, ["error: --seeds: expected a number of seeds >= 1, got '0'"]),
     ("seeds-neg", ["--seeds", "-1", "--quick"], {}, ["error: --seeds: expected a number of seeds >= 1, got '-1'"]),
-    ("method-typo", ["--methods", "faiss-qp"], {},
-     ["error: --methods: unknown method 'faiss-qp' (did you mean 'faiss-pq'?); valid methods: "]),
+    ("method-typo", ["--methods", "faiss-ivpq"], {},
+     ["error: --methods: unknown method 'faiss-ivpq' (did you mean 'faiss-ivfpq'"]),
     ("dataset-unknown", ["--datasets", "wat"], {}, ["error: --datasets: unknown dataset 'wat'"]),
     ("config-missing", ["--config", "{tmp}/nope.toml"], {}, ["error: --config: {tmp}/nope.toml does not exist"]),
     ("config-bad-toml", ["--config", "{tmp}/c.toml"], {"c.toml": CONFIG_TOML}, ["error: {tmp}/c.toml: invalid TOML: "]),
@@ -95,9 +96,12 @@ CASES = [
       "error: {tmp}/c.toml [search].nprobes: expected a non-empty list of integers >= 1 (nprobe values), "
       "got [0, 4]",
       "error: {tmp}/c.toml: [[runs]] #1 seeds: expected a number of seeds >= 1, got -1"]),
-    ("config-dataset", ["--config", "{tmp}/c.toml"], {"c.toml": CONFIG_DATASET},
-     ["error: {tmp}/c.toml: [datasets.mine]: unknown key 'drop_unkown_qrels' (did you mean 'drop_unknown_qrels'?)",
-      "error: {tmp}/c.toml: [datasets.mine]: /no/such/folder does not exist. build it first"]),
+    ("config-dataset-folder", ["--config", "{tmp}/c.toml"], {"c.toml": CONFIG_DATASET},
+     ["error: {tmp}/c.toml: dataset 'mine': npy dataset folder /no/such/folder does not exist"]),
+    ("config-dataset-option", ["--config", "{tmp}/c.toml"], {"c.toml": CONFIG_OPTION},
+     ["error: {tmp}/c.toml: dataset 'mine': unknown option 'num_tset' (did you mean 'num_test'"]),
+    ("npy-folder-missing", ["--datasets", "npy:{tmp}/nope", "--methods", "flat"], {},
+     ["error: --datasets: dataset 'npy:{tmp}/nope': npy dataset folder {tmp}/nope does not exist"]),
     ("out-is-a-file", ["--quick", "--out", "{tmp}/file"], {"file": "x"},
      ["error: --out: {tmp}/file is a file; expected a folder (it is created if missing)"]),
     ("out-under-a-file", ["--quick", "--out", "{tmp}/file/sub"], {"file": "x"},
@@ -112,13 +116,13 @@ CASES = [
      ["error: --device: unknown torch device 'tpu': use cpu or cuda[:N]"]),
     ("device-unsupported", ["--quick", "--device", "mps"], {},
      ["error: --device: device 'mps' is not supported: use cpu or cuda[:N]"]),
-    ("dataset-option-typo", ["--quick", "--dataset-option", "drop_unkown_qrels=true"], {},
-     ["error: --dataset-option drop_unkown_qrels=true: synthetic:quick (synthetic:quick) has no option "
-      "'drop_unkown_qrels'"]),
-    ("dataset-option-no-equals", ["--quick", "--dataset-option", "split"], {},
-     ["error: --dataset-option 'split': expected KEY=VALUE, e.g. --dataset-option drop_unknown_qrels=true"]),
-    ("dataset-option-dev", ["--quick", "--dataset-option", "dev_queries=-3"], {},
-     ["error: --dataset-option dev_queries=-3: expected an integer >= 0"]),
+    ("dataset-opt-typo", ["--quick", "--dataset-opt", "num_tset=5"], {},
+     ["error: --dataset-opt 'num_tset=5': dataset 'synthetic:quick' has no option 'num_tset' (did you mean "
+      "'num_test'"]),
+    ("dataset-opt-no-equals", ["--quick", "--dataset-opt", "split"], {},
+     ["error: --dataset-opt 'split': expected KEY=VALUE"]),
+    ("dataset-opt-dev", ["--quick", "--dataset-opt", "dev_queries=-3"], {},
+     ["error: --dataset-opt: dataset 'synthetic:quick' option dev_queries: expected int >= 0, got -3"]),
     ("many-problems-at-once", ["--methods", "faiss-pq,nope", "--seeds", "0", "--nprobes", "x"], {},
      ["error: --seeds: expected", "error: --nprobes: expected", "error: --methods: unknown method 'nope'"]),
 ]
@@ -171,7 +175,7 @@ def test_M_not_dividing_the_dim_is_found_before_training(tmp_path, capsys, monke
     monkeypatch.setattr(runner, "execute_fit", lambda *a, **k: pytest.fail("a fit started"))
     code, _, err = run(capsys, "--quick", "--methods", "faiss-opq", "--param", "M=5", "--out", str(tmp_path))
     assert code == 2
-    assert "error: synthetic:quick faiss-opq(M=5) seed=0: M=5 must be a positive divisor of the embedding dim 64" \
+    assert "error: synthetic:quick faiss-opq(M=5,opq_niter=5) seed=0: M=5 must be a positive divisor of the embedding dim 64" \
            in err
 
 

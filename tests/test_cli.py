@@ -145,5 +145,5 @@ def test_list_methods_prints_descriptions_and_typed_params(capsys):
 
 def test_dataset_options_reach_the_loader_of_every_selected_dataset():
     from benchmark.config import plan
-    p = plan(datasets="synthetic:quick", methods="flat", dataset_options=["num_test=50", "dev_queries=20"])
+    p = plan(datasets="synthetic:quick", methods="flat", dataset_opts=["num_test=50", "dev_queries=20"])
     assert p.datasets == {"synthetic:quick": ("synthetic:quick", {"num_test": 50, "dev_queries": 20})}
