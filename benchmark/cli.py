@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="faiss/torch threads for training and batch search")
     p.add_argument("--device", default="cpu",
                    help="torch device for training (cpu, cuda, cuda:N); with cuda, faiss-GPU mines when installed")
+    p.add_argument("--executor", default="serial",
+                   help="where the fits run: serial (this process, default) or ray (one Ray task per fit; "
+                        "pip install -e '.[ray]'); this process writes every record either way")
+    p.add_argument("--ray-address", help="address of a running Ray cluster (with --executor ray; default: a local "
+                                         "Ray on this machine)")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N, 0-based: 0/4, 1/4, 2/4, 3/4 cover a grid "
                                                   "(round robin); merge the shard folders with --merge")
     p.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="merge shard folders into --out, then report")
@@ -147,11 +152,19 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         jobs = select_shard(planned.jobs if planned else [], args.shard)
     except ConfigError as exc:
         problems += exc.problems
+    executor = None
+    if args.executor != "serial" or args.ray_address:
+        from benchmark.executor import make_executor  # the Ray layer only when asked for
+        try:
+            executor = make_executor(args.executor, args.ray_address,
+                                     specs=planned.datasets if planned else None)
+        except ConfigError as exc:
+            problems += exc.problems
     if problems or planned is None:
         raise ConfigError(problems)
     _configure_threads(args.threads)
     runner = Runner(out, SearchSettings(**planned.search), save_index=args.save_index, device=args.device,
-                    datasets=planned.datasets, resume=not args.no_resume, threads=args.threads)
+                    datasets=planned.datasets, resume=not args.no_resume, threads=args.threads, executor=executor)
     t0 = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
@@ -164,6 +177,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if executor is not None:
+            executor.close()
     s = runner.summary
     print(f"{len(jobs)} fit(s) in {time.perf_counter() - t0:.1f} s ({len(s.completed)} run, {len(s.skipped)} "
           f"already recorded, {len(s.failed)} failed); records: {runner.results}")
