@@ -1,0 +1,195 @@
+"""Executors: where the fits of a plan run. The runner stays the one writer; an executor only yields results.
+
+- serial (default, no executor object): every fit in this process, one after the other (:class:`Runner`).
+- :class:`RayExecutor` (``--executor ray``): every fit is a Ray core task that declares its resources (CPUs = the
+  fit's threads, one GPU when the method trains on ``--device cuda``) and returns its :class:`FitResult` (records +
+  sidecar bytes) to the driver, which validates and appends them exactly as a serial run does — so the resume rules
+  ("a fit is done only when its whole sweep is recorded") are the same. A task lost with its worker (killed,
+  preempted, out of memory) is retried ``max_retries`` times by Ray; a fit that still fails becomes a ``failed``
+  record with the error, never a silent gap. Ctrl-C cancels the outstanding tasks and keeps what completed.
+
+Shared inputs are sent once per dataset, not per task: a dataset whose doc matrix is a memory-mapped file (the
+embedding cache, ``npy:`` corpora) is re-opened by each worker from the same path (which every node must see, e.g.
+``$VQBENCH_DATA_DIR`` on a shared filesystem); any other dataset goes into the object store once
+(``ray.put``) and workers read it zero-copy. The exact top-k reference of each evaluated split is computed once by
+the driver and shipped the same way. Caches (faiss inits, mined top-K) live under the runner's cache folder, which
+must be on a path all workers see.
+
+Latency: the p50/p95 of a fit are measured single-threaded while other fits may run on the same node; give each
+fit a whole node (``--threads`` = the node's cores) when latency numbers are to be reported.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from benchmark.config import ConfigError, Job
+from benchmark.data import RetrievalDataset, load_dataset
+from benchmark.harness import ExactReference, SearchSettings
+from benchmark.runner import FitContext, FitResult, execute_fit, fit_id
+
+EXECUTORS = ("serial", "ray")
+
+
+def _configure_threads(threads: int) -> None:
+    if threads > 0:
+        import faiss
+        import torch
+        faiss.omp_set_num_threads(threads)
+        torch.set_num_threads(threads)
+
+
+def _exact_top_k(ds: RetrievalDataset, settings: SearchSettings, exact: ExactReference) -> np.ndarray:
+    """The exact top-k the runner evaluates fidelity against (the same k as :func:`benchmark.runner.execute_fit`)."""
+    return exact.top_k(ds, ds.split(ds.eval_split), max(100, settings.latency_k))
+
+
+@dataclass
+class _DatasetRef:
+    """How a worker gets a dataset: re-open the same memory-mapped files (``spec``) or the object store (``ref``)."""
+
+    name: str
+    spec: tuple[str, dict[str, Any]] | None = None
+    ref: Any = None
+
+
+def _worker_dataset(handle: _DatasetRef) -> RetrievalDataset:
+    import ray
+    if handle.spec is not None:
+        loader, kwargs = handle.spec
+        ds = load_dataset(loader, **kwargs)
+        ds.name = handle.name
+        return ds
+    return ray.get(handle.ref)
+
+
+def _run_fit_task(job: Job, handle: _DatasetRef, ctx: FitContext, exact: ExactReference) -> FitResult:
+    """One fit on a Ray worker: the dataset and exact reference come from the driver, the records go back to it."""
+    import ray
+    _configure_threads(ctx.threads)
+    ds = _worker_dataset(handle)
+    result = execute_fit(job, ds, ctx.settings, device=ctx.device, cache_dir=ctx.cache_dir, exact=exact,
+                         save_index=ctx.save_index)
+    node = {"executor": "ray", "ray_version": ray.__version__, "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": socket.gethostname(), "pid": os.getpid()}
+    for rec in result.records:
+        rec["provenance"] = {**rec["provenance"], **node}
+    return result
+
+
+class RayExecutor:
+    """Runs each fit as a Ray task. ``address=None`` starts a local Ray runtime on this machine's cores (stopped by
+    :meth:`close`); ``'auto'`` or ``'ray://host:port'`` joins a running cluster (only disconnected by :meth:`close`).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, max_retries: int = 2, num_cpus: int | None = None,
+                 specs: dict[str, tuple[str, dict[str, Any]]] | None = None) -> None:
+        try:
+            import ray
+        except ImportError as exc:
+            raise ConfigError("--executor ray needs Ray: pip install -e '.[ray]'") from exc
+        if max_retries < 0:
+            raise ConfigError(f"--max-retries must be >= 0, got {max_retries}")
+        self.ray = ray
+        self.address = address
+        self.max_retries = max_retries
+        self.num_cpus = num_cpus
+        self.specs = specs or {}  # dataset alias -> (loader name, options): how a worker re-opens mapped files
+
+    def _start(self) -> None:
+        if self.ray.is_initialized():
+            return
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            if self.address:
+                self.ray.init(address=self.address, **kwargs)
+            else:  # a private local runtime; its workers inherit this environment (threads, VQBENCH_DATA_DIR, ...)
+                self.ray.init(num_cpus=self.num_cpus or os.cpu_count(), **kwargs)
+        except Exception as exc:  # Ray raises bare Exception/ConnectionError for an unreachable or overloaded node
+            self.close()
+            where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray runtime"
+            raise ConfigError(f"--executor ray: could not start or join {where}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+    def _handle(self, name: str, ds: RetrievalDataset) -> _DatasetRef:
+        if isinstance(ds.doc_emb, np.memmap):
+            return _DatasetRef(name, spec=self.specs.get(name, (name, {})))
+        return _DatasetRef(name, ref=self.ray.put(ds))
+
+    def results(self, jobs: list[Job], loaded: dict[str, RetrievalDataset], ctx: FitContext,
+                exact: ExactReference, stage: Callable[[Job, str], None]) -> Iterator[FitResult]:
+        from benchmark.registry import make_method
+        if not jobs:
+            return
+        self._start()
+        ray = self.ray
+        handles = {name: self._handle(name, ds) for name, ds in loaded.items()
+                   if any(j.dataset == name for j in jobs)}
+        for name in handles:  # computed once here, then shared read-only with every task
+            _exact_top_k(loaded[name], ctx.settings, exact)
+        exact_ref = ray.put(exact)
+        cpus = ctx.threads if ctx.threads > 0 else int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+        gpus = 1 if ctx.device.startswith("cuda") else 0
+        task = ray.remote(_run_fit_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries)
+        pending = {task.remote(job, handles[job.dataset], ctx, exact_ref): job for job in jobs}
+        stage(jobs[0], f"{len(jobs)} fit(s) submitted to ray")
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                ref = done[0]
+                job = pending.pop(ref)
+                stage(job, f"done on ray; {len(pending)} still running or queued")
+                try:
+                    yield ray.get(ref)
+                except (ray.exceptions.RayError, ray.exceptions.RayTaskError) as exc:
+                    # the worker died more often than max_retries allows: record the fit as failed, don't drop it
+                    yield _failed_result(job, make_method(job.method, job.params), loaded[job.dataset], ctx,
+                                         f"{type(exc).__name__}: ray task failed after {self.max_retries} "
+                                         f"retries: {str(exc).splitlines()[0][:300]}")
+        except (KeyboardInterrupt, GeneratorExit):
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+    def close(self) -> None:
+        """Stop the local runtime with all its processes (or only disconnect from a cluster); safe to call twice,
+        and after a failed start (which may have left a half-started node behind)."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the daemons
+        try:
+            self.ray.shutdown()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _failed_result(job: Job, method: Any, ds: RetrievalDataset, ctx: FitContext, error: str) -> FitResult:
+    from benchmark.provenance import provenance
+    from benchmark.records import SCHEMA_VERSION, run_id
+    split = ds.eval_split
+    rec = {"dataset": job.dataset, "split": split, "method": job.method, "family": method.family,
+           "params": method.config, "seed": job.seed, "fit_id": fit_id(job.dataset, split, job.method,
+                                                                        method.config, job.seed),
+           "schema_version": SCHEMA_VERSION,
+           "run_id": run_id(job.dataset, split, job.method, method.config, job.seed, None), "nprobe": None,
+           "index": {}, "metrics": None, "fidelity": None, "latency": None, "train_seconds": None,
+           "per_query": None, "provenance": {**provenance(job.seed, ctx.device), "executor": "ray"},
+           "status": "failed", "error": error}
+    return FitResult(job, rec["fit_id"], [rec])
+
+
+def make_executor(name: str, address: str | None = None, max_retries: int = 2,
+                  specs: dict[str, tuple[str, dict[str, Any]]] | None = None) -> RayExecutor | None:
+    """The executor called ``name`` (one of :data:`EXECUTORS`; ``None`` = serial, in this process)."""
+    if name == "serial":
+        if address:
+            raise ConfigError("--ray-address needs --executor ray")
+        return None
+    if name == "ray":
+        return RayExecutor(address, max_retries, specs=specs)
+    raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
