@@ -29,10 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 
 from benchmark.data import DatasetError, check_dataset, check_dataset_name, dataset_options, parse_dataset_opt
 from benchmark.harness import SearchSettings

@@ -10,10 +10,7 @@ from pathlib import Path
 from benchmark.data.dataset import DatasetError
 from benchmark.data.encode import REPO_ROOT
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 
 CATALOG_PATH = REPO_ROOT / "datasets" / "catalog.toml"
 
