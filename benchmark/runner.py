@@ -106,8 +106,9 @@ class FitResult:
         return next((r["error"] for r in self.records if r["status"] == "failed"), None)
 
 
-def _index_facts(vq: VQParams | None, index: faiss.Index) -> dict[str, Any]:
-    """What the searched index is: its factory string, size and code layout."""
+def _index_facts(vq: VQParams | None, index: faiss.Index, info: dict[str, Any]) -> dict[str, Any]:
+    """What the searched index is: its factory string, size and code layout (code bytes exclude IVF list ids,
+    as for ``VQParams``; ``index_bytes`` counts everything)."""
     index_bytes = int(faiss.serialize_index(index).nbytes)
     if vq is not None:
         return {"factory": vq.factory, "nlist": vq.nlist, "M": vq.M, "nbits": vq.nbits,
@@ -116,10 +117,13 @@ def _index_facts(vq: VQParams | None, index: faiss.Index) -> dict[str, Any]:
     if isinstance(index, faiss.IndexFlat):
         return {"factory": "Flat", "nlist": 0, "M": 0, "nbits": 32, "bytes_per_vector": 4 * index.d,
                 "index_bytes": index_bytes, "writeback": None}
-    pq = getattr(faiss.downcast_index(index), "pq", None)
-    return {"factory": type(faiss.downcast_index(index)).__name__, "nlist": ivf_nlist(index),
+    base = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
+    pq = getattr(base, "pq", None)
+    nlist = ivf_nlist(index)
+    code = int(faiss.extract_index_ivf(index).code_size) if nlist else int(index.sa_code_size())
+    return {"factory": info.get("factory") or type(base).__name__, "nlist": nlist,
             "M": int(pq.M) if pq is not None else 0, "nbits": int(pq.nbits) if pq is not None else 0,
-            "bytes_per_vector": int(index.sa_code_size()), "index_bytes": index_bytes, "writeback": None}
+            "bytes_per_vector": code, "index_bytes": index_bytes, "writeback": None}
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -160,7 +164,7 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
         train_seconds = fit_seconds + float(info.get("cached_init_seconds", 0.0))
         stage("exact top-k")
         exact_top = exact.top_k(ds, split, max(100, settings.latency_k))
-        facts = _index_facts(vq, index)
+        facts = _index_facts(vq, index, info)
         files: dict[str, bytes] = {}
         if save_index:
             path = f"indexes/{fid}.faiss"
