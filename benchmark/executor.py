@@ -31,7 +31,7 @@ import numpy as np
 from benchmark.config import ConfigError, Job
 from benchmark.data import RetrievalDataset, load_dataset
 from benchmark.harness import ExactReference, SearchSettings
-from benchmark.runner import FitContext, FitResult, execute_fit, fit_id
+from benchmark.runner import FitContext, FitResult, exact_top_k, execute_fit, failed_result
 
 EXECUTORS = ("serial", "ray")
 
@@ -42,11 +42,6 @@ def _configure_threads(threads: int) -> None:
         import torch
         faiss.omp_set_num_threads(threads)
         torch.set_num_threads(threads)
-
-
-def _exact_top_k(ds: RetrievalDataset, settings: SearchSettings, exact: ExactReference) -> np.ndarray:
-    """The exact top-k the runner evaluates fidelity against (the same k as :func:`benchmark.runner.execute_fit`)."""
-    return exact.top_k(ds, ds.split(ds.eval_split), max(100, settings.latency_k))
 
 
 @dataclass
@@ -75,11 +70,16 @@ def _run_fit_task(job: Job, handle: _DatasetRef, ctx: FitContext, exact: ExactRe
     ds = _worker_dataset(handle)
     result = execute_fit(job, ds, ctx.settings, device=ctx.device, cache_dir=ctx.cache_dir, exact=exact,
                          save_index=ctx.save_index)
-    node = {"executor": "ray", "ray_version": ray.__version__, "node_id": ray.get_runtime_context().get_node_id(),
-            "hostname": socket.gethostname(), "pid": os.getpid()}
-    for rec in result.records:
-        rec["provenance"] = {**rec["provenance"], **node}
+    _mark_ray(result.records, node_id=ray.get_runtime_context().get_node_id(), hostname=socket.gethostname(),
+              pid=os.getpid())
     return result
+
+
+def _mark_ray(records: list[dict[str, Any]], **node: Any) -> None:
+    """Provenance of a fit the Ray executor ran (the node's facts where the task got that far)."""
+    import ray
+    for rec in records:
+        rec["provenance"] = {**rec["provenance"], "executor": "ray", "ray_version": ray.__version__, **node}
 
 
 class RayExecutor:
@@ -133,7 +133,7 @@ class RayExecutor:
         handles = {name: self._handle(name, ds) for name, ds in loaded.items()
                    if any(j.dataset == name for j in jobs)}
         for name in handles:  # computed once here, then shared read-only with every task
-            _exact_top_k(loaded[name], ctx.settings, exact)
+            exact_top_k(loaded[name], ctx.settings, exact)
         exact_ref = ray.put(exact)
         cpus = ctx.threads if ctx.threads > 0 else int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         gpus = 1 if ctx.device.startswith("cuda") else 0
@@ -150,9 +150,11 @@ class RayExecutor:
                     yield ray.get(ref)
                 except (ray.exceptions.RayError, ray.exceptions.RayTaskError) as exc:
                     # the worker died more often than max_retries allows: record the fit as failed, don't drop it
-                    yield _failed_result(job, make_method(job.method, job.params), loaded[job.dataset], ctx,
-                                         f"{type(exc).__name__}: ray task failed after {self.max_retries} "
-                                         f"retries: {str(exc).splitlines()[0][:300]}")
+                    result = failed_result(job, make_method(job.method, job.params), loaded[job.dataset],
+                                           ctx.device, f"{type(exc).__name__}: ray task failed after "
+                                           f"{self.max_retries} retries: {str(exc).splitlines()[0][:300]}")
+                    _mark_ray(result.records)
+                    yield result
         except (KeyboardInterrupt, GeneratorExit):
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -167,20 +169,6 @@ class RayExecutor:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-
-def _failed_result(job: Job, method: Any, ds: RetrievalDataset, ctx: FitContext, error: str) -> FitResult:
-    from benchmark.provenance import provenance
-    from benchmark.records import SCHEMA_VERSION, run_id
-    split = ds.eval_split
-    rec = {"dataset": job.dataset, "split": split, "method": job.method, "family": method.family,
-           "params": method.config, "seed": job.seed, "fit_id": fit_id(job.dataset, split, job.method,
-                                                                        method.config, job.seed),
-           "schema_version": SCHEMA_VERSION,
-           "run_id": run_id(job.dataset, split, job.method, method.config, job.seed, None), "nprobe": None,
-           "index": {}, "metrics": None, "fidelity": None, "latency": None, "train_seconds": None,
-           "per_query": None, "provenance": {**provenance(job.seed, ctx.device), "executor": "ray"},
-           "status": "failed", "error": error}
-    return FitResult(job, rec["fit_id"], [rec])
 
 
 def make_executor(name: str, address: str | None = None, max_retries: int = 2,

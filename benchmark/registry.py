@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from benchmark.data.dataset import DocMatrix
 from benchmark.params import Param, ParamError, as_param, describe
 from benchmark.vq import BuiltIndex, VQParams
 
@@ -32,7 +33,7 @@ class MethodError(ValueError):
 
 
 @dataclass
-class TrainData:
+class TrainData(DocMatrix):
     """Everything a method may use to train. ``train_qrels`` is None in unlabeled settings; test data never appears."""
 
     doc_emb: np.ndarray
@@ -44,14 +45,6 @@ class TrainData:
     seed: int = 0
     device: str = "cpu"
     cache_dir: str | None = None
-
-    @property
-    def dim(self) -> int:
-        return int(self.doc_emb.shape[1])
-
-    @property
-    def num_docs(self) -> int:
-        return int(self.doc_emb.shape[0])
 
 
 class BaseMethod:

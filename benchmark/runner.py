@@ -126,6 +126,11 @@ def _index_facts(vq: VQParams | None, index: faiss.Index, info: dict[str, Any]) 
             "bytes_per_vector": code, "index_bytes": index_bytes, "writeback": None}
 
 
+def exact_top_k(ds: RetrievalDataset, settings: SearchSettings, exact: ExactReference) -> np.ndarray:
+    """The exact top-k of ``ds``'s evaluated split that fidelity is measured against (cached in ``exact``)."""
+    return exact.top_k(ds, ds.split(ds.eval_split), max(100, settings.latency_k))
+
+
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr)
@@ -163,7 +168,7 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
             raise MethodError(f"{job.method}: the index holds {index.ntotal} docs, the corpus {ds.num_docs}")
         train_seconds = fit_seconds + float(info.get("cached_init_seconds", 0.0))
         stage("exact top-k")
-        exact_top = exact.top_k(ds, split, max(100, settings.latency_k))
+        exact_top = exact_top_k(ds, settings, exact)
         facts = _index_facts(vq, index, info)
         files: dict[str, bytes] = {}
         if save_index:
@@ -186,12 +191,22 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
                             "train_info": info, "status": "ok"})
         return FitResult(job, fid, records, files)
     except Exception as exc:  # one failed fit must not stop the suite; the record keeps the reason
-        rec = {**base, "run_id": run_id(job.dataset, split.name, job.method, method.config, job.seed, None),
-               "nprobe": None, "index": {}, "metrics": None, "fidelity": None, "latency": None,
-               "train_seconds": None, "per_query": None, "provenance": provenance(job.seed, device),
-               "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-               "traceback": traceback.format_exc(limit=8)}
-        return FitResult(job, fid, [rec])
+        return failed_result(job, method, ds, device, f"{type(exc).__name__}: {exc}",
+                             traceback=traceback.format_exc(limit=8))
+
+
+def failed_result(job: Job, method: BaseMethod, ds: RetrievalDataset, device: str, error: str,
+                  **extra: Any) -> FitResult:
+    """The one ``failed`` record of a fit that produced no index (``extra``: more record fields, e.g. traceback)."""
+    split = ds.eval_split
+    fid = fit_id(job.dataset, split, job.method, method.config, job.seed)
+    rec = {"dataset": job.dataset, "split": split, "method": job.method, "family": method.family,
+           "params": method.config, "seed": job.seed, "fit_id": fid, "schema_version": SCHEMA_VERSION,
+           "run_id": run_id(job.dataset, split, job.method, method.config, job.seed, None), "nprobe": None,
+           "index": {}, "metrics": None, "fidelity": None, "latency": None, "train_seconds": None,
+           "per_query": None, "provenance": provenance(job.seed, device), "status": "failed", "error": error,
+           **extra}
+    return FitResult(job, fid, [rec])
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -36,8 +36,22 @@ class Split:
         return bool(self.qrels)
 
 
+class DocMatrix:
+    """Shape facts of a class's ``doc_emb`` (n, d) matrix: shared by the dataset and a method's training view."""
+
+    doc_emb: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.doc_emb.shape[1])
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.doc_emb.shape[0])
+
+
 @dataclass
-class RetrievalDataset:
+class RetrievalDataset(DocMatrix):
     """Doc embeddings + named query splits. ``splits`` maps split name -> :class:`Split`.
 
     Conventional split names: ``train`` (labeled train queries), ``train-unlabeled`` (extra queries without
@@ -55,14 +69,6 @@ class RetrievalDataset:
 
     def __post_init__(self) -> None:
         validate(self)
-
-    @property
-    def dim(self) -> int:
-        return int(self.doc_emb.shape[1])
-
-    @property
-    def num_docs(self) -> int:
-        return int(self.doc_emb.shape[0])
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
