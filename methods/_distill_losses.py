@@ -81,3 +81,20 @@ def ranknet(t: torch.Tensor, s: torch.Tensor, tau: float, mask: torch.Tensor | N
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "listnet": listnet, "kl": kl, "margin_mse": margin_mse, "ranknet": ranknet, "mse": mse}
+
+
+def label_term(s: torch.Tensor, mask: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """-log softmax(s / tau) at column 0 (a query's labeled positive), over its unmasked candidates."""
+    logits = _masked(s / tau, mask)
+    return (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
+
+
+def combined_loss(loss_ivf: torch.Tensor | None, loss_pq: torch.Tensor | None, w: float | None
+                  ) -> tuple[torch.Tensor, float | None]:
+    """``loss_pq + w * loss_ivf`` (either may be absent); ``w=None`` ('auto', LibVQ's 'scaled_to_pqloss') is set
+    once, at the first step, to loss_pq / loss_ivf and kept."""
+    if loss_pq is None or loss_ivf is None:
+        return (loss_ivf if loss_pq is None else loss_pq), w
+    if w is None:
+        w = float(loss_pq.detach() / (loss_ivf.detach() + 1e-6))
+    return loss_pq + w * loss_ivf, w

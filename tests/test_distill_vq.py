@@ -15,10 +15,9 @@ from benchmark.registry import MethodError, TrainData, get_method, make_method
 from benchmark.runner import train_data
 from benchmark.vq import build_index, encode_pq, rotate
 from benchmark.vq.torch_vq import TorchVQ
-from methods._distill_losses import LOSSES
-from benchmark.vq.torch_vq import ste_quantize
-from methods.distill_vq import (Candidates, _repeats, batch_scores, combined_loss, parse_candidates, ste_setup,
-                                tempered_ste)
+from benchmark.vq.candidates import Candidates, candidate_scores, parse_candidates, repeats
+from benchmark.vq.torch_vq import ste_quantize, ste_temperature, tempered_ste
+from methods._distill_losses import LOSSES, combined_loss
 
 SMALL = {"M": 8, "nlist": 16, "batch_size": 64, "topk": 50, "opq_niter": 4}
 FACTORY = "OPQ8,IVF16,PQ8x8"
@@ -120,10 +119,10 @@ def test_student_gradients_reach_codebooks_and_centroids(quick, cache):
     init = _init(quick, cache)
     own = np.arange(0, 392, 7).reshape(8, 7)
     shared = np.array([1, 2, 3])
-    cand = Candidates(own, shared, _repeats(np.hstack([own, np.broadcast_to(shared, (8, 3))])))
+    cand = Candidates(own, shared, repeats(np.hstack([own, np.broadcast_to(shared, (8, 3))])))
     for ste_T in (0.01, None):
         vq = TorchVQ(init, query_adapter=True)
-        t, s_ivf, s_pq = batch_scores(vq, quick.split("train").query_emb[:8], cand, quick.doc_emb, ste_T)
+        t, s_ivf, s_pq = candidate_scores(vq, quick.split("train").query_emb[:8], cand, quick.doc_emb, ste_T)
         assert t.shape == s_ivf.shape == s_pq.shape == (8, 10)
         # teacher = exact inner products, own candidates then the shared ones
         q = quick.split("train").query_emb[:8]
@@ -188,7 +187,7 @@ def test_same_seed_same_params_and_training_moves_them(quick, cache):
 
 
 def test_labeled_queries_need_labels(quick, cache):
-    with pytest.raises(ValueError, match="distill-vq queries='labeled' needs labeled train queries"):
+    with pytest.raises(ValueError, match="distill-vq-labeled queries='labeled' needs labeled train queries"):
         make_method("distill-vq-labeled", SMALL).fit(_train(quick, cache, labeled=False))
     with pytest.raises(MethodError, match="gt"):
         make_method("distill-vq", {**SMALL, "candidates": "gt+topk"}).fit(_train(quick, cache))
@@ -204,8 +203,10 @@ def test_labeled_and_doc_queries_train(quick, cache):
 def test_candidate_specs_and_presets():
     assert parse_candidates("gt+ib+topk") == {"gt", "ib", "topk"}
     for bad in ("ib", "topk+bm25"):
-        with pytest.raises(MethodError):
+        with pytest.raises(ValueError, match="candidate"):
             parse_candidates(bad)
+        with pytest.raises(MethodError, match="candidate"):
+            make_method("distill-vq", {"candidates": bad}).fit(None)         # rejected before any work
     base = get_method("distill-vq")
     assert base.family == "distillation" and base.params["queries"].default == "unlabeled"
     for name, diff in (("distill-vq-labeled", {"queries", "candidates", "label_weight", "lr_ivf"}),
@@ -275,7 +276,7 @@ def test_masked_columns_are_ignored():
 
 def test_repeats_mask_marks_later_duplicates_only():
     docs = np.array([[5, 3, 5, 7, 3], [1, 2, 3, 4, 1]])
-    np.testing.assert_array_equal(_repeats(docs), [[False, False, True, False, True],
+    np.testing.assert_array_equal(repeats(docs), [[False, False, True, False, True],
                                                    [False, False, False, False, True]])
 
 
@@ -284,7 +285,7 @@ def test_ste_auto_temperature_is_informative_on_unit_norm_data(quick, cache):
     # uniform over the 256 codewords (entropy ~ ln 256) and its backward pass carries no assignment information
     assert np.allclose(np.linalg.norm(quick.doc_emb[:100], axis=1), 1.0, atol=1e-3)
     vq = TorchVQ(_init(quick, cache))
-    T, info = ste_setup(vq, quick.doc_emb, {"ste_temperature": "auto"}, seed=0)
+    T, info = ste_temperature(vq, quick.doc_emb, "auto", seed=0)
     assert info["assignment_entropy_max"] == pytest.approx(math.log(256))
     assert info["assignment_entropy_T1"] > 0.99 * math.log(256)
     assert info["assignment_entropy"] < 0.5 * math.log(256)

@@ -6,6 +6,7 @@ faiss scores agree.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -135,6 +136,53 @@ def ste_quantize(residual: torch.Tensor, codebooks: torch.Tensor) -> torch.Tenso
     hard = F.one_hot(logits.argmax(-1), K).to(soft.dtype)
     words = torch.bmm(hard + (soft - soft.detach()), codebooks)                          # (M, N, dsub)
     return words.transpose(0, 1).reshape(-1, M * dsub)
+
+
+def tempered_ste(residual: torch.Tensor, codebooks: torch.Tensor, temperature: float) -> torch.Tensor:
+    """:func:`ste_quantize` with the soft assignment softmax(-||r - c||^2 / T): residual and codebooks scaled by
+    1/sqrt(T) (the hard assignment is unchanged), the output scaled back, so value and gradient are those of the
+    tempered estimator."""
+    s = math.sqrt(temperature)
+    return ste_quantize(residual / s, codebooks / s) * s
+
+
+@torch.no_grad()
+def sq_distances(residual: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """Squared distances (M, N, K) of the residuals' (N, d) sub-vectors to every codeword."""
+    M, K, dsub = codebooks.shape
+    r = residual.reshape(-1, M, dsub).transpose(0, 1)
+    return ((r ** 2).sum(-1, keepdim=True) - 2 * torch.bmm(r, codebooks.transpose(1, 2))
+            + (codebooks ** 2).sum(-1).unsqueeze(1)).clamp_min(0)
+
+
+@torch.no_grad()
+def auto_temperature(d: torch.Tensor) -> float:
+    """The median gap between each sub-vector's nearest and second-nearest squared codeword distance."""
+    two = d.topk(2, dim=-1, largest=False).values
+    return float((two[..., 1] - two[..., 0]).median().clamp_min(1e-12))
+
+
+@torch.no_grad()
+def assignment_entropy(d: torch.Tensor, temperature: float) -> float:
+    """Mean entropy (nats) of the soft assignment softmax(-d / T) over the codewords (ln K = uniform)."""
+    logp = torch.log_softmax(-d / temperature, dim=-1)
+    return float(-(logp.exp() * logp).sum(-1).mean())
+
+
+def ste_temperature(vq: TorchVQ, doc_emb: np.ndarray, temperature: float | str, seed: int, sample: int = 8192
+                    ) -> tuple[float, dict]:
+    """The STE temperature (``'auto'`` = :func:`auto_temperature`) and the soft assignment's entropy at it and at
+    T = 1 (LibVQ's), on the residuals of ``sample`` seeded docs, for a method's ``info``."""
+    n = doc_emb.shape[0]
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False))
+    with torch.no_grad():
+        idx = torch.from_numpy(rows).to(vq.codebooks.device)
+        x = vq.rotate(torch.from_numpy(np.asarray(doc_emb[rows], dtype=np.float32)).to(vq.codebooks.device))
+        o = vq.ivf_part(idx)
+        d = sq_distances(x if o is None else x - o, vq.codebooks)
+    T = auto_temperature(d) if temperature == "auto" else float(temperature)
+    return T, {"ste_temperature": T, "assignment_entropy": assignment_entropy(d, T),
+               "assignment_entropy_T1": assignment_entropy(d, 1.0), "assignment_entropy_max": math.log(d.shape[-1])}
 
 
 def torch_device(name: str) -> torch.device:

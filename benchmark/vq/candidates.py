@@ -1,0 +1,166 @@
+"""Training queries and their candidate docs for objectives that learn from a teacher's scores (Distill-VQ and
+kin), and the teacher / IVF-student / PQ-student scores over those candidates.
+
+Query sources: the labeled train queries (with their positives, as doc rows), all train + unlabeled queries, or
+sampled docs used as queries. Candidate sources per query: its exact teacher top-K (``topk``, mined once with faiss
+and cached: :func:`benchmark.vq.mining.cached_topk`), a labeled positive (``gt``), uniform ``random`` docs, and
+in-batch docs (``ib``): the other queries' teacher top-1 (``ib_docs='top1'``) or every candidate of the batch
+(``'all'``). A doc listed twice for a query is masked, so it counts once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark.vq.mining import cached_topk
+from benchmark.vq.torch_vq import TorchVQ, tempered_ste
+from benchmark.vq.train import positives
+
+QUERY_SOURCES = ("labeled", "unlabeled", "docs")
+CANDIDATE_SOURCES = ("gt", "ib", "topk", "random")
+IB_DOCS = ("top1", "all")
+
+
+@dataclass
+class QuerySet:
+    """Training queries, their labeled positives (ragged: ``pos[pos_off[i]:pos_off[i+1]]``) and teacher top-K."""
+
+    emb: np.ndarray
+    pos_off: np.ndarray | None = None
+    pos: np.ndarray | None = None
+    topk: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.emb)
+
+
+def parse_candidates(spec: str) -> set[str]:
+    """'gt+ib+topk' -> {'gt', 'ib', 'topk'}; at least one source besides 'ib' (ValueError otherwise)."""
+    parts = {p.strip() for p in spec.split("+") if p.strip()}
+    unknown = sorted(parts - set(CANDIDATE_SOURCES))
+    if unknown:
+        raise ValueError(f"unknown candidate sources {unknown}; valid: {'+'.join(CANDIDATE_SOURCES)}")
+    if not parts - {"ib"}:
+        raise ValueError("candidates need a source besides 'ib' (in-batch only shares the others' candidates)")
+    return parts
+
+
+def training_queries(train: Any, source: str, sources: set[str], topk: int, doc_queries: int, who: str) -> QuerySet:
+    """The training queries of ``source`` (:data:`QUERY_SOURCES`) from ``train`` (a TrainData), with their teacher
+    top-``topk`` when 'topk' is a candidate source. Each query array is mined on its own, so top-K caches are shared
+    across settings."""
+    if source == "labeled":
+        pos = positives(train, f"{who} queries='labeled'")
+        order = np.lexsort((pos.docs, np.repeat(np.arange(len(pos)), pos.counts)))   # sorted within each query
+        qs = QuerySet(pos.query_emb(train), pos.offsets, pos.docs[order])
+        arrays = [qs.emb]
+    else:
+        if source == "docs":
+            n = train.num_docs
+            rows = np.sort(np.random.default_rng(train.seed).choice(n, min(n, doc_queries), replace=False))
+            arrays = [np.asarray(train.doc_emb[rows], dtype=np.float32)]
+        else:
+            arrays = [np.asarray(a, dtype=np.float32) for a in (train.train_query_emb, train.unlabeled_query_emb)
+                      if a is not None and len(a)]
+            if not arrays:
+                raise ValueError(f"{who}: queries='unlabeled' needs train or train-unlabeled queries; use "
+                                 "queries='docs'")
+        qs = QuerySet(np.concatenate(arrays))
+    if "topk" in sources:
+        qs.topk = np.concatenate([cached_topk(train.doc_emb, a, topk, train.cache_dir,
+                                              gpu=train.device.startswith("cuda")) for a in arrays])
+    return qs
+
+
+@dataclass
+class Candidates:
+    """A batch's candidates: per-query docs ``own`` (B, C), docs every query of the batch scores ``shared`` (S,)
+    (or None), and ``mask`` (B, C + S), True where a column repeats a doc already listed for that query. With labels,
+    column 0 of ``own`` is the sampled positive."""
+
+    own: np.ndarray
+    shared: np.ndarray | None
+    mask: np.ndarray
+
+
+def sample_candidates(qs: QuerySet, batch: np.ndarray, rng: np.random.Generator, sources: set[str], *,
+                      topk_sample: int, num_random: int, ib_docs: str, num_docs: int) -> Candidates:
+    """The candidates of a batch of query rows: a labeled positive, the top-K (all, or ``topk_sample`` of them),
+    ``num_random`` random docs, then the in-batch docs, as ``sources`` asks (see :class:`Candidates`)."""
+    cols = []
+    if "gt" in sources:
+        off, cnt = qs.pos_off[batch], np.diff(qs.pos_off)[batch]
+        cols.append(qs.pos[off + (rng.random(len(batch)) * cnt).astype(np.int64)][:, None])
+    if "topk" in sources:
+        top = qs.topk[batch]
+        k = min(topk_sample or top.shape[1], top.shape[1])
+        if k < top.shape[1]:
+            pick = np.argpartition(rng.random(top.shape), k - 1, axis=1)
+            top = np.take_along_axis(top, pick[:, :k], axis=1)
+        cols.append(top)
+    if "random" in sources:
+        cols.append(rng.integers(0, num_docs, (len(batch), num_random)))
+    own = np.concatenate(cols, axis=1).astype(np.int64)
+    shared = None
+    if "ib" in sources:
+        shared = qs.topk[batch, 0] if ib_docs == "top1" else own.ravel()
+        shared = np.unique(shared).astype(np.int64)
+    every = own if shared is None else np.concatenate([own, np.broadcast_to(shared, (len(own), len(shared)))], 1)
+    return Candidates(own, shared, repeats(every))
+
+
+def repeats(docs: np.ndarray) -> np.ndarray:
+    """(B, C) bool: True where ``docs[b, c]`` already occurs in ``docs[b, :c]`` (each doc counts once per query)."""
+    order = np.argsort(docs, axis=1, kind="stable")
+    srt = np.take_along_axis(docs, order, axis=1)
+    dup_sorted = np.zeros_like(srt, dtype=bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    out = np.zeros_like(dup_sorted)
+    np.put_along_axis(out, order, dup_sorted, axis=1)
+    return out
+
+
+def _gather_docs(doc_emb: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(doc_emb[idx.ravel()], dtype=np.float32)).to(device).reshape(*idx.shape, -1)
+
+
+def candidate_scores(vq: TorchVQ, q: np.ndarray, cand: Candidates, doc_emb: np.ndarray, ste_T: float | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Teacher, IVF and PQ scores (B, C + S) of queries ``q`` (B, d) over their own then the shared candidates.
+
+    Fixed codes: the PQ scores of the own candidates come from their stored codes (reconstructed per query), the
+    shared ones once for the batch. STE (``ste_T`` set): each distinct doc is re-quantized once per step through
+    :func:`~benchmark.vq.torch_vq.tempered_ste`."""
+    device = vq.codebooks.device
+    q_t = torch.from_numpy(q).to(device)
+    q_rot = vq.encode_queries(q_t)
+    own = torch.from_numpy(cand.own).to(device)
+    teacher = [torch.einsum("bd,bcd->bc", q_t, _gather_docs(doc_emb, cand.own, device))]
+    ivf_tab = None if vq.centroids is None else q_rot @ vq.centroids.T          # (B, nlist)
+    ivf = [None if ivf_tab is None else ivf_tab.gather(1, vq.assign[own])]
+    if ste_T is None:
+        pq = [vq.scores(q_rot, own)]
+    else:
+        uniq, inv = np.unique(np.concatenate([cand.own.ravel(), [] if cand.shared is None else cand.shared]),
+                              return_inverse=True)
+        uidx = torch.from_numpy(uniq).to(device)
+        o = vq.ivf_part(uidx)
+        x = vq.rotate(_gather_docs(doc_emb, uniq, device))
+        rec = tempered_ste(x if o is None else x - o, vq.codebooks, ste_T)
+        rec = rec if o is None else rec + o
+        s_all = q_rot @ rec.T                                                     # (B, U)
+        inv_t = torch.from_numpy(inv.astype(np.int64)).to(device)
+        pq = [s_all.gather(1, inv_t[:own.numel()].reshape(own.shape))]
+        if cand.shared is not None:
+            pq.append(s_all[:, inv_t[own.numel():]])
+    if cand.shared is not None:
+        sh = torch.from_numpy(cand.shared).to(device)
+        teacher.append(q_t @ _gather_docs(doc_emb, cand.shared, device).T)
+        if ivf_tab is not None:
+            ivf.append(ivf_tab[:, vq.assign[sh]])
+        if ste_T is None:
+            pq.append(q_rot @ vq.reconstruct(sh).T)
+    return (torch.cat(teacher, 1), None if ivf_tab is None else torch.cat(ivf, 1), torch.cat(pq, 1))
