@@ -11,6 +11,11 @@ Usage (from the repository root; ScaNN is an optional peer: ``pip install scann=
     .venv/bin/python bench/peer_scann.py                       # debian-desc (as configs/debian-desc.toml names it)
     .venv/bin/python bench/peer_scann.py --budgets 16,32 --threshold 0.2 --params '{"eta_formula": "limit"}'
     .venv/bin/python bench/peer_scann.py --dataset synthetic:quick --budgets 8
+    .venv/bin/python bench/peer_scann.py --skip-project --out reports/debian-desc   # ScaNN rows into the report
+
+``--out DIR`` writes ScaNN's results to ``DIR/peers.jsonl`` (one record per dataset, peer and budget, replaced when
+measured again, with provenance); the report of ``DIR`` shows them as peer rows beside its own (``python -m
+benchmark.report DIR``).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import json
 import sys
 import time
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,10 +32,12 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from benchmark._io import write_text  # noqa: E402
 from benchmark.config import expand_env  # noqa: E402
 from benchmark.data import load_dataset  # noqa: E402
 from benchmark.harness import SearchSettings, evaluate  # noqa: E402
-from benchmark.metrics import mean, overlap_at_k, per_query_measures, ranked_run  # noqa: E402
+from benchmark.metrics import MEASURES, mean, overlap_at_k, per_query_measures, ranked_run  # noqa: E402
+from benchmark.provenance import provenance  # noqa: E402
 from benchmark.registry import make_method  # noqa: E402
 from benchmark.runner import train_data  # noqa: E402
 from benchmark.vq import build_index  # noqa: E402
@@ -38,16 +46,31 @@ from benchmark.vq.mining import exact_topk  # noqa: E402
 DEPTH = 100  # nDCG@10 and overlap@10 need the top 10; 100 keeps R@100 comparable too
 
 
-def config_dataset(config: Path, alias: str | None) -> str:
-    """The loader name of a dataset entry in a run config (``${VAR:-default}`` expanded), relative paths resolved
-    against the repository root (where the runner is started)."""
+PEERS_FILE = "peers.jsonl"   # read by benchmark.report (peer rows)
+PEER_SCHEMA = 1
+
+
+def config_dataset(config: Path, alias: str | None) -> tuple[str, str]:
+    """(alias, loader name) of a dataset entry in a run config (``${VAR:-default}`` expanded), relative paths
+    resolved against the repository root (where the runner is started)."""
     spec = tomllib.loads(config.read_text())["datasets"]
     alias = alias or next(iter(spec))
     name = expand_env(spec[alias]["name"])
     prefix, _, path = name.partition(":")
     if prefix == "npy" and not Path(path).is_absolute():
         name = f"npy:{(REPO / path).resolve()}"
-    return name
+    return alias, name
+
+
+def write_peers(out: Path, new: list[dict]) -> None:
+    """Merge ``new`` peer records into ``out/peers.jsonl`` (same dataset, peer, method and budget: replaced)."""
+    def key(r: dict) -> tuple:
+        return r["dataset"], r["peer"], r["method"], r["bytes_per_vector"], json.dumps(r["params"], sort_keys=True)
+    path = out / PEERS_FILE
+    old = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    merged = {key(r): r for r in old + new}
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in merged.values()))
+    print(f"wrote {len(new)} peer record(s) to {path}")
 
 
 def scann_ah(docs: np.ndarray, queries: np.ndarray, budget: int, threshold: float, hash_type: str,
@@ -83,9 +106,10 @@ def main() -> None:
     parser.add_argument("--scann-iterations", type=int, default=10, help="ScaNN training_iterations (k-means)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-project", action="store_true", help="ScaNN only")
+    parser.add_argument("--out", default=None, help=f"write ScaNN's results to OUT/{PEERS_FILE} (report peer rows)")
     args = parser.parse_args()
 
-    name = args.dataset or config_dataset(Path(args.config), None)
+    alias, name = (args.dataset, args.dataset) if args.dataset else config_dataset(Path(args.config), None)
     ds = load_dataset(name)
     split = ds.split(ds.eval_split)
     docs = np.ascontiguousarray(ds.doc_emb, dtype=np.float32)
@@ -95,13 +119,23 @@ def main() -> None:
     settings = SearchSettings(k=DEPTH, latency_queries=20, warmup_queries=2)
     extra = json.loads(args.params)
     nbits = 4 if args.hash_type == "lut16" else 8
-    rows = []
+    rows, peers = [], []
     for budget in [int(b) for b in args.budgets.split(",")]:
         idx, scores, secs = scann_ah(docs, queries, budget, args.threshold, args.hash_type, args.scann_train_size,
                                      args.scann_iterations)
         run = ranked_run(split.query_ids, np.asarray(ds.doc_ids, dtype=object), scores, idx)
-        ndcg = mean(per_query_measures(run, split.qrels)["nDCG@10"])
+        measures = per_query_measures(run, split.qrels)
+        ndcg = mean(measures["nDCG@10"])
         ov = float(np.mean(overlap_at_k(idx, exact, 10)))
+        peers.append({"schema_version": PEER_SCHEMA, "dataset": alias, "split": split.name, "peer": "scann",
+                      "peer_version": metadata.version("scann"), "family": "score-aware",
+                      "method": f"score_ah {args.hash_type}", "bytes_per_vector": budget,
+                      "params": {"blocks": budget * 8 // (4 if args.hash_type == "lut16" else 8),
+                                 "threshold": args.threshold, "training_sample_size": args.scann_train_size,
+                                 "training_iterations": args.scann_iterations, "tree": None, "reorder": None},
+                      "metrics": {m: mean(measures[m]) for m in MEASURES if m in measures},
+                      "fidelity": {"overlap@10": ov}, "build_seconds": secs,
+                      "provenance": provenance(args.seed)})
         rows.append((budget, f"scann score_ah {args.hash_type}", ndcg, ov, secs))
         print(f"{budget:>3} B  scann  nDCG@10 {ndcg:.4f}  overlap@10 {ov:.3f}  build {secs:.0f} s", flush=True)
         if args.skip_project:
@@ -116,6 +150,8 @@ def main() -> None:
                      ev.fidelity["overlap@10"], secs))
         print(f"{budget:>3} B  score-aware  nDCG@10 {ev.metrics['nDCG@10']:.4f}  overlap@10 "
               f"{ev.fidelity['overlap@10']:.3f}  fit {secs:.0f} s", flush=True)
+    if args.out:
+        write_peers(Path(args.out), peers)
     print("\n| B/vec | quantizer | nDCG@10 | overlap@10 | build s |\n|---|---|---|---|---|")
     for budget, who, ndcg, ov, secs in rows:
         print(f"| {budget} | {who} | {ndcg:.4f} | {ov:.3f} | {secs:.0f} |")

@@ -85,7 +85,9 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
     datasets = sorted(df["dataset"].unique())
     budgets = {ds: rt.latency_budget(points, ds, budget_ms, fraction) for ds in datasets}
     cache, cache_problems = read_cache(run_dir / CACHE_FILE)
-    summary["problems"] += cache_problems
+    peers, peer_problems = rt.read_peers(run_dir / rt.PEERS_FILE)
+    summary["problems"] += cache_problems + peer_problems
+    summary["peers"] = []
     before = dict(cache)
     views = {"exhaustive": mark_significance(rt.select_exhaustive(points), quality, test, cache),
              "pruned": mark_significance(rt.select_pruned(points, quality, budgets), quality, test, cache)}
@@ -127,7 +129,8 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
         _cross_dataset(doc, summary, df, points, views, datasets, tracks, quality, notes)
     for ds in datasets:
         summary["latency_budget_ms"][ds] = {"ms": _json_value(budgets[ds].ms), "how": budgets[ds].how}
-        written.update(_dataset_section(doc, summary, df, points, views, ds, budgets[ds], quality, notes, out))
+        written.update(_dataset_section(doc, summary, df, points, views, ds, budgets[ds], quality, notes, out,
+                                        [p for p in peers if p["dataset"] == ds]))
     written.update(_paper_tables(doc, views["exhaustive"], datasets, tracks, quality, out))
     doc.add("heading", (2, "Provenance"))
     doc.add("list", provenance_lines(records))
@@ -154,7 +157,7 @@ def _cross_dataset(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, point
 
 def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, points: pd.DataFrame,
                      views: dict[str, pd.DataFrame], ds: str, budget: rt.Budget, quality: str, notes: list[str],
-                     out: Path) -> dict[str, Path]:
+                     out: Path, peers: list[dict[str, Any]]) -> dict[str, Path]:
     doc.add("heading", (2, ds))
     ceiling = rt.reference_line(points, ds, quality)
     doc.add("list", [*([ceiling] if ceiling else []), *rt.sanity_lines(points, ds, quality),
@@ -175,7 +178,17 @@ def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, poi
     if unplaced:
         doc.add("heading", (3, "Failed in every run (no code size known, so in no track)"))
         doc.add("list", unplaced)
-    written.update(_dataset_plots(doc, points, views, ds, budget, quality, out, first=False))
+    if peers:
+        exhaustive = views["exhaustive"]
+        table = rt.peer_table(peers, exhaustive[exhaustive["dataset"] == ds], quality)
+        doc.add("heading", (3, "Peers: other implementations on the same embeddings"))
+        doc.add("table", table)
+        doc.add("notes", [f"Measured by another implementation on this dataset's embeddings and {peers[0].get('split', 'eval')} "
+                          f"split (`{rt.PEERS_FILE}`, written by `bench/peer_scann.py --out`), not by this harness's "
+                          "faiss index: no latency, no per-query test; each peer record carries its params and "
+                          "provenance."])
+        summary["peers"] += table.assign(dataset=ds).to_dict(orient="records")
+    written.update(_dataset_plots(doc, points, views, ds, budget, quality, out, first=False, peers=peers))
     return written
 
 
@@ -184,7 +197,7 @@ def _slug(ds: str) -> str:
 
 
 def _dataset_plots(doc: rt.Doc, points: pd.DataFrame, views: dict[str, pd.DataFrame], ds: str, budget: rt.Budget,
-                   quality: str, out: Path, first: bool) -> dict[str, Path]:
+                   quality: str, out: Path, first: bool, peers: list[dict[str, Any]] = ()) -> dict[str, Path]:
     """``first``: the small multiples (right under the dataset heading); else the frontier, label-budget and
     train-time plots (after the track tables)."""
     slug, plot_dir = _slug(ds), out / "plots"
@@ -202,7 +215,9 @@ def _dataset_plots(doc: rt.Doc, points: pd.DataFrame, views: dict[str, pd.DataFr
         made = {
             "frontier": (plots.quality_vs_bytes(
                 here, quality, reference, f"{ds}: {quality} vs code size (exhaustive)",
-                plot_dir / f"{slug}_frontier.png"), rt.pareto_table(front, quality, reference)),
+                plot_dir / f"{slug}_frontier.png",
+                [(f"{p['peer']} {p['method']}", p["bytes_per_vector"], p["metrics"].get(quality)) for p in peers]),
+                rt.pareto_table(front, quality, reference)),
             "label_budget": (plots.label_budget(
                 here, quality, reference, f"{ds}: {quality} vs label budget (exhaustive)",
                 plot_dir / f"{slug}_label_budget.png"), None),
@@ -211,7 +226,8 @@ def _dataset_plots(doc: rt.Doc, points: pd.DataFrame, views: dict[str, pd.DataFr
                 plot_dir / f"{slug}_train_time.png"), None),
         }
     captions = {"tracks": "each variant's nprobe sweep per track; black dashed = Pareto front of the panel",
-                "frontier": "quality vs code size; the table lists the Pareto-optimal points",
+                "frontier": "quality vs code size; the table lists the Pareto-optimal points (peers, black stars, "
+                            "are not ranked)",
                 "label_budget": "quality vs fraction of labeled training queries",
                 "train_time": "quality vs training seconds"}
     written = {}

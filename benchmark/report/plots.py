@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -168,8 +169,9 @@ def tracks_vs_latency(points: pd.DataFrame, quality: str, budget: float, referen
 
 
 def quality_vs_bytes(rows: pd.DataFrame, quality: str, reference: float | None, title: str,
-                     path: Path) -> Path | None:
-    """Quality vs code bytes/vector (log2 x): every compressed variant, the Pareto front, the dense ceiling.
+                     path: Path, peers: Sequence[tuple[str, float, float | None]] = ()) -> Path | None:
+    """Quality vs code bytes/vector (log2 x): every compressed variant, the Pareto front, the dense ceiling, and
+    ``peers`` (name, bytes/vector, quality: other implementations) as labelled black stars.
     None unless the rows hold >= 2 code sizes."""
     rows = rows.dropna(subset=["track", quality])
     if rows["track"].nunique() < 2:
@@ -185,6 +187,10 @@ def quality_vs_bytes(rows: pd.DataFrame, quality: str, reference: float | None, 
     ax.plot(front["bytes_per_vector"], front[quality], ls="--", lw=1.6, color="black", alpha=0.6)
     if reference is not None:
         ax.axhline(reference, color="black", lw=1.2)
+    for name, x, y in peers:
+        if y is not None:
+            ax.plot([x], [y], marker="*", markersize=11, color="black", ls="none", zorder=5)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7)
     ax.set_xscale("log", base=2)
     ticks = sorted(rows["bytes_per_vector"].unique())
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])

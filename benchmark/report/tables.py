@@ -451,6 +451,53 @@ def pareto_table(front: pd.DataFrame, quality: str, reference: float | None) -> 
         "share of ceiling": [DASH if not reference else f"{v / reference:.1%}" for v in front[quality]]})
 
 
+# ---------------------------------------------------------------- peers (other implementations)
+
+PEERS_FILE = "peers.jsonl"   # written by bench/peer_scann.py --out DIR
+PEER_KEYS = ("dataset", "peer", "peer_version", "family", "method", "bytes_per_vector", "params", "metrics")
+
+
+def read_peers(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Peer records (another implementation measured on the same embeddings and split) and the problems found:
+    a line that is not a JSON object with :data:`PEER_KEYS` is skipped and named."""
+    if not path.exists():
+        return [], []
+    peers, problems = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            missing = [k for k in PEER_KEYS if k not in rec] if isinstance(rec, dict) else list(PEER_KEYS)
+            if missing:
+                raise ValueError(f"missing {missing}")
+        except ValueError as exc:
+            problems.append(f"{path}:{n}: unreadable peer record, skipped ({exc})")
+            continue
+        peers.append(rec)
+    return peers, problems
+
+
+def peer_table(peers: list[dict[str, Any]], rows: pd.DataFrame, quality: str) -> pd.DataFrame:
+    """One line per peer record: its measures beside the best row of the same family and code size here (``rows``:
+    one dataset's exhaustive view) and the difference in ``quality``."""
+    lines = []
+    for p in sorted(peers, key=lambda r: (r["bytes_per_vector"], r["peer"], r["method"])):
+        same = rows[(rows["family"] == p["family"]) & (rows["bytes_per_vector"] == p["bytes_per_vector"])]
+        same = same.dropna(subset=[quality])
+        best = None if same.empty else same.loc[same[quality].idxmax()]
+        q = p["metrics"].get(quality, math.nan)
+        lines.append({
+            "Peer": f"{p['peer']} {p['peer_version']}: {p['method']}", "code B/vec": f"{p['bytes_per_vector']:g}",
+            quality: _cell(q), "RR@10": _cell(p["metrics"].get("RR@10", math.nan)),
+            "R@100": _cell(p["metrics"].get("R@100", math.nan)),
+            "overlap@10": _cell(p.get("fidelity", {}).get("overlap@10", math.nan)),
+            "best here (same family, exhaustive)": DASH if best is None else
+            f"{best['label']}: {format_cell(best[quality], best[f'{quality}_std'], int(best['n_seeds']), 3)}",
+            f"Δ {quality} (here − peer)": DASH if best is None else f"{best[quality] - q:+.3f}"})
+    return pd.DataFrame(lines)
+
+
 # ---------------------------------------------------------------- paper-shaped tables
 
 def _by_family(rows: pd.DataFrame, index: str) -> list[str]:
