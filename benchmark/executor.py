@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmark.config import ConfigError, Job
 from benchmark.data import RetrievalDataset, load_dataset
-from benchmark.harness import ExactReference, SearchSettings
+from benchmark.harness import ExactReference
 from benchmark.runner import FitContext, FitResult, exact_top_k, execute_fit, failed_result
 
 EXECUTORS = ("serial", "ray")

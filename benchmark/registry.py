@@ -25,7 +25,6 @@ from benchmark.vq import BuiltIndex, VQParams
 FAMILIES = ("reference", "reconstruction", "score-aware", "contrastive", "distillation")
 # The family whose method is the uncompressed ceiling (reports draw it as a line, never rank it in a budget).
 REFERENCE_FAMILY = "reference"
-PQ_CODEWORDS = 256  # 8-bit PQ: codewords per sub-quantizer
 
 
 class MethodError(ValueError):
@@ -83,29 +82,45 @@ class BaseMethod:
     def description(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
+    def code_layout(self) -> tuple[int, int] | None:
+        """(sub-quantizers, bits per code) of this configuration's PQ, or None without one. Default: ``M``
+        sub-quantizers of 8 bits when the method declares ``M``; a method with another layout (4-bit fast-scan,
+        ScaNN's 2*M blocks) overrides it, and :meth:`check_data` checks whichever layout it returns."""
+        M = self.config.get("M")
+        return (M, 8) if isinstance(M, int) and not isinstance(M, bool) else None
+
     def check_data(self, dim: int, num_docs: int) -> list[str]:
         """Problems this configuration has with a corpus of ``num_docs`` x ``dim``, found before any training.
 
-        The default covers the shared params: ``M`` (8-bit PQ: M divides the dim, and k-means of 256 codewords per
-        sub-quantizer needs >= 256 training points) and ``nlist`` (IVF k-means needs >= nlist training points);
-        the training points are ``min(num_docs, max_train_points)`` when the method declares ``max_train_points``.
-        Override (and extend ``super().check_data``) for method-specific needs.
+        The default covers the shared params: the PQ layout (:meth:`code_layout`: the sub-quantizers divide the
+        dim, and k-means of 2^bits codewords per sub-quantizer needs as many training points) and ``nlist`` (IVF
+        k-means needs >= nlist training points); the training points are ``min(num_docs, max_train_points)`` when
+        the method declares ``max_train_points``. Override (and extend ``super().check_data``) for other needs.
         """
         cfg, problems = self.config, []
         points = min(num_docs, cfg.get("max_train_points") or num_docs)
-        M = cfg.get("M")
-        if isinstance(M, int) and not isinstance(M, bool):
-            if M < 1 or dim % M:
-                problems.append(f"M={M} must be a positive divisor of the embedding dim {dim}")
-            if points < PQ_CODEWORDS:
-                problems.append(f"8-bit PQ trains {PQ_CODEWORDS} codewords per sub-quantizer by k-means and needs "
-                                f">= {PQ_CODEWORDS} training points; this corpus gives {points} "
-                                f"({num_docs} docs)")
+        layout = self.code_layout()
+        if layout is not None:
+            subs, bits = layout
+            what = f"M={cfg.get('M')}" + (f" makes {subs} sub-quantizers of {bits} bits, which" if
+                                           (subs, bits) != (cfg.get("M"), 8) else "")
+            if subs < 1 or dim % subs:
+                problems.append(f"{what} must be a positive divisor of the embedding dim {dim}")
+            if points < 2 ** bits:
+                problems.append(f"{bits}-bit PQ trains {2 ** bits} codewords per sub-quantizer by k-means and needs "
+                                f">= {2 ** bits} training points; this corpus gives {points} ({num_docs} docs)")
         nlist = cfg.get("nlist")
         if isinstance(nlist, int) and not isinstance(nlist, bool) and not 1 <= nlist <= points:
             problems.append(f"nlist={nlist} must be in [1, {points}] (IVF k-means needs >= nlist training points; "
                             f"this corpus gives {points})")
         return problems
+
+    def require_data(self, train: TrainData) -> None:
+        """:meth:`check_data` for a ``fit`` called directly (the runner checks every job before any training):
+        one :class:`MethodError` listing the problems."""
+        problems = self.check_data(train.dim, train.num_docs)
+        if problems:
+            raise MethodError(f"{self.name}: " + "; ".join(problems))
 
     def fit(self, train: TrainData) -> VQParams | BuiltIndex:
         raise NotImplementedError

@@ -56,7 +56,7 @@ import torch
 
 from benchmark.params import Param
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
-from benchmark.vq import WRITEBACK_MODES, VQParams, check_divides, encode_docs, factory_string
+from benchmark.vq import WRITEBACK_MODES, VQParams, encode_docs, factory_string
 from benchmark.vq.candidates import (CANDIDATE_SOURCES, IB_DOCS, QUERY_SOURCES, candidate_scores, parse_candidates,
                                      sample_candidates, training_queries)
 from benchmark.vq.faiss_init import INIT_PARAMS, init_for
@@ -145,7 +145,7 @@ class DistillVQ(BaseMethod):
     def fit(self, train: TrainData) -> VQParams:
         cfg, info = self.config, {}
         sources = check_config(cfg, self.name)
-        check_divides(cfg["M"], train.dim, self.name)
+        self.require_data(train)
         init = init_for(train, self.factory(), cfg)
         with timed(info, "mining"):
             qs = training_queries(train, cfg["queries"], sources, cfg["topk"], cfg["doc_queries"], self.name)

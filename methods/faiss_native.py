@@ -42,11 +42,12 @@ class FaissPQFastScan(BaseMethod):
     params = {"M": Param(16, "bytes per vector (2*M sub-quantizers of 16 centroids)", min=1),
               "max_train_points": MAX_TRAIN}
 
+    def code_layout(self) -> tuple[int, int]:
+        return 2 * self.config["M"], 4
+
     def fit(self, train: TrainData) -> BuiltIndex:
+        self.require_data(train)
         M2 = 2 * self.config["M"]
-        if train.dim % M2:
-            raise ValueError(f"{self.name}: M={self.config['M']} makes {M2} sub-quantizers, which must divide the "
-                             f"embedding dim {train.dim}")
         factory = f"PQ{M2}x4fs"
         index = faiss.index_factory(train.dim, factory, faiss.METRIC_INNER_PRODUCT)
         index.pq.cp.seed = train.seed

@@ -37,13 +37,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import partial
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from benchmark.params import Param
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
-from benchmark.vq import VQParams, check_divides, factory_string, fold_single_centroid
+from benchmark.vq import VQParams, factory_string, fold_single_centroid
 from benchmark.vq.faiss_init import INIT_PARAMS, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
@@ -166,7 +165,7 @@ class JPQ(BaseMethod):
 
     def check(self, train: TrainData) -> None:
         cfg = self.config
-        check_divides(cfg["M"], train.dim, self.name)
+        self.require_data(train)
         if cfg["top_k"] > train.num_docs:
             raise MethodError(f"{self.name}: top_k must be in [1, {train.num_docs}], got {cfg['top_k']}")
         if cfg["negatives"] == "pool" and not cfg["top_k"] <= cfg["pool_size"]:

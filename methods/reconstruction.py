@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 from benchmark.params import Param
-from benchmark.registry import BaseMethod, MethodError, TrainData, register
+from benchmark.registry import BaseMethod, TrainData, register
 from benchmark.vq import BuiltIndex, VQParams, exact_index
 from benchmark.vq.faiss_init import trained_params
 
@@ -40,9 +40,7 @@ class FaissQuantizer(BaseMethod):
         return ",".join(parts)
 
     def fit(self, train: TrainData) -> VQParams:
-        problems = self.check_data(train.dim, train.num_docs)
-        if problems:
-            raise MethodError(f"{self.name}: " + "; ".join(problems))
+        self.require_data(train)
         vq = trained_params(train.doc_emb, self.factory(), seed=train.seed, cache_dir=train.cache_dir,
                             max_train_points=self.config["max_train_points"],
                             opq_niter=self.config.get("opq_niter", 20))

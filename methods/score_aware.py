@@ -255,13 +255,14 @@ class ScoreAwarePQ(BaseMethod):
         "max_train_points": Param(65536, "docs sampled (seeded) to train the codebooks", min=1),
     }
 
+    def code_layout(self) -> tuple[int, int]:
+        return self.config["M"] * 8 // self.config["nbits"], self.config["nbits"]
+
     def fit(self, train: TrainData) -> VQParams:
         cfg = self.config
+        self.require_data(train)
         d, nbits = train.dim, cfg["nbits"]
         blocks = cfg["M"] * 8 // nbits
-        if d % blocks:
-            raise ValueError(f"{self.name}: M={cfg['M']} at nbits={nbits} makes {blocks} blocks, which must divide "
-                             f"the embedding dim {d}")
         t0 = time.perf_counter()
         x_train = training_sample(train.doc_emb, cfg["max_train_points"], train.seed)
         codebooks = kmeans_pq(x_train, blocks, nbits, train.seed, cfg["kmeans_niter"], cfg["kmeans_init"])

@@ -134,8 +134,18 @@ def test_bad_params_fail_with_one_clear_error(clustered):
         make_method("score-aware", {"nbits": 5})
     with pytest.raises(MethodError, match=r"eta=0.5: expected float >= 1"):
         make_method("score-aware", {"eta": 0.5})
-    with pytest.raises(ValueError, match=r"M=3 at nbits=4 makes 6 blocks, which must divide the embedding dim 32"):
+    with pytest.raises(MethodError, match=r"score-aware: M=3 makes 6 sub-quantizers of 4 bits, which must be a "
+                                          r"positive divisor of the embedding dim 32"):
         make_method("score-aware", {"M": 3}).fit(train_of(clustered[0]))
+    # the runner's pre-training check sees the same layout (4-bit: 16 codewords need >= 16 training points)
+    assert make_method("score-aware", {"M": 3}).check_data(32, 10) == [
+        "M=3 makes 6 sub-quantizers of 4 bits, which must be a positive divisor of the embedding dim 32",
+        "4-bit PQ trains 16 codewords per sub-quantizer by k-means and needs >= 16 training points; this corpus "
+        "gives 10 (10 docs)"]
+    assert make_method("faiss-pq-fastscan", {"M": 4}).check_data(32, 100) == []          # 8 sub-quantizers | 32
+    assert make_method("faiss-pq-fastscan", {"M": 3}).check_data(32, 100) == [
+        "M=3 makes 6 sub-quantizers of 4 bits, which must be a positive divisor of the embedding dim 32"]
+    assert make_method("score-aware", {"M": 4, "nbits": 8}).check_data(32, 300) == []
 
 
 # ------------------------------------------------------------------------------------------------ faiss references

@@ -24,12 +24,6 @@ def factory_string(M: int, nlist: int = 0, opq: bool = False, nbits: int = 8) ->
     return ",".join(([f"OPQ{M}"] if opq else []) + ([f"IVF{nlist}"] if nlist else []) + [f"PQ{M}x{nbits}"])
 
 
-def check_divides(M: int, dim: int, who: str) -> None:
-    """A clear error unless ``M`` sub-vectors split the ``dim``-d embeddings evenly."""
-    if dim % M:
-        raise ValueError(f"{who}: M={M} must divide the embedding dim {dim}")
-
-
 @dataclass
 class VQParams:
     """What a VQ method learned. Optional doc assignment/codes are the training-time ones (for write-back)."""
