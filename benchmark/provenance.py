@@ -70,5 +70,6 @@ def provenance(seed: int, device: str = "cpu") -> dict:
     return {"git_sha": git_sha(), "versions": versions(), "cpu": cpu(), "threads": threads(), "device": device,
             "seed": seed, "platform": platform.platform(), "argv": sys.argv[1:],
             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
             "deterministic_note": "faiss k-means/OPQ are seeded but multithreaded training is not bit-identical "
                                   "across thread counts"}

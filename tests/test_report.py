@@ -364,6 +364,18 @@ def test_sanity_line_and_problems(run):
     assert "git sha: `0123456789ab`" in provenance and "CPU: `fixture`" in provenance
 
 
+def test_provenance_reports_machine_load():
+    from benchmark.provenance import provenance
+    from benchmark.report.document import provenance_lines
+    load = provenance(0)["loadavg"]
+    assert len(load) == 3 and all(isinstance(x, float) and x >= 0 for x in load)
+    recs = [{"provenance": {**PROVENANCE, "loadavg": [1.0, five, 1.0]}} for five in (0.5, 1.5, 14.0)]
+    assert provenance_lines(recs)[-1] == ("machine load (5-minute load average when a fit's records were written): "
+                                         "median 1.5, max 14.0 over 3 records (timings taken at a load above the "
+                                         "machine's cores are inflated)")
+    assert not any("machine load" in line for line in provenance_lines([{"provenance": PROVENANCE}]))
+
+
 def test_glance_and_cross_dataset(run):
     run_dir, _, records = run
     md = (run_dir / "leaderboard.md").read_text()

@@ -303,6 +303,11 @@ def provenance_lines(records: list[dict[str, Any]]) -> list[str]:
              f"command line: {values(lambda p: ' '.join(p['argv']) if p.get('argv') else None)}"]
     if stamps:
         lines.append(f"records written from {stamps[0]} to {stamps[-1]}")
+    loads = [p["loadavg"][1] for p in prov if isinstance(p.get("loadavg"), list) and len(p["loadavg"]) == 3]
+    if loads:
+        lines.append(f"machine load (5-minute load average when a fit's records were written): median "
+                     f"{sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f} over {len(loads)} records "
+                     f"(timings taken at a load above the machine's cores are inflated)")
     return lines
 
 
