@@ -125,16 +125,11 @@ def log(msg: str) -> None:
 
 def run_size(args: argparse.Namespace, n: int) -> dict:
     """One size, in this (fresh) process: every stage timed, per-stage peak RSS sampled."""
-    import faiss
     import numpy as np
-    import torch
-
-    if args.threads:
-        faiss.omp_set_num_threads(args.threads)
-        torch.set_num_threads(args.threads)
 
     from benchmark.harness import ExactReference, SearchSettings, evaluate
-    from benchmark.provenance import cpu, threads
+    from benchmark.provenance import cpu, set_threads, threads
+    set_threads(args.threads)
     from benchmark.registry import make_method
     from benchmark.runner import train_data
     from benchmark.data.synthetic import make_synthetic

@@ -16,6 +16,7 @@ from pathlib import Path
 from benchmark.config import (ConfigError, check_out, check_results_dir, plan, select_shard)
 from benchmark.data import DatasetError
 from benchmark.harness import SearchSettings
+from benchmark.provenance import set_threads
 from benchmark.registry import MethodError, describe_methods
 from benchmark.records import RecordError
 
@@ -162,7 +163,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             problems += exc.problems
     if problems or planned is None:
         raise ConfigError(problems)
-    _configure_threads(args.threads)
+    set_threads(args.threads)
     runner = Runner(out, SearchSettings(**planned.search), save_index=args.save_index, device=args.device,
                     datasets=planned.datasets, resume=not args.no_resume, threads=args.threads, executor=executor)
     t0 = time.perf_counter()
@@ -196,14 +197,6 @@ def check_device(name: str) -> None:
         torch_device(name)
     except ValueError as exc:
         raise ConfigError(f"--device: {exc}") from exc
-
-
-def _configure_threads(threads: int) -> None:
-    if threads > 0:
-        import faiss
-        import torch
-        faiss.omp_set_num_threads(threads)
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

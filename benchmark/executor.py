@@ -31,17 +31,10 @@ import numpy as np
 from benchmark.config import ConfigError, Job
 from benchmark.data import RetrievalDataset, load_dataset
 from benchmark.harness import ExactReference
+from benchmark.provenance import set_threads
 from benchmark.runner import FitContext, FitResult, exact_top_k, execute_fit, failed_result
 
 EXECUTORS = ("serial", "ray")
-
-
-def _configure_threads(threads: int) -> None:
-    if threads > 0:
-        import faiss
-        import torch
-        faiss.omp_set_num_threads(threads)
-        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -66,7 +59,7 @@ def _worker_dataset(handle: _DatasetRef) -> RetrievalDataset:
 def _run_fit_task(job: Job, handle: _DatasetRef, ctx: FitContext, exact: ExactReference) -> FitResult:
     """One fit on a Ray worker: the dataset and exact reference come from the driver, the records go back to it."""
     import ray
-    _configure_threads(ctx.threads)
+    set_threads(ctx.threads)
     ds = _worker_dataset(handle)
     result = execute_fit(job, ds, ctx.settings, device=ctx.device, cache_dir=ctx.cache_dir, exact=exact,
                          save_index=ctx.save_index)

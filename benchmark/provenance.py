@@ -55,6 +55,15 @@ def cpu() -> str:
     return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
+def set_threads(n: int) -> None:
+    """The threading policy of a run: ``n`` > 0 threads for faiss (OpenMP) and torch; 0 leaves their defaults."""
+    if n > 0:
+        import faiss
+        import torch
+        faiss.omp_set_num_threads(n)
+        torch.set_num_threads(n)
+
+
 def threads() -> dict[str, int]:
     import faiss
     import torch
