@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import tomllib
 
-from benchmark.data import DatasetError, check_dataset, check_dataset_name, dataset_options, parse_dataset_opt
+from benchmark.data import DatasetError, check_dataset, check_dataset_name, parse_dataset_opt
 from benchmark.harness import SearchSettings
 from benchmark.params import ParamError
 from benchmark.registry import available
@@ -163,17 +163,8 @@ def _check_dataset(name: str, options: dict[str, Any], label: str, where: str, h
                    check_paths: bool, problems: list[str]) -> None:
     """The data layer's checks of a dataset spec (name, typed options, files unless ``check_paths`` is False)."""
     try:
-        if check_paths:
-            check_dataset(name, options, label=label)
-        else:
-            declared = dataset_options(name)
-            for key, value in options.items():
-                if key not in declared:
-                    problems.append(f"{where}dataset {label!r}: unknown option {key!r}{close(key, list(declared))}; "
-                                    f"options: {', '.join(declared)}")
-                else:
-                    declared[key].validate(value, key)
-    except (DatasetError, ParamError) as exc:
+        check_dataset(name, options, label=label, check_paths=check_paths)
+    except DatasetError as exc:
         for line in str(exc).splitlines():
             missing = hint and ("exist" in line or "not found" in line)
             problems.append(f"{where}{line}" + (f" ({hint})" if missing else ""))

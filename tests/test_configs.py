@@ -45,6 +45,23 @@ def test_env_var_in_a_dataset_path_is_expanded(monkeypatch, tmp_path):
         cfg.plan(config=str(REPO / "configs" / "debian-desc.toml"))
 
 
+def test_options_are_checked_without_the_data_too(tmp_path):
+    """check_paths=False skips only the loader's file checks: unknown options and bad values are still errors."""
+    path = tmp_path / "c.toml"
+    path.write_text('[datasets.d]\nname = "npy:/no/such/dir"\ndev_queries = -1\ndrop_unknown_qrel = true\n'
+                    '[[runs]]\nmethods = ["flat"]\n')
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.plan(config=str(path), check_paths=False)
+    text = str(err.value)
+    assert "unknown option 'drop_unknown_qrel' (did you mean 'drop_unknown_qrels'?)" in text
+    assert "dataset 'd' option dev_queries: expected" in text and "-1" in text
+    assert "does not exist" not in text
+    path.write_text('[datasets.d]\nname = "npy:/no/such/dir"\n[[runs]]\nmethods = ["flat"]\n')
+    assert cfg.plan(config=str(path), check_paths=False).datasets == {"d": ("npy:/no/such/dir", {})}
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.plan(config=str(path))
+
+
 def test_a_fit_in_two_overlapping_grids_is_planned_once(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[[runs]]\nmethods = ["faiss-pq"]\nparams = { M = [8, 16] }\n'

@@ -159,13 +159,14 @@ def describe_dataset_options(name: str) -> list[str]:
     return describe(dataset_options(name))
 
 
-def check_dataset(name: str, options: Mapping[str, Any] | None = None, label: str | None = None) -> dict[str, Any]:
+def check_dataset(name: str, options: Mapping[str, Any] | None = None, label: str | None = None,
+                  check_paths: bool = True) -> dict[str, Any]:
     """Validate a dataset spec before any loading; return every option's value (defaults filled in).
 
     Raises one :class:`DatasetError` for an unknown name (with close matches) or listing, one per line, every
     unknown option (with close matches), every value of the wrong type or out of range, and the loader's own checks
-    (catalog name, folder exists, option combinations). ``label`` (e.g. a config alias) names the dataset in the
-    messages; default ``name``.
+    (catalog name, folder exists, option combinations; skipped with ``check_paths=False``, for planning a config
+    away from its data). ``label`` (e.g. a config alias) names the dataset in the messages; default ``name``.
     """
     entry, rest = _resolve_name(name)
     label = name if label is None else label
@@ -184,7 +185,7 @@ def check_dataset(name: str, options: Mapping[str, Any] | None = None, label: st
             problems.append(f"dataset {label!r} option {key}: expected {declared[key].expected()}, got {value!r}")
     if problems:
         raise DatasetError("\n".join(problems))
-    if entry.check is not None:
+    if check_paths and entry.check is not None:
         entry.check(label, rest, {k: v for k, v in values.items() if k in entry.options})
     return values
 
