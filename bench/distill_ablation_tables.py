@@ -84,8 +84,8 @@ def main() -> None:
             cells = []
             for nprobe in (nlist, pruned):
                 m = p.get(nprobe)
-                cells += (["—"] * 3 if m is None else
-                          [f"{m['nDCG@10']:.3f}", f"{m['nDCG@10'] - base[nprobe]['nDCG@10']:+.3f}", f"{m['RR@10']:.3f}"])
+                delta = None if m is None else m["nDCG@10"] - base[nprobe]["nDCG@10"]
+                cells += (["—"] * 3 if m is None else [f"{m['nDCG@10']:.3f}", f"{delta:+.3f}", f"{m['RR@10']:.3f}"])
             print(f"| {label} | " + " | ".join(cells) + " |")
         print()
 

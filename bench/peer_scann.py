@@ -130,7 +130,7 @@ def main() -> None:
         peers.append({"schema_version": PEER_SCHEMA, "dataset": alias, "split": split.name, "peer": "scann",
                       "peer_version": metadata.version("scann"), "family": "score-aware",
                       "method": f"score_ah {args.hash_type}", "bytes_per_vector": budget,
-                      "params": {"blocks": budget * 8 // (4 if args.hash_type == "lut16" else 8),
+                      "params": {"blocks": budget * 8 // nbits,
                                  "threshold": args.threshold, "training_sample_size": args.scann_train_size,
                                  "training_iterations": args.scann_iterations, "tree": None, "reorder": None},
                       "metrics": {m: mean(measures[m]) for m in MEASURES if m in measures},

@@ -47,7 +47,7 @@ class FaissPQFastScan(BaseMethod):
 
     def fit(self, train: TrainData) -> BuiltIndex:
         self.require_data(train)
-        M2 = 2 * self.config["M"]
+        M2, _ = self.code_layout()
         factory = f"PQ{M2}x4fs"
         index = faiss.index_factory(train.dim, factory, faiss.METRIC_INNER_PRODUCT)
         index.pq.cp.seed = train.seed

@@ -34,8 +34,9 @@ anisotropic codebook update is implemented (``codebook_update=True``) but is not
 (d = 384, 4-bit blocks of 12 dims, ||r||^2 ~ 0.6) it did not help nDCG@10 at 16 B, seed 0 (random k-means init):
 0.392 (4 iterations x 1 sweep) and 0.411 (8 x 2) vs 0.409 without it. These were measured on the test split, before
 the dev split existed (not a choice tuned on test: the default is ScaNN's own recipe, and the update lost or tied);
-the variant left the test grid of configs/debian-desc.toml. Most of the loss it removes (4.76 -> 1.58) is the uniform shrink of
-k-means reconstructions along x (mean parallel residual 0.53), which scales every score alike and so cannot reorder.
+the variant left the test grid of configs/debian-desc.toml. Most of the loss it removes (4.76 -> 1.58) is the
+uniform shrink of k-means reconstructions along x (mean parallel residual 0.53), which scales every score alike and
+so cannot reorder.
 """
 from __future__ import annotations
 
@@ -263,8 +264,7 @@ class ScoreAwarePQ(BaseMethod):
     def fit(self, train: TrainData) -> VQParams:
         cfg = self.config
         self.require_data(train)
-        d, nbits = train.dim, cfg["nbits"]
-        blocks = cfg["M"] * 8 // nbits
+        d, (blocks, nbits) = train.dim, self.code_layout()
         t0 = time.perf_counter()
         x_train = training_sample(train.doc_emb, cfg["max_train_points"], train.seed)
         codebooks = kmeans_pq(x_train, blocks, nbits, train.seed, cfg["kmeans_niter"], cfg["kmeans_init"])

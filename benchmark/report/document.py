@@ -183,7 +183,8 @@ def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, poi
         table = rt.peer_table(peers, exhaustive[exhaustive["dataset"] == ds], quality)
         doc.add("heading", (3, "Peers: other implementations on the same embeddings"))
         doc.add("table", table)
-        doc.add("notes", [f"Measured by another implementation on this dataset's embeddings and {peers[0].get('split', 'eval')} "
+        split = peers[0].get("split", "eval")
+        doc.add("notes", [f"Measured by another implementation on this dataset's embeddings and {split} "
                           f"split (`{rt.PEERS_FILE}`, written by `bench/peer_scann.py --out`), not by this harness's "
                           "faiss index: no latency, no per-query test; each peer record carries its params and "
                           "provenance."])
