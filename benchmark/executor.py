@@ -89,7 +89,7 @@ class RayExecutor:
         except ImportError as exc:
             raise ConfigError("--executor ray needs Ray: pip install -e '.[ray]'") from exc
         if max_retries < 0:
-            raise ConfigError(f"--max-retries must be >= 0, got {max_retries}")
+            raise ConfigError(f"RayExecutor: max_retries must be >= 0, got {max_retries}")
         self.ray = ray
         self.address = address
         self.max_retries = max_retries

@@ -525,3 +525,17 @@ def test_report_code_names_no_method():
                 assert node.value not in names, (path.name, node.value)
                 assert not any(re.search(rf"`{re.escape(n)}`|\b{re.escape(n)}\(", node.value) for n in names
                                if "-" in n), (path.name, node.value)
+
+
+def test_frontier_leaves_out_reduced_label_variants(tmp_path):
+    """A variant trained on a fraction of the labels belongs to the label-budget plot, not the frontier: even when it
+    is the best point at its code size, the Pareto table lists the full-data variant instead."""
+    lucky = ("distill-vq", "distillation", {**DISTILL, "M": 8, "label_fraction": 0.3}, -0.01, None, {})
+    write_fixture(tmp_path, {"toy-a": SPECS["toy-a"] + [lucky]}, torn=False)
+    build_report(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    front = _md_tables(_part(md, "## toy-a").split("_frontier.png)", 1)[1])[0]
+    assert "distill-vq (M=8, candidates=ib+topk, label_fraction=1, loss=listnet)" in front.index
+    assert not any("label_fraction=0.3" in label for label in front.index)
+    budget = pd.read_csv(tmp_path / "tables" / "label_budget.csv", index_col=0)  # ... which still shows it
+    assert not np.isnan(budget.loc["distill-vq (M=8, candidates=ib+topk, loss=listnet)", "toy-a/30%"])

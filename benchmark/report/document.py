@@ -212,10 +212,12 @@ def _dataset_plots(doc: rt.Doc, points: pd.DataFrame, views: dict[str, pd.DataFr
             pts, quality, budget.ms, reference, f"{ds}: {quality} vs latency, one panel per code size",
             plot_dir / f"{slug}_tracks.png"), None)}
     else:
-        front = rt.pareto_bytes(here, quality)
+        # the frontier compares methods trained on all their data; reduced-label variants have their own plot
+        full = here[here["label_fraction"].isna() | (here["label_fraction"] >= 1.0)]
+        front = rt.pareto_bytes(full, quality)
         made = {
             "frontier": (plots.quality_vs_bytes(
-                here, quality, reference, f"{ds}: {quality} vs code size (exhaustive)",
+                full, quality, reference, f"{ds}: {quality} vs code size (exhaustive)",
                 plot_dir / f"{slug}_frontier.png",
                 [(f"{p['peer']} {p['method']}", p["bytes_per_vector"], p["metrics"].get(quality)) for p in peers]),
                 rt.pareto_table(front, quality, reference)),

@@ -193,7 +193,7 @@ def quality_vs_bytes(rows: pd.DataFrame, quality: str, reference: float | None, 
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7)
     ax.set_xscale("log", base=2)
     ticks = sorted(rows["bytes_per_vector"].unique())
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xticks(ticks, [f"{t:g}" if i == 0 or t >= 1.2 * ticks[i - 1] else "" for i, t in enumerate(ticks)])
     ax.minorticks_off()
     ax.set_xlabel("code size (bytes per vector, log2)")
     ax.set_ylabel(f"{quality} (mean over seeds)")
