@@ -169,10 +169,12 @@ def read_records(path: str | Path, strict: bool = False) -> tuple[list[dict[str,
 
 
 def merge_results(sources: Iterable[str | Path], dest: str | Path) -> int:
-    """Merge several results.jsonl files into ``dest`` (deduplicated by run_id, sorted for a stable file).
+    """Merge several results.jsonl files into ``dest``: the records already in ``dest`` stay, a source's record
+    replaces one with the same run_id (deduplicated, sorted for a stable file).
 
     Per-query sidecars are copied next to ``dest``. Returns the number of records written. Written atomically.
-    A missing source raises :class:`RecordError` before anything is written.
+    A missing source, or an unreadable line in a source or in ``dest``, raises :class:`RecordError` before anything
+    is written.
     """
     sources = [Path(src) for src in sources]
     missing = [str(src) for src in sources if not src.is_file()]
@@ -180,6 +182,8 @@ def merge_results(sources: Iterable[str | Path], dest: str | Path) -> int:
         raise RecordError(f"no results file at {', '.join(missing)}")
     dest = Path(dest)
     merged: dict[str, dict[str, Any]] = {}
+    if dest.is_file():
+        merged.update((rec["run_id"], rec) for rec in read_records(dest, strict=True)[0])
     for src in sources:
         records, _ = read_records(src, strict=True)
         for rec in records:

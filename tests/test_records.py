@@ -153,6 +153,25 @@ def test_append_records_writes_a_fit_in_one_write_and_refuses_any_invalid_one(tm
     assert len(path.read_text().splitlines()) == 5  # nothing of the refused batch was written
 
 
+def test_merge_into_a_results_file_keeps_its_records(tmp_path):
+    """Merging a shard into a report that already holds other records adds to it (a record of the same run_id is
+    replaced by the shard's), never drops what was there."""
+    dest = tmp_path / "report" / "results.jsonl"
+    for rid, grade in (("r1", 0.1), ("r2", 0.2)):
+        append_record(dest, {**RECORD, "run_id": rid, "metrics": {**RECORD["metrics"], "nDCG@10": grade}})
+    for rid, grade in (("r2", 0.25), ("r3", 0.3)):
+        append_record(tmp_path / "s0" / "results.jsonl", {**RECORD, "run_id": rid, "metrics": {**RECORD["metrics"], "nDCG@10": grade}})
+    assert merge_results([tmp_path / "s0" / "results.jsonl"], dest) == 3
+    records, problems = read_records(dest)
+    assert {r["run_id"]: r["metrics"]["nDCG@10"] for r in records} == {"r1": 0.1, "r2": 0.25, "r3": 0.3}
+    with open(dest, "a") as f:
+        f.write('{"run_id": "torn')
+    before = dest.read_text()
+    with pytest.raises(RecordError):
+        merge_results([tmp_path / "s0" / "results.jsonl"], dest)
+    assert dest.read_text() == before                    # refused whole: nothing rewritten
+
+
 def test_merge_refuses_a_missing_shard_before_writing(tmp_path):
     append_record(tmp_path / "s0" / "results.jsonl", RECORD)
     with pytest.raises(RecordError, match="no results file at .*nope"):
