@@ -27,6 +27,10 @@ class Param:
     ``choices``: the allowed values (for a str or int param). ``min``/``max``: an inclusive range for numbers
     (``min_exclusive`` makes the lower bound strict, e.g. a learning rate > 0). ``special``: literal values allowed
     besides the typed ones (``None``, ``"auto"``, ``"reference"``), each with its meaning in ``desc``.
+    ``legacy``: for a param declared after records were written, the value(s) that do what the method did before it
+    existed; at such a value the param is left out of a record's params and ids
+    (:meth:`benchmark.registry.BaseMethod.record_params`), so those records still identify the same fit (resume skips
+    them, reports group them with new ones). A preset may default to another value: then it is recorded.
     """
 
     default: Any
@@ -37,6 +41,7 @@ class Param:
     max: float | None = None
     min_exclusive: bool = False
     special: tuple[Any, ...] = field(default_factory=tuple)
+    legacy: tuple[Any, ...] = ()
 
     @property
     def type(self) -> type:

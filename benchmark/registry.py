@@ -73,6 +73,13 @@ class BaseMethod:
                 raise MethodError(f"method {self.name!r}: {exc}") from None
         self.config: dict[str, Any] = config
 
+    def record_params(self) -> dict[str, Any]:
+        """The config as records keep it (their ``params``, hashed into fit and run ids): every param, except one
+        at a ``legacy`` value (a later addition, set to what the method did before it existed)."""
+        declared = self.declared_params()
+        return {k: v for k, v in self.config.items()
+                if not any(v == old and type(v) is type(old) for old in declared[k].legacy)}
+
     @classmethod
     def declared_params(cls) -> dict[str, Param]:
         """The build-time params as :class:`Param` declarations."""

@@ -149,11 +149,12 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
     """
     method = method or make_method(job.method, job.params)
     split = ds.split(ds.eval_split)
-    fid = fit_id(job.dataset, split.name, job.method, method.config, job.seed)
+    params = method.record_params()
+    fid = fit_id(job.dataset, split.name, job.method, params, job.seed)
     exact = exact or ExactReference()
     stage = stage or (lambda _text: None)
     base = {"dataset": job.dataset, "split": split.name, "method": job.method, "family": method.family,
-            "params": method.config, "seed": job.seed, "fit_id": fid, "schema_version": SCHEMA_VERSION}
+            "params": params, "seed": job.seed, "fit_id": fid, "schema_version": SCHEMA_VERSION}
     try:
         stage("fit")
         t0 = time.perf_counter()
@@ -181,7 +182,7 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
         for nprobe in planned_sweep(ivf_nlist(index), settings):
             stage(f"search nprobe={nprobe}" if nprobe is not None else "search")
             ev = evaluate(index, ds, split, exact_top, settings, nprobe, query_map)
-            rid = run_id(job.dataset, split.name, job.method, method.config, job.seed, nprobe)
+            rid = run_id(job.dataset, split.name, job.method, params, job.seed, nprobe)
             sidecar = f"per_query/{rid}.json"
             files[sidecar] = json_bytes(ev.per_query)
             records.append({**base, "run_id": rid, "nprobe": nprobe, "index": facts, "metrics": ev.metrics,
@@ -198,11 +199,11 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
 def failed_result(job: Job, method: BaseMethod, ds: RetrievalDataset, device: str, error: str,
                   **extra: Any) -> FitResult:
     """The one ``failed`` record of a fit that produced no index (``extra``: more record fields, e.g. traceback)."""
-    split = ds.eval_split
-    fid = fit_id(job.dataset, split, job.method, method.config, job.seed)
+    split, params = ds.eval_split, method.record_params()
+    fid = fit_id(job.dataset, split, job.method, params, job.seed)
     rec = {"dataset": job.dataset, "split": split, "method": job.method, "family": method.family,
-           "params": method.config, "seed": job.seed, "fit_id": fid, "schema_version": SCHEMA_VERSION,
-           "run_id": run_id(job.dataset, split, job.method, method.config, job.seed, None), "nprobe": None,
+           "params": params, "seed": job.seed, "fit_id": fid, "schema_version": SCHEMA_VERSION,
+           "run_id": run_id(job.dataset, split, job.method, params, job.seed, None), "nprobe": None,
            "index": {}, "metrics": None, "fidelity": None, "latency": None, "train_seconds": None,
            "per_query": None, "provenance": provenance(job.seed, device), "status": "failed", "error": error,
            **extra}
@@ -313,8 +314,8 @@ class Runner:
         todo = []
         for job in jobs:
             ds = loaded[job.dataset]
-            config = make_method(job.method, job.params).config
-            if fit_id(job.dataset, ds.eval_split, job.method, config, job.seed) in done:
+            params = make_method(job.method, job.params).record_params()
+            if fit_id(job.dataset, ds.eval_split, job.method, params, job.seed) in done:
                 self.log(f"skip (recorded): {job.label()}")
                 self.summary.skipped.append(job.label())
             else:

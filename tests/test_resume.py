@@ -144,3 +144,29 @@ def test_a_failed_fit_is_not_complete(tmp_path):
     assert not is_complete([ok], settings)  # nprobe 2 missing
     assert is_complete([ok, {**ok, "nprobe": 2}], settings)
     assert is_complete([{"status": "ok", "nprobe": None, "index": {"nlist": 0}}], settings)  # no IVF: one record
+
+
+def test_a_param_at_its_legacy_value_keeps_earlier_records_resumable(tmp_path, monkeypatch):
+    """A param declared after records were written is left out of the record's params and ids at its ``legacy``
+    value (what the method did before it existed): the earlier record still counts as that fit. At another value
+    (set, or a preset's default) it is a different fit, recorded with the param."""
+    from benchmark.params import Param
+    from benchmark.registry import get_method, make_method
+    settings = SearchSettings(nprobes=[1], latency_queries=5, warmup_queries=1)
+    job = Job("synthetic:quick", "faiss-pq", {"M": 8}, 0)
+    runner = Runner(tmp_path, settings, cache_dir=tmp_path / "cache")
+    before = runner.run([job])
+    cls = get_method("faiss-pq")
+    monkeypatch.setattr(cls, "params", {**cls.params, "later": Param("old", "added later", choices=("old", "new"),
+                                                                      legacy=("old",))})
+    assert "later" in make_method("faiss-pq", {"M": 8}).config
+    assert make_method("faiss-pq", {"M": 8}).record_params() == before[0]["params"]
+    assert runner.run([job]) == [] and runner.summary.skipped == [job.label()]
+    changed = Job("synthetic:quick", "faiss-pq", {"M": 8, "later": "new"}, 0)
+    after = runner.run([changed])
+    assert after[0]["params"] == {**before[0]["params"], "later": "new"}
+    assert after[0]["fit_id"] != before[0]["fit_id"]
+    # a preset defaulting to the new behaviour records it: its fits never pass for the earlier records
+    monkeypatch.setattr(cls, "params", {**cls.params, "later": Param("new", "preset", choices=("old", "new"),
+                                                                      legacy=("old",))})
+    assert make_method("faiss-pq", {"M": 8}).record_params() == after[0]["params"]
