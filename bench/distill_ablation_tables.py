@@ -42,8 +42,10 @@ TABLES = {   # title -> [(row label, method, params changed against the method's
         ("labeled train queries, labels unused", "distill-vq", {"queries": "labeled"}),
         ("10,000 sampled docs as queries", "distill-vq", {"queries": "docs"}),
         ("labeled queries, positives among the candidates, no label term", "distill-vq-labeled",
-         {"label_weight": 0.0}),
-        ("labeled queries + label term (distill-vq-labeled)", "distill-vq-labeled", {"label_weight": 1.0})],
+         {"label_weight": 0.0, "label_scope": "all"}),
+        ("labeled queries + label term on every query", "distill-vq-labeled", {"label_scope": "all"}),
+        ("labeled queries + label term where the teacher's top-50 holds the positive (distill-vq-labeled)",
+         "distill-vq-labeled", {})],
     "Codes": [
         ("fixed faiss codes (defaults)", *DEFAULTS),
         ("re-assigned each step (STE, data-derived temperature)", "distill-vq", {"codes": "ste"})],
@@ -53,7 +55,7 @@ REFERENCES = [("faiss-opq (flat, the PQ init)", "faiss-opq", {}), ("faiss-ivfopq
 
 def points(records: list[dict], method: str, change: dict) -> dict[int | None, dict]:
     """nprobe -> metrics of the records of ``method`` at M=16 with ``change`` on its defaults."""
-    want = json.loads(json.dumps(make_method(method, {"M": M, **change}).config))
+    want = json.loads(json.dumps(make_method(method, {"M": M, **change}).record_params()))
     return {r["nprobe"]: r["metrics"] for r in records
             if r["status"] == "ok" and r["method"] == method and r["params"] == want}
 

@@ -83,10 +83,13 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "listnet": listnet, "kl": kl, "margin_mse": margin_mse, "ranknet": ranknet, "mse": mse}
 
 
-def label_term(s: torch.Tensor, mask: torch.Tensor | None, tau: float) -> torch.Tensor:
-    """-log softmax(s / tau) at column 0 (a query's labeled positive), over its unmasked candidates."""
+def label_term(s: torch.Tensor, mask: torch.Tensor | None, tau: float, keep: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """-log softmax(s / tau) at column 0 (a query's labeled positive), over its unmasked candidates, averaged over
+    the batch; rows where ``keep`` (B,) is False add 0."""
     logits = _masked(s / tau, mask)
-    return (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
+    per_query = torch.logsumexp(logits, 1) - logits[:, 0]
+    return (per_query if keep is None else per_query * keep).mean()
 
 
 def combined_loss(loss_ivf: torch.Tensor | None, loss_pq: torch.Tensor | None, w: float | None

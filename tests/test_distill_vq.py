@@ -209,7 +209,7 @@ def test_candidate_specs_and_presets():
             make_method("distill-vq", {"candidates": bad}).fit(None)         # rejected before any work
     base = get_method("distill-vq")
     assert base.family == "distillation" and base.params["queries"].default == "unlabeled"
-    for name, diff in (("distill-vq-labeled", {"queries", "candidates", "label_weight", "lr_ivf"}),
+    for name, diff in (("distill-vq-labeled", {"queries", "candidates", "label_weight", "label_scope", "lr_ivf"}),
                        ("distill-vq-ivf-only", {"train_pq", "query_adapter"}),
                        ("distill-vq-pq-only", {"train_ivf", "query_adapter"})):
         cls = get_method(name)
@@ -333,3 +333,32 @@ def test_defaults_beat_faiss_ivfopq_on_synthetic(tmp_path):
         ndcg[name] = evaluate(index, ds, test, exact, settings, nprobe=16,
                               query_map=result.query_map).metrics["nDCG@10"]
     assert ndcg["distill-vq"] > ndcg["faiss-ivfopq"] + 0.005, ndcg
+
+
+def test_label_term_scope_by_hand():
+    from methods._distill_losses import label_term
+    s = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])   # tau = 1: row 0 -log(3/4), row 1 -log(1/2)
+    both = label_term(s, None, 1.0)
+    assert both.item() == pytest.approx((math.log(4 / 3) + math.log(2.0)) / 2, abs=1e-6)
+    # a row out of scope adds 0 and still counts in the batch mean
+    assert label_term(s, None, 1.0, torch.tensor([True, False])).item() == pytest.approx(math.log(4 / 3) / 2,
+                                                                                          abs=1e-6)
+
+
+def test_label_scope_topk_keeps_positives_inside_the_teacher_top_k(quick, cache):
+    """label_scope='topk' applies the label term to the sampled positives that lie in their query's exact top-K:
+    the share it records matches the share measured by brute force (each query's positives against its top-K)."""
+    from benchmark.vq.candidates import training_queries
+    td = _train(quick, cache)
+    k = 5
+    vq = make_method("distill-vq-labeled", {**SMALL, "topk": k, "epochs": 2.0}).fit(td)   # the preset's scope
+    qs = training_queries(td, "labeled", {"gt", "topk"}, k, 0, "test")
+    _, top = exact_topk(td.doc_emb, qs.emb, k)
+    inside = np.mean([np.isin(qs.pos[qs.pos_off[i]:qs.pos_off[i + 1]], top[i]).mean() for i in range(len(qs))])
+    assert 0.1 < inside < 0.9                            # both kinds of positive occur: the test can tell them apart
+    assert vq.info["label_scope_kept"] == pytest.approx(inside, abs=0.04)   # 1,600 sampled positives
+    every = make_method("distill-vq-labeled", {**SMALL, "label_scope": "all", "epochs": 0.2})
+    assert "label_scope_kept" not in every.fit(td).info
+    assert "label_scope" not in every.record_params()   # the value of the records written before the param existed
+    with pytest.raises(MethodError, match="label_scope='topk'"):
+        make_method("distill-vq-labeled", {**SMALL, "candidates": "gt+random"}).fit(td)
