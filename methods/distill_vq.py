@@ -133,7 +133,7 @@ def check_config(cfg: dict, who: str) -> set[str]:
                           "trained for; use writeback='codes' (or 'auto'), or codes='ste'")
     if "gt" in sources and cfg["queries"] != "labeled":
         raise MethodError(f"{who}: candidates 'gt' needs labels: use queries='labeled' (got {cfg['queries']!r})")
-    if cfg["label_scope"] == "topk" and "topk" not in sources:
+    if cfg["label_weight"] > 0 and cfg["label_scope"] == "topk" and "topk" not in sources:
         raise MethodError(f"{who}: label_scope='topk' keeps the label term of queries whose positive is in the "
                           f"teacher's top-K: add 'topk' to the candidates (got candidates={cfg['candidates']!r})")
     if cfg["label_weight"] > 0 and "gt" not in sources:
