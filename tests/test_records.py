@@ -157,10 +157,13 @@ def test_merge_into_a_results_file_keeps_its_records(tmp_path):
     """Merging a shard into a report that already holds other records adds to it (a record of the same run_id is
     replaced by the shard's), never drops what was there."""
     dest = tmp_path / "report" / "results.jsonl"
+    def rec(rid: str, grade: float) -> dict:
+        return {**RECORD, "run_id": rid, "metrics": {**RECORD["metrics"], "nDCG@10": grade}}
+
     for rid, grade in (("r1", 0.1), ("r2", 0.2)):
-        append_record(dest, {**RECORD, "run_id": rid, "metrics": {**RECORD["metrics"], "nDCG@10": grade}})
+        append_record(dest, rec(rid, grade))
     for rid, grade in (("r2", 0.25), ("r3", 0.3)):
-        append_record(tmp_path / "s0" / "results.jsonl", {**RECORD, "run_id": rid, "metrics": {**RECORD["metrics"], "nDCG@10": grade}})
+        append_record(tmp_path / "s0" / "results.jsonl", rec(rid, grade))
     assert merge_results([tmp_path / "s0" / "results.jsonl"], dest) == 3
     records, problems = read_records(dest)
     assert {r["run_id"]: r["metrics"]["nDCG@10"] for r in records} == {"r1": 0.1, "r2": 0.25, "r3": 0.3}
