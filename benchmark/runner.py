@@ -49,6 +49,11 @@ def fit_id(dataset: str, split: str, method: str, config: dict[str, Any], seed: 
     return run_id(dataset, split, method, config, seed, "fit")
 
 
+def job_fit_id(job: Job, split: str) -> str:
+    """The fit id ``job`` gets when evaluated on ``split``: what resume looks up before any work."""
+    return fit_id(job.dataset, split, job.method, make_method(job.method, job.params).record_params(), job.seed)
+
+
 def planned_sweep(nlist: int, settings: SearchSettings) -> list[int | None]:
     """The nprobe values a fit with an ``nlist``-list IVF is evaluated at (``[None]`` without an IVF)."""
     return list(nprobe_sweep(nlist, settings.nprobes)) if nlist else [None]
@@ -313,9 +318,7 @@ class Runner:
         done = self.complete_fits()
         todo = []
         for job in jobs:
-            ds = loaded[job.dataset]
-            params = make_method(job.method, job.params).record_params()
-            if fit_id(job.dataset, ds.eval_split, job.method, params, job.seed) in done:
+            if job_fit_id(job, loaded[job.dataset].eval_split) in done:
                 self.log(f"skip (recorded): {job.label()}")
                 self.summary.skipped.append(job.label())
             else:
