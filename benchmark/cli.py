@@ -65,11 +65,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def list_datasets() -> str:
-    try:
-        from benchmark.data.beir import list_datasets as beir_list
-        return "\n".join(f"{name:28s} {desc}" for name, desc in beir_list())
-    except ImportError:
-        return "synthetic\nsynthetic:quick\nnpy:<dir>\nbeir/<name>\nmsmarco"
+    """``--list-datasets``: every name form of the loader table, then every catalog dataset with its source (URL host
+    or local), size and whether it is in the data cache (where the loader looks: ``$VQBENCH_DATA_DIR`` or
+    ``datasets/cache``, then ``beir/<name>``)."""
+    from benchmark.data import LOADERS
+    from benchmark.data.catalog import CATALOG_PATH, catalog_table
+    from benchmark.data.encode import cache_root
+    lines = ["dataset names (--datasets):"]
+    for entry in LOADERS:
+        rows = entry.rows()
+        desc = rows[0][1] if len(rows) == 1 else f"one of the {len(rows)} catalog datasets below"
+        lines.append(f"  {entry.form:22s} {desc}")
+    cache = cache_root() / "beir"
+    table = [("name", "source", "size", "cached"), *catalog_table(cache)]
+    width = [max(len(row[i]) for row in table) for i in range(3)]
+    lines += ["", f"catalog {CATALOG_PATH} (cache: {cache}):"]
+    lines += [f"  {n:{width[0]}s}  {s:{width[1]}s}  {z:{width[2]}s}  {c}" for n, s, z, c in table]
+    lines.append(f"(downloaded into {cache}/<name>/ on first use; source 'local': not public, build it as the "
+                 f"catalog's 'obtain' says and put it there)")
+    return "\n".join(lines)
 
 
 def _report(out: Path) -> None:

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import shutil
 import sys
-import types
 import zipfile
 from pathlib import Path
 
@@ -102,17 +100,19 @@ def test_missing_split_lists_available(data_dir, fake_model):
     assert fake_model.calls == []
 
 
-def test_catalog_download_and_cache(data_dir, fake_model, monkeypatch, beir_util):
+def test_catalog_download_and_cache(data_dir, fake_model, monkeypatch):
+    """The loader's use of the catalog (URL, md5, target folder, flags); tests/test_download.py runs the real
+    download against a local server."""
     calls = []
 
-    def fake_download(url: str, out_dir: str) -> str:
-        calls.append(url)
-        shutil.copytree(BEIR_TINY, Path(out_dir) / "arguana")
-        return str(Path(out_dir) / "arguana")
+    def fake_fetch(url: str, md5: str, dest: Path, layout) -> Path:
+        calls.append((url, md5, dest))
+        return Path(shutil.copytree(BEIR_TINY, dest))
 
-    monkeypatch.setattr(beir_util, "download_and_unzip", fake_download)
+    monkeypatch.setattr(beir, "fetch", fake_fetch)
     ds = load_dataset("beir/arguana")
-    assert calls == ["https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/arguana.zip"]
+    assert calls == [("https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/arguana.zip",
+                      "8ad3e3c2a5867cdced806d6503f29b99", data_dir / "beir" / "arguana")]
     assert ds.ignore_identical_ids and ds.name == "beir/arguana"
     assert Path(ds.meta["source"]) == (data_dir / "beir" / "arguana").resolve()
     load_dataset("beir/arguana")
@@ -120,14 +120,18 @@ def test_catalog_download_and_cache(data_dir, fake_model, monkeypatch, beir_util
     assert not load_dataset("beir/arguana", ignore_identical_ids=False).ignore_identical_ids
 
 
-def test_catalog_subset(data_dir, fake_model, monkeypatch, beir_util):
-    def fake_download(url: str, out_dir: str) -> str:
-        shutil.copytree(BEIR_TINY, Path(out_dir) / "cqadupstack" / "android")
-        return str(Path(out_dir) / "cqadupstack")
+def test_catalog_subset(data_dir, fake_model, monkeypatch):
+    layouts = []
 
-    monkeypatch.setattr(beir_util, "download_and_unzip", fake_download)
+    def fake_fetch(url: str, md5: str, dest: Path, layout) -> Path:
+        layouts.append(list(layout))
+        shutil.copytree(BEIR_TINY, dest / "android")
+        return dest
+
+    monkeypatch.setattr(beir, "fetch", fake_fetch)
     ds = load_dataset("beir/cqadupstack/android")
     assert Path(ds.meta["source"]) == (data_dir / "beir" / "cqadupstack" / "android").resolve()
+    assert "wordpress/corpus.jsonl" in layouts[0] and "android/qrels/" in layouts[0]  # every subset is expected
     with pytest.raises(DatasetError, match=r"not a BEIR folder, missing .*cqadupstack/gaming/corpus.jsonl"):
         load_dataset("beir/cqadupstack/gaming")
 
@@ -147,25 +151,25 @@ def test_msmarco_dev_and_trec_dl_splits(tmp_path, data_dir, fake_model):
     assert load_dataset("beir/msmarco", split="dl19").eval_split == "dl19"
 
 
-def test_offline_download_error(data_dir, fake_model, monkeypatch, beir_util):
-    def offline(url: str, out_dir: str) -> str:
-        (Path(out_dir) / "scifact.zip").write_bytes(b"partial")
-        raise ConnectionError("Failed to resolve 'public.ukp.informatik.tu-darmstadt.de'")
+def test_offline_download_error(data_dir, fake_model, monkeypatch):
+    import requests
 
-    monkeypatch.setattr(beir_util, "download_and_unzip", offline)
+    def offline(*args, **kwargs):
+        raise requests.ConnectionError("Failed to resolve 'public.ukp.informatik.tu-darmstadt.de'")
+
+    monkeypatch.setattr(requests, "get", offline)
     with pytest.raises(DatasetError) as err:
         load_dataset("beir/scifact")
     msg = str(err.value)
-    assert "download of beir/scifact failed; is the network unavailable?" in msg
-    assert "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip" in msg
+    url = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip"
+    assert msg.startswith(f"download of beir/scifact (URL and md5 from catalog.toml) failed: {url}: ConnectionError: "
+                          f"Failed to resolve 'public.ukp.informatik.tu-darmstadt.de'; is the network unavailable?")
     assert f"{data_dir / 'beir' / 'scifact'}/corpus.jsonl" in msg and "VQBENCH_DATA_DIR" in msg
-    assert not (data_dir / "beir" / "scifact.zip").exists()  # partial download removed
+    assert list((data_dir / "beir").iterdir()) == []  # no temp file left behind
 
 
 def test_download_without_requests(data_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "requests", None)
-    monkeypatch.delitem(sys.modules, "beir.util", raising=False)
-    monkeypatch.delattr(sys.modules["beir"], "util", raising=False)
     with pytest.raises(DatasetError, match=r"needs the 'requests' package.*Download https://\S+/nfcorpus.zip by hand"):
         load_dataset("beir/nfcorpus")
 
@@ -408,20 +412,6 @@ def test_npy_missing_split_and_drop_unknown(tmp_path):
         load_npy_dataset(root, split="dev")
     append(root / "qrels" / "test.tsv", "q0\td42\t1\n")
     assert load_npy_dataset(root, drop_unknown_qrels=True).split("test").qrels["q0"] == {"d0": 1}
-
-
-@pytest.fixture
-def beir_util(monkeypatch):
-    """``beir.util`` for patching downloads; a stub stands in for ``requests`` where it is not installed."""
-    had = "beir.util" in sys.modules
-    if importlib.util.find_spec("requests") is None:
-        monkeypatch.setitem(sys.modules, "requests", types.ModuleType("requests"))
-    import beir.util
-    yield beir.util
-    if not had:  # leave no half-stubbed beir.util behind
-        sys.modules.pop("beir.util", None)
-        if hasattr(sys.modules["beir"], "util"):
-            delattr(sys.modules["beir"], "util")
 
 
 def test_dev_split_carved_from_train_hides_test():

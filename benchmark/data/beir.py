@@ -4,12 +4,13 @@ A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.j
 ``qrels/<split>.tsv``. Every qrels file becomes a split holding the queries judged in it. The files are parsed here
 rather than by beir's ``GenericDataLoader``, which keeps the last of duplicate ids, stops at the first bad JSON line
 without a line number, always skips the first qrels line as a header and reads no TREC-format qrels: here bad input
-raises one :class:`DatasetError` (file:line) before any encoding; beir itself is used for downloads only. Docs are
-encoded as ``(title + " " + text).strip()``; texts are kept in the dataset.
+raises one :class:`DatasetError` (file:line) before any encoding. Docs are encoded as
+``(title + " " + text).strip()``; texts are kept in the dataset.
 
 Catalog datasets live in ``<cache>/beir/<name>/`` (``<cache>`` = ``data_dir``, ``$VQBENCH_DATA_DIR`` or
-``datasets/cache``) and are downloaded there when missing. A ``.zip`` given as ``beir:<file>`` is extracted once to
-``<cache>/beir-zip/<content hash>/``.
+``datasets/cache``) and are downloaded there when missing by :func:`fetch` (requests; size and md5 checked, then
+extracted and renamed into place, so a failed download leaves nothing behind). A ``.zip`` given as ``beir:<file>`` is
+extracted once to ``<cache>/beir-zip/<content hash>/``.
 
 MS MARCO: ``msmarco`` is BEIR's copy, evaluated on ``dev`` = the official dev.small (6,980 queries, the BEIR msmarco
 number); BEIR's ``test`` is TREC DL 2019 (43 queries). ``qrels/dl19.tsv`` / ``qrels/dl20.tsv`` (TREC or BEIR format)
@@ -30,7 +31,7 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmark.data.catalog import check_catalog_name, load_catalog
+from benchmark.data.catalog import CATALOG_PATH, check_catalog_name, load_catalog
 from benchmark.data.dataset import (DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels,
                                     check_unique, option_hint)
 from benchmark.data.encode import DEFAULT_MODEL, cache_root, encode_texts
@@ -68,31 +69,128 @@ def _file_hash(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
+DOWNLOAD_TIMEOUT = (30, 120)  # seconds: to connect, and the longest wait for the next bytes of the body
+BEIR_LAYOUT = ("corpus.jsonl", "queries.jsonl", "qrels/")
+
+
 def _download(base: str, entry: dict, target: Path, beir_dir: Path) -> None:
-    """Fetch catalog dataset ``base`` into ``beir_dir`` (its zip unpacks to ``beir_dir/base``)."""
+    """Fetch catalog dataset ``base`` into ``beir_dir/base`` (``target`` is the folder the loader reads)."""
     url = entry.get("url")
     put = (f"so that {target}/corpus.jsonl, {target}/queries.jsonl and {target}/qrels/<split>.tsv exist (or set "
            f"VQBENCH_DATA_DIR / data_dir=, or load any folder or zip with 'beir:<path>')")
     if not url:
-        raise DatasetError(f"beir/{base} is not publicly downloadable: {entry['obtain']}; put the files in place {put}")
+        how = entry.get("obtain", "the catalog gives no url")
+        raise DatasetError(f"beir/{base} is not publicly downloadable: {how}; put the files in place {put}")
     manual = f"Download {url} by hand and unzip it in {beir_dir}/ {put}."
     try:
-        from beir import util as beir_util
+        import requests  # noqa: F401  (only downloads need it)
     except ImportError as exc:
-        raise DatasetError(f"cannot download beir/{base}: importing beir.util failed ({exc}; it needs the 'requests' "
-                           f"package: pip install requests). {manual}") from exc
-    zip_path = beir_dir / url.rsplit("/", 1)[-1]
-    log.info("downloading %s to %s", url, beir_dir)
+        raise DatasetError(f"cannot download beir/{base}: downloading needs the 'requests' package ({exc}; pip "
+                           f"install requests). {manual}") from exc
+    layout = [f"{s}/{f}" for s in entry["subsets"] for f in BEIR_LAYOUT] if "subsets" in entry else BEIR_LAYOUT
+    log.info("downloading %s to %s", url, beir_dir / base)
     try:
-        beir_util.download_and_unzip(url, str(beir_dir))
-    except Exception as exc:
-        zip_path.unlink(missing_ok=True)
-        shutil.rmtree(beir_dir / base, ignore_errors=True)
-        raise DatasetError(f"download of beir/{base} failed; is the network unavailable? "
-                           f"({type(exc).__name__}: {exc}). URL: {url}. {manual}") from exc
-    if entry.get("md5") and zip_path.is_file() and _file_hash(zip_path, "md5") != entry["md5"]:
-        log.warning("%s: md5 differs from the catalog (%s); the upstream file may have changed", zip_path, entry["md5"])
-    zip_path.unlink(missing_ok=True)
+        fetch(url, entry.get("md5"), beir_dir / base, layout)
+    except DatasetError as exc:
+        raise DatasetError(f"download of beir/{base} (URL and md5 from {CATALOG_PATH.name}) failed: {exc}. "
+                           f"{manual}") from exc
+
+
+def fetch(url: str, md5: str | None, dest: Path, layout: tuple[str, ...] | list[str] = BEIR_LAYOUT) -> Path:
+    """Download the zip at ``url`` and unpack it as folder ``dest``; return ``dest``.
+
+    Every step works in ``dest.parent``, so the last one is an atomic rename: stream the body to a hidden temp file,
+    check its size against the Content-Length and its md5 against ``md5`` (if given), extract it into a hidden temp
+    folder, check that ``layout`` (paths, ``/`` ending a folder) exists in the zip's folder ``<dest.name>/`` (BEIR's
+    zips) or else at its top level, and rename that folder to ``dest``. Any failure raises one
+    :class:`DatasetError` naming ``url`` and leaves neither a temp file nor a partial ``dest`` behind. (beir's
+    ``util.download_and_unzip`` is not used: it saves an HTTP error page as the zip, does not notice a short body,
+    reuses a leftover partial zip and extracts in place.)
+    """
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".zip.part")
+        os.close(fd)
+    except OSError as exc:
+        raise DatasetError(f"{url}: cannot write in the cache folder {dest.parent} "
+                           f"({type(exc).__name__}: {exc})") from exc
+    part = Path(name)
+    try:
+        got = _stream(url, part)
+        if md5 and got != md5:
+            raise DatasetError(f"{url}: md5 mismatch: expected {md5}, got {got}; the download was deleted (a broken "
+                               f"transfer, or the upstream file changed)")
+        _place(part, dest, url, layout)
+    finally:
+        part.unlink(missing_ok=True)
+    return dest
+
+
+def _stream(url: str, path: Path) -> str:
+    """Write the body of ``GET url`` to ``path``; return its md5. An HTTP error status, a failed connection or a
+    body shorter or longer than its Content-Length raise :class:`DatasetError`."""
+    import requests
+    digest = hashlib.md5()
+    received, total = 0, None
+    try:
+        # identity: the bytes on the wire are the file, so they can be counted against Content-Length
+        with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT, headers={"Accept-Encoding": "identity"}) as r:
+            r.raise_for_status()
+            length = r.headers.get("Content-Length", "")
+            total = int(length) if length.isdigit() else None
+            with open(path, "wb") as f, tqdm(desc=f"downloading {url}", total=total, unit="B", unit_scale=True,
+                                             unit_divisor=1024) as bar:
+                for chunk in r.iter_content(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except requests.RequestException as exc:
+        if total is not None:  # the body had started: what came is less than the Content-Length announced
+            raise DatasetError(f"{url}: truncated download: the transfer broke off before the {total:,} bytes "
+                               f"announced (Content-Length) had arrived ({type(exc).__name__}: {exc})") from exc
+        hint = "; is the network unavailable?" if isinstance(exc, (requests.ConnectionError, requests.Timeout)) else ""
+        raise DatasetError(f"{url}: {type(exc).__name__}: {exc}{hint}") from exc
+    except OSError as exc:
+        raise DatasetError(f"{url}: writing {path} failed ({type(exc).__name__}: {exc})") from exc
+    if total is not None and received != total:
+        raise DatasetError(f"{url}: size mismatch: got {received:,} bytes, the server announced {total:,} "
+                           f"(Content-Length)")
+    return digest.hexdigest()
+
+
+def _place(zip_path: Path, dest: Path, url: str, layout: tuple[str, ...] | list[str]) -> None:
+    """Extract ``zip_path`` into a temp folder beside ``dest``, check ``layout``, rename it to ``dest``."""
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".unzip"))
+    try:
+        _extract(zip_path, tmp, url)
+        src = tmp / dest.name if (tmp / dest.name).is_dir() else tmp
+        missing = [p for p in layout if not ((src / p).is_dir() if p.endswith("/") else (src / p).is_file())]
+        if missing:
+            top = sorted(p.name + "/" * p.is_dir() for p in tmp.iterdir())
+            where = (f"its folder {dest.name}/ lacks" if src != tmp else
+                     f"the zip has neither a folder {dest.name}/ nor the files at its top level: missing")
+            raise DatasetError(f"{url}: not the expected BEIR layout: {where} {', '.join(missing[:5])}"
+                               f"{' ...' if len(missing) > 5 else ''} (its top level holds {top[:10]})")
+        try:
+            os.replace(src, dest)
+        except OSError as exc:
+            if not dest.is_dir():  # else another process placed it first
+                raise DatasetError(f"{url}: cannot move the extracted files to {dest} ({exc})") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract(zip_path: Path, folder: Path, what: str | Path) -> None:
+    """Extract every member of ``zip_path`` into ``folder`` (``what`` names the zip in errors)."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            zf.extractall(folder)
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"{what}: not a readable zip file ({exc})") from exc
+    except OSError as exc:
+        raise DatasetError(f"{what}: extracting into {folder} failed ({type(exc).__name__}: {exc})") from exc
 
 
 def _unzip_cached(zip_path: Path, root: Path) -> Path:
@@ -102,14 +200,12 @@ def _unzip_cached(zip_path: Path, root: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
-            with zipfile.ZipFile(zip_path) as zf:
-                zf.extractall(tmp)
-            os.replace(tmp, target)
-        except zipfile.BadZipFile as exc:
-            raise DatasetError(f"{zip_path}: not a readable zip file ({exc})") from exc
-        except OSError:
-            if not target.is_dir():  # else another process extracted it first
-                raise
+            _extract(zip_path, tmp, zip_path)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not target.is_dir():  # else another process extracted it first
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if (target / "corpus.jsonl").is_file():
@@ -210,13 +306,20 @@ def _read_split(path: Path, doc_ids: set[str] | dict, queries: dict[str, str], d
 
 
 def _check_layout(folder: Path) -> list[str]:
-    """Return the split names under ``folder/qrels``; raise if the BEIR layout is incomplete."""
-    missing = [str(p) for p in (folder / "corpus.jsonl", folder / "queries.jsonl") if not p.is_file()]
-    if not (folder / "qrels").is_dir():
-        missing.append(f"{folder / 'qrels'}/")
+    """Return the split names under ``folder/qrels``; raise if the BEIR layout is incomplete or unreadable."""
+    try:
+        missing = [str(p) for p in (folder / "corpus.jsonl", folder / "queries.jsonl") if not p.is_file()]
+        if not (folder / "qrels").is_dir():
+            missing.append(f"{folder / 'qrels'}/")
+        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if not missing else []
+        if not missing:  # an unreadable file fails here, before any reading or encoding
+            for path in (folder / "corpus.jsonl", folder / "queries.jsonl", *(folder / "qrels" / f"{s}.tsv"
+                                                                               for s in splits)):
+                open(path, "rb").close()
+    except OSError as exc:
+        raise DatasetError(f"{folder}: cannot read the BEIR folder ({type(exc).__name__}: {exc})") from exc
     if missing:
         raise DatasetError(f"{folder}: not a BEIR folder, missing {', '.join(missing)}")
-    splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
     if not splits:
         raise DatasetError(f"{folder / 'qrels'}: no <split>.tsv files")
     return splits

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from benchmark.data.dataset import DatasetError
 from benchmark.data.encode import REPO_ROOT
@@ -56,18 +57,52 @@ def check_catalog_name(key: str, catalog: dict[str, dict] | None = None) -> tupl
     return base, subset
 
 
+def catalog_label(name: str, entry: dict) -> str:
+    """How ``name`` is loaded: ``msmarco``, ``beir/<name>`` or ``beir/<name>/<subset>``."""
+    return name if name == "msmarco" else f"beir/{name}" + ("/<subset>" if "subsets" in entry else "")
+
+
+def cache_state(folder: Path, entry: dict) -> str:
+    """Whether catalog dataset ``entry`` is in ``folder`` (``<cache>/beir/<name>``, where the loader looks):
+    ``"yes"``, ``"no"`` (the loader will download it), ``"incomplete (missing ...)"`` or ``"unreadable (...)"``
+    (the loader will not download it and fails on it: delete the folder to download it again)."""
+    try:
+        if not folder.is_dir():
+            return "no"
+        parts = [folder / s for s in entry.get("subsets", [])] or [folder]
+        missing = [f"{p.relative_to(folder.parent)}/{f}" for p in parts for f in ("corpus.jsonl", "queries.jsonl")
+                   if not (p / f).is_file()]
+        missing += [f"{p.relative_to(folder.parent)}/qrels/" for p in parts if not (p / "qrels").is_dir()]
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if missing:
+        return f"incomplete (missing {missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''})"
+    return "yes"
+
+
+def catalog_table(cache_dir: Path) -> list[tuple[str, str, str, str]]:
+    """``(name, source, size, cached)`` per catalog dataset, in catalog order: source = the download URL's host or
+    ``local`` (not public: built by hand, see its ``obtain``), size = docs and evaluation queries, cached =
+    :func:`cache_state` of ``cache_dir/<name>`` (``cache_dir`` = the ``beir/`` folder of the data cache)."""
+    rows = []
+    for name, e in load_catalog().items():
+        source = (urlsplit(e["url"]).hostname or e["url"]) if "url" in e else "local"
+        size = f"{e['num_docs']:,} docs, {e['num_queries']:,} {e['eval_split']} queries"
+        rows.append((catalog_label(name, e), source, size, cache_state(cache_dir / name, e)))
+    return rows
+
+
 def catalog_rows(names: list[str] | None = None, cache_dir: Path | None = None) -> list[tuple[str, str]]:
     """``(label, description)`` per catalog dataset (those in ``names`` if given); ``[cached]`` marks a dataset
-    found under ``cache_dir`` (the ``beir/`` folder of the data cache)."""
+    found complete under ``cache_dir`` (the ``beir/`` folder of the data cache)."""
     rows = []
     for name, e in load_catalog().items():
         if names is not None and name not in names:
             continue
-        label = name if name == "msmarco" else f"beir/{name}" + ("/<subset>" if "subsets" in e else "")
         desc = f"{e['description']}; {e['num_docs']:,} docs, {e['num_queries']:,} {e['eval_split']} queries"
         if "url" not in e:
             desc += "; manual download"
-        if cache_dir is not None and (cache_dir / name).is_dir():
+        if cache_dir is not None and cache_state(cache_dir / name, e) == "yes":
             desc += " [cached]"
-        rows.append((label, desc))
+        rows.append((catalog_label(name, e), desc))
     return rows
