@@ -33,7 +33,7 @@ import tomllib
 from benchmark.data import DatasetError, check_dataset, check_dataset_name, parse_dataset_opt
 from benchmark.harness import SearchSettings
 from benchmark.params import ParamError
-from benchmark.registry import available
+from benchmark.registry import MethodError, available, make_method
 
 # --quick: a smoke run, not results. Tiny sizes for every method that declares these params (defaults untouched):
 # 32 IVF lists for 4k docs, 5 OPQ iterations (of 20) and half an epoch of training. Measured single-threaded
@@ -374,6 +374,13 @@ def plan(*, datasets: str | None = None, methods: str | None = None, config: str
                 job_params = {**quick_params, **combo, **cli}
                 for name in names:
                     jobs += [Job(name, method, job_params, seed) for seed in group_seeds]
+    if not problems:   # the methods' own config rules (combinations of params), before any data is loaded
+        for method, params in {(j.method, repr(sorted(j.params.items()))): (j.method, j.params) for j in jobs}.values():
+            try:
+                problems += [f"{method}({_params_text(params)}): {p}"
+                             for p in make_method(method, params).check_config()]
+            except MethodError as exc:
+                problems.append(str(exc))
     if problems:
         raise ConfigError(problems)
     if not jobs:
@@ -383,6 +390,10 @@ def plan(*, datasets: str | None = None, methods: str | None = None, config: str
     jobs.reverse()
     jobs.sort(key=lambda job: job.seed)  # every method's first seed before any second seed
     return Plan(jobs, {n: specs[n] for n in names}, search, cfg.get("out"))
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
 def select_shard(jobs: list[Job], shard: str | None) -> list[Job]:

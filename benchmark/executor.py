@@ -31,7 +31,7 @@ import numpy as np
 from benchmark.config import ConfigError, Job
 from benchmark.data import RetrievalDataset, load_dataset
 from benchmark.harness import ExactReference
-from benchmark.provenance import set_threads
+from benchmark.registry import BaseMethod
 from benchmark.runner import FitContext, FitResult, exact_top_k, execute_fit, failed_result
 
 EXECUTORS = ("serial", "ray")
@@ -56,13 +56,15 @@ def _worker_dataset(handle: _DatasetRef) -> RetrievalDataset:
     return ray.get(handle.ref)
 
 
-def _run_fit_task(job: Job, handle: _DatasetRef, ctx: FitContext, exact: ExactReference) -> FitResult:
-    """One fit on a Ray worker: the dataset and exact reference come from the driver, the records go back to it."""
+def _run_fit_task(job: Job, method: BaseMethod, handle: _DatasetRef, ctx: FitContext,
+                  exact: ExactReference) -> FitResult:
+    """One fit on a Ray worker: the method (built and checked by the driver), the dataset and the exact reference
+    come from the driver, the records go back to it. The fit runs under the run's thread policy (``ctx.threads``,
+    applied by :func:`execute_fit`), not under the ``OMP_NUM_THREADS`` Ray gives its workers."""
     import ray
-    set_threads(ctx.threads)
     ds = _worker_dataset(handle)
     result = execute_fit(job, ds, ctx.settings, device=ctx.device, cache_dir=ctx.cache_dir, exact=exact,
-                         save_index=ctx.save_index)
+                         save_index=ctx.save_index, method=method, threads=ctx.threads)
     _mark_ray(result.records, node_id=ray.get_runtime_context().get_node_id(), hostname=socket.gethostname(),
               pid=os.getpid())
     return result
@@ -116,11 +118,11 @@ class RayExecutor:
             return _DatasetRef(name, spec=self.specs.get(name, (name, {})))
         return _DatasetRef(name, ref=self.ray.put(ds))
 
-    def results(self, jobs: list[Job], loaded: dict[str, RetrievalDataset], ctx: FitContext,
+    def results(self, todo: list[tuple[Job, BaseMethod]], loaded: dict[str, RetrievalDataset], ctx: FitContext,
                 exact: ExactReference, stage: Callable[[Job, str], None]) -> Iterator[FitResult]:
-        from benchmark.registry import make_method
-        if not jobs:
+        if not todo:
             return
+        jobs = [job for job, _ in todo]
         self._start()
         ray = self.ray
         handles = {name: self._handle(name, ds) for name, ds in loaded.items()
@@ -131,21 +133,22 @@ class RayExecutor:
         cpus = ctx.threads if ctx.threads > 0 else int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         gpus = 1 if ctx.device.startswith("cuda") else 0
         task = ray.remote(_run_fit_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries)
-        pending = {task.remote(job, handles[job.dataset], ctx, exact_ref): job for job in jobs}
+        pending = {task.remote(job, method, handles[job.dataset], ctx, exact_ref): (job, method)
+                   for job, method in todo}
         stage(jobs[0], f"{len(jobs)} fit(s) submitted to ray")
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 ref = done[0]
-                job = pending.pop(ref)
+                job, method = pending.pop(ref)
                 stage(job, f"done on ray; {len(pending)} still running or queued")
                 try:
                     yield ray.get(ref)
                 except (ray.exceptions.RayError, ray.exceptions.RayTaskError) as exc:
                     # the worker died more often than max_retries allows: record the fit as failed, don't drop it
-                    result = failed_result(job, make_method(job.method, job.params), loaded[job.dataset],
-                                           ctx.device, f"{type(exc).__name__}: ray task failed after "
-                                           f"{self.max_retries} retries: {str(exc).splitlines()[0][:300]}")
+                    result = failed_result(job, method, loaded[job.dataset], ctx.device,
+                                           f"{type(exc).__name__}: ray task failed after {self.max_retries} "
+                                           f"retries: {str(exc).splitlines()[0][:300]}")
                     _mark_ray(result.records)
                     yield result
         except (KeyboardInterrupt, GeneratorExit):

@@ -23,12 +23,34 @@ from benchmark.vq import BuiltIndex, VQParams
 
 # The one list of method families (report order): every other module reads it from here.
 FAMILIES = ("reference", "reconstruction", "score-aware", "contrastive", "distillation")
+# What a method's ``reproducibility`` level promises (``--list-methods``).
+REPRODUCIBILITY = {
+    "exact": "bit-identical for the same seed and package versions, at any thread count",
+    "threads": "bit-identical for the same seed, package versions and --threads; another thread count moves the last "
+               "float bits, so near-ties may flip",
+}
 # The family whose method is the uncompressed ceiling (reports draw it as a line, never rank it in a budget).
 REFERENCE_FAMILY = "reference"
 
 
 class MethodError(ValueError):
     """A method was asked for something it cannot do (unknown param, bad value, missing labels, ...)."""
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the checks before any training know of a dataset (read from the loaded dataset, nothing trained)."""
+
+    dim: int
+    num_docs: int
+    labeled_queries: int | None = None    # train queries with qrels (None = unknown: not checked)
+    unlabeled_queries: int | None = None  # train queries usable without labels (train + train-unlabeled)
+
+    @classmethod
+    def of(cls, train: "TrainData") -> "DataFacts":
+        labeled = 0 if train.train_qrels is None or train.train_query_emb is None else len(train.train_query_emb)
+        unlabeled = sum(len(a) for a in (train.train_query_emb, train.unlabeled_query_emb) if a is not None)
+        return cls(train.dim, train.num_docs, labeled, unlabeled)
 
 
 @dataclass
@@ -58,6 +80,12 @@ class BaseMethod:
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     params: ClassVar[dict[str, Any]] = {}
+    # What decides whether its numbers repeat (``--list-methods`` shows it). "exact": bit-identical metrics for the
+    # same seed and versions whatever the thread count (tests/test_determinism.py checks it on synthetic:quick 1 vs 2
+    # threads). "threads": bit-identical for the same seed, versions and ``--threads``; another thread count changes
+    # the last float bits somewhere (``reproducibility_note`` says where) and so, near a tie, a code or a list.
+    reproducibility: ClassVar[str] = "exact"
+    reproducibility_note: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
         declared = self.declared_params()
@@ -96,15 +124,30 @@ class BaseMethod:
         M = self.config.get("M")
         return (M, 8) if isinstance(M, int) and not isinstance(M, bool) else None
 
-    def check_data(self, dim: int, num_docs: int) -> list[str]:
-        """Problems this configuration has with a corpus of ``num_docs`` x ``dim``, found before any training.
+    def check_config(self) -> list[str]:
+        """Problems of the configuration alone (combinations of params no single :class:`Param` can reject), one
+        line each. Checked when the grid is planned (before any data is loaded) and again by :meth:`check_data`;
+        override and extend ``super().check_config()``."""
+        return []
+
+    def labels_needed(self) -> bool:
+        """True when this configuration trains on labeled train queries (qrels); checked before any training."""
+        return False
+
+    def check_data(self, data: DataFacts) -> list[str]:
+        """Problems this configuration has with a dataset (:class:`DataFacts`), found before any training:
+        :meth:`check_config`, the labels (:meth:`labels_needed`), and the data's size and dim.
 
         The default covers the shared params: the PQ layout (:meth:`code_layout`: the sub-quantizers divide the
         dim, and k-means of 2^bits codewords per sub-quantizer needs as many training points) and ``nlist`` (IVF
         k-means needs >= nlist training points); the training points are ``min(num_docs, max_train_points)`` when
         the method declares ``max_train_points``. Override (and extend ``super().check_data``) for other needs.
         """
-        cfg, problems = self.config, []
+        cfg, problems = self.config, self.check_config()
+        dim, num_docs = data.dim, data.num_docs
+        if self.labels_needed() and data.labeled_queries == 0:
+            problems.append("needs labeled train queries (a train split with qrels), but this dataset has none; use "
+                            "a method or setting that trains without labels")
         points = min(num_docs, cfg.get("max_train_points") or num_docs)
         layout = self.code_layout()
         if layout is not None:
@@ -123,9 +166,9 @@ class BaseMethod:
         return problems
 
     def require_data(self, train: TrainData) -> None:
-        """:meth:`check_data` for a ``fit`` called directly (the runner checks every job before any training):
-        one :class:`MethodError` listing the problems."""
-        problems = self.check_data(train.dim, train.num_docs)
+        """:meth:`check_data` for a ``fit`` called directly (the runner checks every job before any training, so
+        there it finds nothing): one :class:`MethodError` listing the problems."""
+        problems = self.check_data(DataFacts.of(train))
         if problems:
             raise MethodError(f"{self.name}: " + "; ".join(problems))
 
@@ -146,6 +189,9 @@ def register(cls: type[BaseMethod]) -> type[BaseMethod]:
         raise MethodError(f"{cls.__name__} has no name")
     if cls.family not in FAMILIES:
         raise MethodError(f"{cls.__name__}.family must be one of {FAMILIES}, got {cls.family!r}")
+    if cls.reproducibility not in REPRODUCIBILITY:
+        raise MethodError(f"{cls.__name__}.reproducibility must be one of {tuple(REPRODUCIBILITY)}, got "
+                          f"{cls.reproducibility!r}")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         existing = _REGISTRY[cls.name]
         if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
@@ -191,6 +237,8 @@ def describe_methods() -> str:
     for name, cls in available().items():
         desc = cls.description if isinstance(cls.description, str) else cls.description()  # a plain attribute too
         lines.append(f"{name}  [{cls.family}]  {desc}")
+        lines.append(f"    reproducible: {REPRODUCIBILITY[cls.reproducibility]}"
+                     + (f" ({cls.reproducibility_note})" if cls.reproducibility_note else ""))
         params = cls.declared_params()
         lines += [f"    {line}" for line in describe(params)] if params else ["    (no params)"]
     return "\n".join(lines)

@@ -29,9 +29,9 @@ from benchmark.config import Job, ConfigError
 from benchmark.data import RetrievalDataset, load_dataset
 from benchmark.data.encode import cache_root
 from benchmark.harness import ExactReference, SearchSettings, evaluate, ivf_nlist, nprobe_sweep
-from benchmark.provenance import peak_rss_mb, provenance
+from benchmark.provenance import peak_rss_mb, provenance, thread_policy
 from benchmark.records import SCHEMA_VERSION, append_records, read_records, run_id
-from benchmark.registry import BaseMethod, MethodError, TrainData, make_method
+from benchmark.registry import BaseMethod, DataFacts, MethodError, TrainData, make_method
 from benchmark._io import write_bytes
 from benchmark.vq import BuiltIndex, VQParams, build_index
 
@@ -49,9 +49,11 @@ def fit_id(dataset: str, split: str, method: str, config: dict[str, Any], seed: 
     return run_id(dataset, split, method, config, seed, "fit")
 
 
-def job_fit_id(job: Job, split: str) -> str:
-    """The fit id ``job`` gets when evaluated on ``split``: what resume looks up before any work."""
-    return fit_id(job.dataset, split, job.method, make_method(job.method, job.params).record_params(), job.seed)
+def job_fit_id(job: Job, split: str, method: BaseMethod | None = None) -> str:
+    """The fit id ``job`` (built as ``method``, when the caller has it) gets when evaluated on ``split``: what resume
+    looks up before any work."""
+    method = method or make_method(job.method, job.params)
+    return fit_id(job.dataset, split, job.method, method.record_params(), job.seed)
 
 
 def planned_sweep(nlist: int, settings: SearchSettings) -> list[int | None]:
@@ -66,6 +68,11 @@ def is_complete(records: Iterable[dict[str, Any]], settings: SearchSettings) -> 
         return False
     nlist = int(ok[0]["index"].get("nlist") or 0)
     return set(planned_sweep(nlist, settings)) <= {r["nprobe"] for r in ok}
+
+
+def data_facts(ds: RetrievalDataset) -> DataFacts:
+    """What the checks before training know of ``ds``: its size, dim and the train queries a method may use."""
+    return DataFacts.of(train_data(ds, 0, "cpu", None))
 
 
 def train_data(ds: RetrievalDataset, seed: int, device: str, cache_dir: str | None) -> TrainData:
@@ -136,6 +143,14 @@ def exact_top_k(ds: RetrievalDataset, settings: SearchSettings, exact: ExactRefe
     return exact.top_k(ds, ds.split(ds.eval_split), max(100, settings.latency_k))
 
 
+def record_header(job: Job, method: BaseMethod, split: str, device: str) -> dict[str, Any]:
+    """The fields every record of a fit starts with (ok or failed): who, on what, with which params and seed."""
+    params = method.record_params()
+    return {"dataset": job.dataset, "split": split, "method": job.method, "family": method.family,
+            "params": params, "seed": job.seed, "fit_id": fit_id(job.dataset, split, job.method, params, job.seed),
+            "schema_version": SCHEMA_VERSION, "provenance": provenance(job.seed, device)}
+
+
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr)
@@ -144,22 +159,28 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, device: str = "cpu",
                 cache_dir: str | Path | None = None, exact: ExactReference | None = None,
-                save_index: bool = False, method: BaseMethod | None = None,
+                save_index: bool = False, method: BaseMethod | None = None, threads: int = 0,
                 stage: Callable[[str], None] | None = None) -> FitResult:
     """Fit ``job`` on ``ds``, build its index and evaluate every nprobe of its sweep; write nothing.
 
-    An exception in the fit or the evaluation becomes one ``failed`` record (the suite goes on); an interruption
-    (KeyboardInterrupt, SystemExit) propagates and the fit leaves no record. ``train_seconds`` is the fit's wall time
-    plus ``info["cached_init_seconds"]`` (what a faiss init served from the shared cache took to train).
+    ``method``: the job's method as the runner built (and checked) it; built here when not given. ``threads``: the
+    run's thread policy (:func:`benchmark.provenance.set_threads`: > 0 threads, 0 = every core), applied here for
+    the whole fit and restored after, so the same job gives the same numbers in this process, a Ray worker or a
+    shard, whatever the environment's thread variables say. An exception in the fit or the evaluation becomes one
+    ``failed`` record (the suite goes on); an interruption (KeyboardInterrupt, SystemExit) propagates and the fit
+    leaves no record. ``train_seconds`` is the fit's wall time plus ``info["cached_init_seconds"]`` (what a faiss init
+    served from the shared cache took to train).
     """
     method = method or make_method(job.method, job.params)
+    with thread_policy(threads):
+        return _execute_fit(job, ds, settings, device, cache_dir, exact or ExactReference(), save_index, method,
+                            stage or (lambda _text: None))
+
+
+def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, device: str,
+                 cache_dir: str | Path | None, exact: ExactReference, save_index: bool, method: BaseMethod,
+                 stage: Callable[[str], None]) -> FitResult:
     split = ds.split(ds.eval_split)
-    params = method.record_params()
-    fid = fit_id(job.dataset, split.name, job.method, params, job.seed)
-    exact = exact or ExactReference()
-    stage = stage or (lambda _text: None)
-    base = {"dataset": job.dataset, "split": split.name, "method": job.method, "family": method.family,
-            "params": params, "seed": job.seed, "fit_id": fid, "schema_version": SCHEMA_VERSION}
     try:
         stage("fit")
         t0 = time.perf_counter()
@@ -176,6 +197,8 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
         stage("exact top-k")
         exact_top = exact_top_k(ds, settings, exact)
         facts = _index_facts(vq, index, info)
+        header = record_header(job, method, split.name, device)
+        fid = header["fit_id"]
         files: dict[str, bytes] = {}
         if save_index:
             path = f"indexes/{fid}.faiss"
@@ -187,12 +210,12 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
         for nprobe in planned_sweep(ivf_nlist(index), settings):
             stage(f"search nprobe={nprobe}" if nprobe is not None else "search")
             ev = evaluate(index, ds, split, exact_top, settings, nprobe, query_map)
-            rid = run_id(job.dataset, split.name, job.method, params, job.seed, nprobe)
+            rid = run_id(job.dataset, split.name, job.method, header["params"], job.seed, nprobe)
             sidecar = f"per_query/{rid}.json"
             files[sidecar] = json_bytes(ev.per_query)
-            records.append({**base, "run_id": rid, "nprobe": nprobe, "index": facts, "metrics": ev.metrics,
+            records.append({**header, "run_id": rid, "nprobe": nprobe, "index": facts, "metrics": ev.metrics,
                             "fidelity": ev.fidelity, "latency": ev.latency, "train_seconds": train_seconds,
-                            "per_query": sidecar, "provenance": {**provenance(job.seed, device),
+                            "per_query": sidecar, "provenance": {**header["provenance"],
                                                                  "peak_rss_mb": peak_rss_mb()},
                             "train_info": info, "status": "ok"})
         return FitResult(job, fid, records, files)
@@ -204,15 +227,11 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
 def failed_result(job: Job, method: BaseMethod, ds: RetrievalDataset, device: str, error: str,
                   **extra: Any) -> FitResult:
     """The one ``failed`` record of a fit that produced no index (``extra``: more record fields, e.g. traceback)."""
-    split, params = ds.eval_split, method.record_params()
-    fid = fit_id(job.dataset, split, job.method, params, job.seed)
-    rec = {"dataset": job.dataset, "split": split, "method": job.method, "family": method.family,
-           "params": params, "seed": job.seed, "fit_id": fid, "schema_version": SCHEMA_VERSION,
-           "run_id": run_id(job.dataset, split, job.method, params, job.seed, None), "nprobe": None,
-           "index": {}, "metrics": None, "fidelity": None, "latency": None, "train_seconds": None,
-           "per_query": None, "provenance": provenance(job.seed, device), "status": "failed", "error": error,
-           **extra}
-    return FitResult(job, fid, [rec])
+    header = record_header(job, method, ds.eval_split, device)
+    rec = {**header, "run_id": run_id(job.dataset, ds.eval_split, job.method, header["params"], job.seed, None),
+           "nprobe": None, "index": {}, "metrics": None, "fidelity": None, "latency": None, "train_seconds": None,
+           "per_query": None, "status": "failed", "error": error, **extra}
+    return FitResult(job, header["fit_id"], [rec])
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -288,41 +307,74 @@ class Runner:
             loaded[name] = ds
         return loaded
 
-    @staticmethod
-    def check(jobs: list[Job], loaded: dict[str, RetrievalDataset]) -> None:
-        """Every job's params against its dataset's size and dim, before any training: one line per problem."""
+    def check(self, jobs: list[Job], loaded: dict[str, RetrievalDataset]) -> list[BaseMethod]:
+        """Every job against its dataset and the grid as a whole, before any training; returns each job's method,
+        built once (the run passes it on to its fit).
+
+        Per job: the method's params and :meth:`BaseMethod.check_data` (its config rules, the labels it needs, the
+        data's size and dim). For the grid: an nprobe that no planned IVF fit can use is an error; one that some fits
+        can use and others cannot is evaluated at their nlist, printed as an adjustment. All problems are raised
+        together (:class:`ConfigError`, one line each).
+        """
         problems: list[str] = []
+        methods: list[BaseMethod] = []
+        facts = {name: data_facts(ds) for name, ds in loaded.items()}
         for job in jobs:
-            ds = loaded[job.dataset]
             try:
                 method = make_method(job.method, job.params)
             except MethodError as exc:
                 problems.append(f"{job.label()}: {exc}")
                 continue
-            problems += [f"{job.label()}: {p}" for p in method.check_data(ds.dim, ds.num_docs)]
+            methods.append(method)
+            problems += [f"{job.label()}: {p}" for p in method.check_data(facts[job.dataset])]
+        if not problems:
+            problems += self._check_nprobes(jobs, methods)
         problems = list(dict.fromkeys(problems))
         if problems:
             raise ConfigError(problems)
+        return methods
+
+    def _check_nprobes(self, jobs: list[Job], methods: list[BaseMethod]) -> list[str]:
+        """An explicit nprobe sweep against the planned fits' IVF lists (``nlist``): problems; adjustments logged."""
+        asked = self.settings.nprobes
+        if not asked:
+            return []
+        nlists = {job.label(): m.config["nlist"] for job, m in zip(jobs, methods)
+                  if isinstance(m.config.get("nlist"), int)}
+        if not nlists:
+            self.log(f"note: nprobes {asked} unused: no planned fit has an IVF (only methods with an nlist param do)")
+            return []
+        largest = max(nlists.values())
+        unusable = [p for p in asked if p > largest]
+        if unusable:
+            return [f"nprobes: {unusable} exceed the nlist of every planned IVF fit (largest nlist {largest}); "
+                    f"nprobe can be at most nlist"]
+        for label, nlist in nlists.items():
+            clamped = [p for p in asked if p > nlist]
+            if clamped:
+                self.log(f"adjusted: {label}: nprobes {clamped} > nlist {nlist}, evaluated at nprobe {nlist}")
+        return []
 
     def run(self, jobs: list[Job]) -> list[dict[str, Any]]:
         """Run every job whose fit is not complete in the results file; return the records written.
 
-        Datasets are loaded and every job is checked against them first (:meth:`check`); then the fits run (in this
-        process, or on ``self.executor``: any object with ``results(jobs, loaded, ctx, exact, stage)`` yielding
-        :class:`FitResult` in any order) and this process writes each result whole as it arrives.
-        ``self.summary`` tracks progress, also when a KeyboardInterrupt stops the run.
+        Datasets are loaded and every job is checked against them first (:meth:`check`, which builds each job's
+        method once); then the fits run (in this process, or on ``self.executor``: any object with
+        ``results(jobs, methods, loaded, ctx, exact, stage)`` yielding :class:`FitResult` in any order) and this
+        process writes each result whole as it arrives. ``self.summary`` tracks progress, also when a
+        KeyboardInterrupt stops the run.
         """
         self.summary = RunSummary(planned=len(jobs))
         loaded = self.load(dict.fromkeys(job.dataset for job in jobs))
-        self.check(jobs, loaded)
+        methods = self.check(jobs, loaded)
         done = self.complete_fits()
-        todo = []
-        for job in jobs:
-            if job_fit_id(job, loaded[job.dataset].eval_split) in done:
+        todo: list[tuple[Job, BaseMethod]] = []
+        for job, method in zip(jobs, methods):
+            if job_fit_id(job, loaded[job.dataset].eval_split, method) in done:
                 self.log(f"skip (recorded): {job.label()}")
                 self.summary.skipped.append(job.label())
             else:
-                todo.append(job)
+                todo.append((job, method))
         written: list[dict[str, Any]] = []
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="fits", unit="fit", dynamic_ncols=True)
 
@@ -343,14 +395,14 @@ class Runner:
             bar.close()
         return written
 
-    def _results(self, jobs: list[Job], loaded: dict[str, RetrievalDataset],
+    def _results(self, todo: list[tuple[Job, BaseMethod]], loaded: dict[str, RetrievalDataset],
                  stage: Callable[[Job, str], None]) -> Iterable[FitResult]:
         if self.executor is not None:
             ctx = FitContext(self.settings, self.device, None if self.cache_dir is None else str(self.cache_dir),
                              self.save_index, self.threads)
-            yield from self.executor.results(jobs, loaded, ctx, self.exact, stage)
+            yield from self.executor.results(todo, loaded, ctx, self.exact, stage)
             return
-        for job in jobs:
+        for job, method in todo:
             yield execute_fit(job, loaded[job.dataset], self.settings, device=self.device, cache_dir=self.cache_dir,
-                              exact=self.exact, save_index=self.save_index,
+                              exact=self.exact, save_index=self.save_index, method=method, threads=self.threads,
                               stage=lambda text, job=job: stage(job, text))

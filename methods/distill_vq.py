@@ -63,11 +63,11 @@ from __future__ import annotations
 import torch
 
 from benchmark.params import Param
-from benchmark.registry import BaseMethod, MethodError, TrainData, register
+from benchmark.registry import BaseMethod, DataFacts, TrainData, register
 from benchmark.vq import WRITEBACK_MODES, VQParams, encode_docs, factory_string
 from benchmark.vq.candidates import (CANDIDATE_SOURCES, IB_DOCS, QUERY_SOURCES, candidate_scores, parse_candidates,
                                      sample_candidates, training_queries)
-from benchmark.vq.faiss_init import INIT_PARAMS, init_for
+from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.torch_vq import TorchVQ, ste_temperature
 from benchmark.vq.train import (M_PARAM, NLIST_PARAM, OPTIMIZERS, SCHEDULES, Step, Trainer, TrainSpec, timed,
                                 with_defaults)
@@ -119,31 +119,31 @@ PARAMS = {
 }
 
 
-def check_config(cfg: dict, who: str) -> set[str]:
-    """The candidate sources; inconsistent combinations rejected before any work."""
+def config_problems(cfg: dict) -> list[str]:
+    """Inconsistent combinations of params, one line each (checked before any data is loaded)."""
     try:
         sources = parse_candidates(cfg["candidates"])
     except ValueError as exc:
-        raise MethodError(f"{who}: {exc}") from None
+        return [f"candidates={cfg['candidates']!r}: {exc}"]
+    problems = []
     if not (cfg["train_ivf"] or cfg["train_pq"]):
-        raise MethodError(f"{who}: train_ivf and train_pq are both False: nothing to train")
+        problems.append("train_ivf and train_pq are both False: nothing to train")
     if cfg["codes"] == "fixed" and cfg["writeback"] in ("preassigned", "reencode"):
-        raise MethodError(f"{who}: codes='fixed' trains the codebooks for the faiss codes, so writeback="
-                          f"{cfg['writeback']!r} (re-encoding the docs with them) would store codes they were not "
-                          "trained for; use writeback='codes' (or 'auto'), or codes='ste'")
+        problems.append(f"codes='fixed' trains the codebooks for the faiss codes, so writeback={cfg['writeback']!r} "
+                        "(re-encoding the docs with them) would store codes they were not trained for; use "
+                        "writeback='codes' (or 'auto'), or codes='ste'")
     if "gt" in sources and cfg["queries"] != "labeled":
-        raise MethodError(f"{who}: candidates 'gt' needs labels: use queries='labeled' (got {cfg['queries']!r})")
+        problems.append(f"candidates 'gt' needs labels: use queries='labeled' (got {cfg['queries']!r})")
     if cfg["label_weight"] > 0 and cfg["label_scope"] == "topk" and "topk" not in sources:
-        raise MethodError(f"{who}: label_scope='topk' keeps the label term of queries whose positive is in the "
-                          f"teacher's top-K: add 'topk' to the candidates (got candidates={cfg['candidates']!r})")
+        problems.append(f"label_scope='topk' keeps the label term of queries whose positive is in the teacher's "
+                        f"top-K: add 'topk' to the candidates (got candidates={cfg['candidates']!r})")
     if cfg["label_weight"] > 0 and "gt" not in sources:
-        raise MethodError(f"{who}: label_weight={cfg['label_weight']} needs the labeled positives among the "
-                          f"candidates (candidates with 'gt', queries='labeled'); got candidates={cfg['candidates']!r}")
+        problems.append(f"label_weight={cfg['label_weight']} needs the labeled positives among the candidates "
+                        f"(candidates with 'gt', queries='labeled'); got candidates={cfg['candidates']!r}")
     if "ib" in sources and cfg["ib_docs"] == "top1" and "topk" not in sources:
-        raise MethodError(f"{who}: ib_docs='top1' shares the other queries' teacher top-1: add 'topk' to the "
-                          f"candidates or use ib_docs='all' (got candidates={cfg['candidates']!r})")
-    return sources
-
+        problems.append(f"ib_docs='top1' shares the other queries' teacher top-1: add 'topk' to the candidates or "
+                        f"use ib_docs='all' (got candidates={cfg['candidates']!r})")
+    return problems
 
 
 @register
@@ -151,16 +151,34 @@ class DistillVQ(BaseMethod):
     """Distill-VQ (Xiao et al., SIGIR 2022): IVF centroids + PQ codebooks distilled from dense scores (unlabeled)."""
 
     name = "distill-vq"
+    reproducibility = "threads"
+    reproducibility_note = OPQ_THREADS_NOTE
     family = "distillation"
     params = PARAMS
 
     def factory(self) -> str:
         return factory_string(self.config["M"], self.config["nlist"], self.config["opq"])
 
+    def check_config(self) -> list[str]:
+        return super().check_config() + config_problems(self.config)
+
+    def labels_needed(self) -> bool:
+        return self.config["queries"] == "labeled"
+
+    def check_data(self, data: DataFacts) -> list[str]:
+        problems = super().check_data(data)
+        cfg = self.config
+        if cfg["queries"] == "unlabeled" and data.unlabeled_queries == 0:
+            problems.append("queries='unlabeled' needs train or train-unlabeled queries, but this dataset has none; "
+                            "use queries='docs'")
+        if "topk" in cfg["candidates"].split("+") and cfg["topk"] > data.num_docs:
+            problems.append(f"topk={cfg['topk']} must be <= the number of docs ({data.num_docs})")
+        return problems
+
     def fit(self, train: TrainData) -> VQParams:
         cfg, info = self.config, {}
-        sources = check_config(cfg, self.name)
         self.require_data(train)
+        sources = parse_candidates(cfg["candidates"])
         init = init_for(train, self.factory(), cfg)
         with timed(info, "mining"):
             qs = training_queries(train, cfg["queries"], sources, cfg["topk"], cfg["doc_queries"], self.name)

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 
 from benchmark.params import Param
-from benchmark.registry import BaseMethod, TrainData, register
+from benchmark.registry import BaseMethod, DataFacts, TrainData, register
 from benchmark.vq import BuiltIndex, add_in_chunks
 from benchmark.vq.faiss_init import MAX_POINTS_PER_CENTROID, training_sample
 
@@ -78,6 +78,8 @@ class FaissRaBitQ(BaseMethod):
     ``info["bytes_per_vector"]`` counts faiss's per-vector float factors besides the nb_bits*d code bits."""
 
     name = "faiss-rabitq"
+    reproducibility = "threads"
+    reproducibility_note = ("the seeded random rotation is applied by BLAS sgemm, whose last float bits depend on the thread count")
     family = "reconstruction"
     params = {
         "nb_bits": Param(1, "bits per dimension of the code (1 = RaBitQ; 2..9 = extended RaBitQ)", min=1, max=9),
@@ -139,10 +141,15 @@ class BinarySign(BaseMethod):
     family = "reconstruction"
     params: dict = {}
 
+    def check_data(self, data: DataFacts) -> list[str]:
+        problems = super().check_data(data)
+        if data.dim % 8:
+            problems.append(f"the embedding dim {data.dim} must be a multiple of 8 (8 sign bits per byte)")
+        return problems
+
     def fit(self, train: TrainData) -> BuiltIndex:
+        self.require_data(train)
         d = train.dim
-        if d % 8:
-            raise ValueError(f"{self.name}: the embedding dim {d} must be a multiple of 8 (8 sign bits per byte)")
         # An IndexPQ over 8-dim blocks whose 256 codewords are the 256 sign patterns: its encoder stores exactly the
         # sign bits, its search scores q . sign(x) / sqrt(d) in float (no Hamming approximation of the query, no
         # re-scoring). faiss's IndexBinaryFlat / IndexLSH would also binarize the query and return Hamming

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.params import Param
-from benchmark.registry import BaseMethod, TrainData, register
+from benchmark.registry import BaseMethod, DataFacts, TrainData, register
 from benchmark.vq import VQParams, factory_string
-from benchmark.vq.faiss_init import INIT_PARAMS, init_for
+from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
 from benchmark.vq.train import M_PARAM, OPTIMIZER_PARAM, SCHEDULE_PARAM, Step, Trainer, TrainSpec, positives
@@ -27,6 +27,8 @@ class InfoNCEPQ(BaseMethod):
     """InfoNCE (LibVQ's contrastive loss): OPQ codebooks trained on labeled positives vs in-batch + mined docs."""
 
     name = "infonce-pq"
+    reproducibility = "threads"
+    reproducibility_note = OPQ_THREADS_NOTE
     family = "contrastive"
     params = {"M": M_PARAM, "epochs": Param(1.0, "passes over the labeled queries", min=0, min_exclusive=True),
               "batch_size": Param(32, "queries per step", min=2), **INIT_PARAMS,
@@ -37,7 +39,18 @@ class InfoNCEPQ(BaseMethod):
               "warmup": Param(0.1, "share of the steps with a linear lr warm-up", min=0, max=1),
               "optimizer": OPTIMIZER_PARAM, "schedule": SCHEDULE_PARAM}
 
+    def labels_needed(self) -> bool:
+        return True
+
+    def check_data(self, data: DataFacts) -> list[str]:
+        cfg, problems = self.config, super().check_data(data)
+        if not cfg["hard_negatives"] <= cfg["hard_k"] <= data.num_docs:
+            problems.append(f"needs hard_negatives <= hard_k <= the number of docs ({data.num_docs}), got "
+                            f"hard_negatives={cfg['hard_negatives']}, hard_k={cfg['hard_k']}")
+        return problems
+
     def fit(self, train: TrainData) -> VQParams:
+        self.require_data(train)
         cfg, pos = self.config, positives(train, self.name)
         init = init_for(train, factory_string(cfg["M"], opq=True), cfg)
         top = index_topk(init, train.doc_emb, pos.query_emb(train), cfg["hard_k"], train.cache_dir)

@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.params import Param
-from benchmark.registry import BaseMethod, MethodError, TrainData, register
+from benchmark.registry import BaseMethod, DataFacts, TrainData, register
 from benchmark.vq import VQParams, factory_string, fold_single_centroid
-from benchmark.vq.faiss_init import INIT_PARAMS, init_for
+from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
 from benchmark.vq.train import (M_PARAM, NLIST_PARAM, WRITEBACK_PARAM, Step, Trainer, TrainSpec, positives,
@@ -139,6 +139,8 @@ class JPQ(BaseMethod):
     """JPQ (Zhan et al. 2021): flat PQ codebooks trained for ranking on hard negatives from the current index."""
 
     name = "jpq"
+    reproducibility = "threads"
+    reproducibility_note = OPQ_THREADS_NOTE
     family = "contrastive"
     ivf = False
     params = {
@@ -163,13 +165,21 @@ class JPQ(BaseMethod):
     def factory(self) -> str:
         return factory_string(self.config["M"], self.config["nlist"] if self.ivf else 1, opq=True)
 
-    def check(self, train: TrainData) -> None:
+    def labels_needed(self) -> bool:
+        return True
+
+    def check_config(self) -> list[str]:
         cfg = self.config
-        self.require_data(train)
-        if cfg["top_k"] > train.num_docs:
-            raise MethodError(f"{self.name}: top_k must be in [1, {train.num_docs}], got {cfg['top_k']}")
+        problems = super().check_config()
         if cfg["negatives"] == "pool" and not cfg["top_k"] <= cfg["pool_size"]:
-            raise MethodError(f"{self.name}: pool_size must be >= top_k ({cfg['top_k']}), got {cfg['pool_size']}")
+            problems.append(f"pool_size must be >= top_k ({cfg['top_k']}), got {cfg['pool_size']}")
+        return problems
+
+    def check_data(self, data: DataFacts) -> list[str]:
+        problems = super().check_data(data)
+        if self.config["top_k"] > data.num_docs:
+            problems.append(f"top_k must be in [1, {data.num_docs}] (the number of docs), got {self.config['top_k']}")
+        return problems
 
     def init_params(self, train: TrainData) -> VQParams:
         """The faiss init (cached under ``train.cache_dir``, shared with other methods)."""
@@ -184,7 +194,7 @@ class JPQ(BaseMethod):
         return rates
 
     def fit(self, train: TrainData) -> VQParams:
-        self.check(train)
+        self.require_data(train)
         cfg = self.config
         labels = labeled_queries(train, cfg["label_fraction"], train.seed)
         init, info = self.init_params(train), {}

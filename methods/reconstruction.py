@@ -5,7 +5,7 @@ from __future__ import annotations
 from benchmark.params import Param
 from benchmark.registry import BaseMethod, TrainData, register
 from benchmark.vq import BuiltIndex, VQParams, exact_index
-from benchmark.vq.faiss_init import trained_params
+from benchmark.vq.faiss_init import OPQ_THREADS_NOTE, trained_params
 
 
 @register
@@ -64,6 +64,8 @@ class FaissOPQ(FaissQuantizer):
     """OPQ rotation + flat PQ, ``OPQ{M},PQ{M}x8``."""
 
     name = "faiss-opq"
+    reproducibility = "threads"
+    reproducibility_note = OPQ_THREADS_NOTE
     opq = True
     params = OPQ_PARAMS
 
@@ -82,6 +84,8 @@ class FaissIVFOPQ(FaissQuantizer):
     """OPQ rotation + IVF + residual PQ, ``OPQ{M},IVF{nlist},PQ{M}x8``."""
 
     name = "faiss-ivfopq"
+    reproducibility = "threads"
+    reproducibility_note = OPQ_THREADS_NOTE
     opq = True
     ivf = True
     params = {**OPQ_PARAMS, "nlist": NLIST}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from benchmark import cli
+from benchmark.config import plan
 from benchmark.registry import BaseMethod, MethodError, TrainData, register
 
 CONFIG_TYPO = '[[runs]]\nmethod = ["faiss-pq"]\n'
@@ -123,6 +124,16 @@ CASES = [
      ["error: --dataset-opt 'split': expected KEY=VALUE"]),
     ("dataset-opt-dev", ["--quick", "--dataset-opt", "dev_queries=-3"], {},
      ["error: --dataset-opt: dataset 'synthetic:quick' option dev_queries: expected int >= 0, got -3"]),
+    # a method's own config rules (combinations of params) are checked when the grid is planned, before any data
+    ("distill-candidates-ib-only", ["--quick", "--methods", "distill-vq", "--param", "candidates=ib"], {},
+     ["error: distill-vq(candidates=ib,epochs=0.5,nlist=32,opq_niter=5): candidates='ib': candidates need a source "
+      "besides 'ib'"]),
+    ("distill-nothing-to-train", ["--quick", "--methods", "distill-vq", "--param", "train_ivf=false",
+                                  "--param", "train_pq=false"], {},
+     ["error: distill-vq(epochs=0.5,nlist=32,opq_niter=5,train_ivf=False,train_pq=False): train_ivf and train_pq "
+      "are both False: nothing to train"]),
+    ("jpq-pool-below-top-k", ["--quick", "--methods", "jpq", "--param", "pool_size=100"], {},
+     ["error: jpq(epochs=0.5,opq_niter=5,pool_size=100): pool_size must be >= top_k (200), got 100"]),
     ("many-problems-at-once", ["--methods", "faiss-pq,nope", "--seeds", "0", "--nprobes", "x"], {},
      ["error: --seeds: expected", "error: --nprobes: expected", "error: --methods: unknown method 'nope'"]),
 ]
@@ -197,3 +208,63 @@ def test_every_fit_failed_is_exit_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VQBENCH_DATA_DIR", str(tmp_path / "cache"))
     code, _, err = run(capsys, "--quick", "--methods", "test-fails", "--seeds", "2", "--out", str(tmp_path))
     assert code == 1 and "2 fit(s) failed" in err
+
+
+def test_the_grid_is_checked_against_the_data_before_any_fit(tmp_path, capsys, monkeypatch):
+    """Rules that need the data (labels, dim, size, the nprobe sweep against the planned nlists): exit 2 after
+    loading, before any training, every problem listed."""
+    import benchmark.runner as runner
+    monkeypatch.setattr(runner, "execute_fit", lambda *a, **k: pytest.fail("a fit started"))
+    data = tiny_npy(tmp_path / "d", docs=300, dim=12)        # no train qrels; 12 is not a multiple of 8
+    code, _, err = run(capsys, "--datasets", f"npy:{data}", "--methods", "jpq,distill-vq-labeled,infonce-pq,"
+                       "binary-sign,faiss-pq", "--param", "M=4", "--out", str(tmp_path / "out"))
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2
+    no_labels = ("needs labeled train queries (a train split with qrels), but this dataset has none; use a method "
+                 "or setting that trains without labels")
+    assert lines == [f"error: npy:{data} jpq(M=4) seed=0: {no_labels}",
+                     f"error: npy:{data} distill-vq-labeled(M=4) seed=0: {no_labels}",
+                     f"error: npy:{data} infonce-pq(M=4) seed=0: {no_labels}",
+                     f"error: npy:{data} binary-sign seed=0: the embedding dim 12 must be a multiple of 8 (8 sign "
+                     f"bits per byte)"]
+    code, _, err = run(capsys, "--datasets", f"npy:{data}", "--methods", "distill-vq", "--param", "M=4",
+                       "--param", "nlist=8", "--out", str(tmp_path / "out"))
+    assert code == 2 and (f"error: npy:{data} distill-vq(M=4,nlist=8) seed=0: queries='unlabeled' needs train or "
+                          f"train-unlabeled queries, but this dataset has none; use queries='docs'") in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_an_nprobe_no_planned_fit_can_use_is_an_error_and_a_clamped_one_is_printed(tmp_path, capsys, monkeypatch):
+    import benchmark.runner as runner
+    monkeypatch.setattr(runner, "execute_fit", lambda *a, **k: pytest.fail("a fit started"))
+    code, _, err = run(capsys, "--quick", "--methods", "faiss-ivfpq,faiss-pq", "--nprobes", "4,64,128",
+                       "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        "error: nprobes: [64, 128] exceed the nlist of every planned IVF fit (largest nlist 32); nprobe can be at "
+        "most nlist"]
+    config = tmp_path / "c.toml"
+    config.write_text('[search]\nnprobes = [4, 64]\n[[runs]]\nmethods = ["faiss-ivfpq"]\n'
+                      'params = { nlist = [16, 64], M = 8 }\n')
+    logged: list[str] = []
+    planned = plan(config=str(config), datasets="synthetic:quick")
+    r = runner.Runner(tmp_path / "o2", planned.settings(), datasets=planned.datasets, log=logged.append)
+    r.check(planned.jobs, r.load(["synthetic:quick"]))
+    assert "adjusted: synthetic:quick faiss-ivfpq(M=8,nlist=16) seed=0: nprobes [64] > nlist 16, evaluated at " \
+           "nprobe 16" in logged
+    assert not any("nlist=64" in line for line in logged if line.startswith("adjusted"))
+
+
+def test_the_runner_builds_each_jobs_method_once(tmp_path, monkeypatch):
+    """The method a job is checked with is the one its fit runs (and its fit id is looked up with)."""
+    import benchmark.runner as runner
+    from benchmark.registry import make_method
+    built: list[str] = []
+    monkeypatch.setattr(runner, "make_method",
+                        lambda name, params=None: built.append(name) or make_method(name, params))
+    planned = plan(methods="flat,faiss-pq", quick=True, seeds="2")
+    r = runner.Runner(tmp_path, planned.settings(), datasets=planned.datasets, cache_dir=tmp_path / "cache")
+    r.run(planned.jobs)
+    assert r.summary.ok and sorted(built) == ["faiss-pq", "faiss-pq", "flat", "flat"]
+    r.run(planned.jobs)          # resumed: built again for the check and the fit-id lookup, nothing fitted
+    assert len(built) == 8 and len(r.summary.skipped) == 4

@@ -5,7 +5,7 @@ import faiss
 import numpy as np
 import pytest
 
-from benchmark.registry import MethodError, TrainData, available, make_method
+from benchmark.registry import DataFacts, MethodError, TrainData, available, make_method
 from benchmark.vq import BuiltIndex, build_index
 from methods.score_aware import (anisotropic_loss, assign, decode, eta_exact, eta_limit, kmeans_pq, point_etas,
                                  update_codebooks)
@@ -138,14 +138,14 @@ def test_bad_params_fail_with_one_clear_error(clustered):
                                           r"positive divisor of the embedding dim 32"):
         make_method("score-aware", {"M": 3}).fit(train_of(clustered[0]))
     # the runner's pre-training check sees the same layout (4-bit: 16 codewords need >= 16 training points)
-    assert make_method("score-aware", {"M": 3}).check_data(32, 10) == [
+    assert make_method("score-aware", {"M": 3}).check_data(DataFacts(32, 10)) == [
         "M=3 makes 6 sub-quantizers of 4 bits, which must be a positive divisor of the embedding dim 32",
         "4-bit PQ trains 16 codewords per sub-quantizer by k-means and needs >= 16 training points; this corpus "
         "gives 10 (10 docs)"]
-    assert make_method("faiss-pq-fastscan", {"M": 4}).check_data(32, 100) == []          # 8 sub-quantizers | 32
-    assert make_method("faiss-pq-fastscan", {"M": 3}).check_data(32, 100) == [
+    assert make_method("faiss-pq-fastscan", {"M": 4}).check_data(DataFacts(32, 100)) == []          # 8 sub-quantizers | 32
+    assert make_method("faiss-pq-fastscan", {"M": 3}).check_data(DataFacts(32, 100)) == [
         "M=3 makes 6 sub-quantizers of 4 bits, which must be a positive divisor of the embedding dim 32"]
-    assert make_method("score-aware", {"M": 4, "nbits": 8}).check_data(32, 300) == []
+    assert make_method("score-aware", {"M": 4, "nbits": 8}).check_data(DataFacts(32, 300)) == []
 
 
 # ------------------------------------------------------------------------------------------------ faiss references

@@ -132,7 +132,7 @@ def test_faiss_search_equals_torch_scores(quick, train: TrainData, name: str, pa
 def test_missing_labels_raise(train: TrainData) -> None:
     unlabeled = TrainData(doc_emb=train.doc_emb, doc_ids=train.doc_ids, train_query_emb=train.train_query_emb,
                           train_query_ids=train.train_query_ids, train_qrels=None, cache_dir=train.cache_dir)
-    with pytest.raises(ValueError, match="JPQ needs labeled train queries"):
+    with pytest.raises(MethodError, match="jpq: needs labeled train queries"):
         make_method("jpq", FAST).fit(unlabeled)
 
 

@@ -1,9 +1,13 @@
 """Train faiss reconstruction quantizers (k-means / PQ / OPQ) reproducibly, with an on-disk cache.
 
 Learned methods start from the same faiss quantizer as their reconstruction baseline; the cache (keyed by the doc
-matrix fingerprint, factory string, seed and training knobs) lets a suite train each one once.
-Multithreaded faiss k-means/OPQ is not bit-deterministic across thread counts: seeds are set, and the thread count
-is part of the provenance of every record.
+matrix fingerprint, factory string, seed, training knobs, faiss version and thread count) lets a suite train each one
+once.
+
+Thread count: faiss's k-means (IVF, PQ) gave bit-identical centroids at 1 and 2 threads here, but OPQ does not: its
+rotation is fitted with BLAS sgemm (and applied with it to every doc and query), and OpenBLAS's sgemm rounds the last
+float bit differently with another thread count (:data:`OPQ_THREADS_NOTE`). So the thread count is part of the cache
+key: a cached init is exactly what this run would have trained, whichever run trained it first.
 """
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ from benchmark.params import Param
 from benchmark.vq.params import VQParams, params_from_index
 
 MAX_POINTS_PER_CENTROID = 256
+# why methods with an OPQ rotation are reproducible for the same --threads only (``BaseMethod.reproducibility``)
+OPQ_THREADS_NOTE = ("faiss's OPQ rotation is fitted and applied with BLAS sgemm, whose last float bits depend on the "
+                    "thread count; measured 1 vs 2 threads on synthetic:quick: metrics moved by up to 0.0015")
 # faiss prints "WARNING clustering N points to K centroids" below 39 points per centroid (only a print: the
 # clustering is the same). Small samples are deliberate here (the quick preset, OPQ's sample, small corpora), so
 # the warning is off and the sample size is recorded in the init's info instead.
@@ -111,7 +118,7 @@ def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: 
     path = None
     if cache_dir:
         key = hashlib.sha1(f"{fingerprint(doc_emb)}|{factory}|{seed}|{max_train_points}|{opq_niter}|"
-                           f"{faiss.__version__}".encode()).hexdigest()[:20]
+                           f"{faiss.__version__}|threads={faiss.omp_get_max_threads()}".encode()).hexdigest()[:20]
         path = Path(cache_dir) / f"faiss-init-{key}.faiss"
     cached = path is not None and path.exists()
     if cached:

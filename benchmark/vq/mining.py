@@ -90,5 +90,6 @@ def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, c
     model = hashlib.sha1()
     for part in (vq.pq_codebooks, vq.ivf_centroids, vq.rotation, vq.query_map, vq.doc_codes, vq.doc_assign):
         model.update(b"-" if part is None else np.ascontiguousarray(part))   # hashed in place, no bytes copy
-    key = f"index|{model.hexdigest()}|{fingerprint(queries)}|{k}|{faiss.__version__}"
+    # the thread count: an OPQ rotation applied with another one may round a near-tie the other way (faiss_init)
+    key = f"index|{model.hexdigest()}|{fingerprint(queries)}|{k}|{faiss.__version__}|{faiss.omp_get_max_threads()}"
     return _cached_ids(cache_dir, key, search)
