@@ -1,12 +1,17 @@
 """``run_benchmark.py``: plan a grid of fits (datasets x methods x params x seeds), run it, write the report.
 
 Exit status: 0 when every planned fit succeeded; 1 when any fit failed (a summary of the failures is printed, the
-records keep them); 2 for bad input (one line per problem, before any work); 130 after Ctrl-C (what completed and
-the command that resumes are printed).
+records keep them); 2 for bad input (one line per problem, before any work), which includes an output folder that
+another run is writing (its lock, ``<out>/.vqbench.lock``, is held: :mod:`benchmark.lock`) and a ``results.jsonl``
+with unreadable lines (each printed as ``file:line: reason``; ``--repair`` moves them aside); 3 when writing the
+results failed in the environment (disk full, quota, I/O error, read-only filesystem: one line naming the file; the
+records file is left as it was before the fit being written, so the same command resumes once there is room); 130
+after Ctrl-C or SIGTERM (what completed and the command that resumes are printed).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import signal
 import sys
@@ -16,13 +21,16 @@ from pathlib import Path
 from benchmark.config import (ConfigError, check_out, check_results_dir, plan, select_shard)
 from benchmark.data import DatasetError
 from benchmark.harness import SearchSettings
+from benchmark.lock import check_unlocked, folder_lock, holder
 from benchmark.provenance import set_threads
 from benchmark.registry import MethodError, describe_methods
-from benchmark.records import RecordError
+from benchmark.records import REJECTED_NAME, RecordError, RecordWriteError, read_records, repair_records
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "reports" / "latest"
 SUMMARY_LINES = 20  # failed fits listed on exit (the rest are counted; every one is in results.jsonl)
+# an OSError with one of these while writing the results is the environment's (exit 3), not the input's
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +66,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                   "(round robin); merge the shard folders with --merge")
     p.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="merge shard folders into --out, then report")
     p.add_argument("--no-resume", action="store_true", help="re-run fits already recorded in --out")
-    p.add_argument("--report-only", metavar="DIR", help="rebuild the report of DIR from its results.jsonl")
+    p.add_argument("--report-only", metavar="DIR", help="rebuild the report of DIR from its results.jsonl (a folder "
+                                                         "another run is writing is read as it is, with a note)")
+    p.add_argument("--repair", action="store_true",
+                   help=f"move the unreadable lines of results.jsonl (torn, not JSON, not the record schema) to "
+                        f"{REJECTED_NAME} beside it (appended, each with its line number, reason and text) and "
+                        f"rewrite results.jsonl with the good lines. Alone (with --out) it repairs and exits; with "
+                        f"other options it repairs the folder, then does what the command without --repair does "
+                        f"(a run, --merge, --report-only). A run refuses a results file with unreadable lines "
+                        f"(exit 2) until it is repaired")
     p.add_argument("--list-methods", action="store_true", help="each method's description and typed params")
     p.add_argument("--list-datasets", action="store_true")
     return p.parse_args(argv)
@@ -92,11 +108,19 @@ def _report(out: Path) -> None:
     print(f"report: {paths.get('leaderboard.md', out / 'leaderboard.md')}")
 
 
+def _script() -> str:
+    return sys.argv[0] if sys.argv and sys.argv[0].endswith("run_benchmark.py") else "run_benchmark.py"
+
+
 def resume_command(argv: list[str]) -> str:
     """The command line that resumes this run (``--no-resume`` dropped: it would start over)."""
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("run_benchmark.py") else "run_benchmark.py"
     return shlex.join([Path(sys.executable).name if "python" in Path(sys.executable).name else sys.executable,
-                       script, *[a for a in argv if a != "--no-resume"]])
+                       _script(), *[a for a in argv if a != "--no-resume"]])
+
+
+def _command(argv: list[str]) -> str:
+    """This command, as the folder lock records it (shown to a run the lock refuses)."""
+    return shlex.join([_script(), *argv])
 
 
 def _failure_summary(failed: list[tuple[str, str]], results: Path) -> str:
@@ -123,35 +147,127 @@ def main(argv: list[str] | None = None) -> int:
             print(list_datasets())
             return 0
         if args.report_only:
-            problems = check_results_dir(args.report_only, "--report-only")
-            if problems:
-                raise ConfigError(problems)
-            _report(Path(args.report_only))
-            return 0
+            return _report_only(args, argv)
         if args.merge:
-            return _merge(args)
+            return _merge(args, argv)
+        if args.repair and not _runs_a_grid(args):
+            return _repair_only(args, argv)
         return _run(args, argv)
     except (ConfigError, MethodError, DatasetError, RecordError) as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the fits (the run's own handler reports those): planning, lock, report
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if not isinstance(exc, RecordWriteError) and exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"error: {_environment_error(exc)}", file=sys.stderr)
+        if not (args.report_only or args.merge or args.repair and not _runs_a_grid(args)):
+            print(f"resume with: {resume_command(argv)}", file=sys.stderr)
+        return 3
 
 
-def _merge(args: argparse.Namespace) -> int:
+def _environment_error(exc: OSError) -> str:
+    """One line for a write the environment refused: what, where, why (with the errno's name)."""
+    code = f" [{errno.errorcode.get(exc.errno, exc.errno)}]" if exc.errno else ""
+    if isinstance(exc, RecordWriteError):
+        return f"{exc.strerror}{code}"
+    where = f"cannot write {exc.filename}: " if exc.filename else "a write failed: "
+    return f"{where}{exc.strerror or exc}{code}; results.jsonl holds whole fits only"
+
+
+def _runs_a_grid(args: argparse.Namespace) -> bool:
+    """Whether the command line asks for a run (any option besides --out and --repair differs from its default):
+    ``--repair --out DIR`` alone only repairs."""
+    defaults = vars(parse_args([]))
+    return any(value != defaults.get(key) for key, value in vars(args).items() if key not in ("out", "repair"))
+
+
+def _records_problems(folder: Path, flag: str) -> list[str]:
+    """``folder/results.jsonl``'s unreadable lines (``file:line: reason`` each) and what to do, or nothing."""
+    results = folder / "results.jsonl"
+    try:
+        _, problems = read_records(results)
+    except OSError as exc:
+        return [f"{flag}: cannot read {results}: {exc.strerror or exc}"]
+    if not problems:
+        return []
+    return problems + [f"{flag}: {results} has {len(problems)} unreadable line(s) (above); nothing was done. Move "
+                       f"them to {REJECTED_NAME} with: {_script()} --repair --out {shlex.quote(str(folder))}"]
+
+
+def _repair(folder: Path) -> None:
+    """Repair ``folder/results.jsonl`` (the caller holds its lock) and print what moved."""
+    results = folder / "results.jsonl"
+    moved = repair_records(results)
+    if not moved:
+        print(f"repair: nothing to repair, every line of {results} is readable"
+              if results.exists() else f"repair: nothing to repair, {folder} holds no results.jsonl")
+        return
+    print(f"repair: moved {len(moved)} unreadable line(s) from {results} to {results.with_name(REJECTED_NAME)}:")
+    for line in moved:
+        print(f"  {line}")
+
+
+def _repair_only(args: argparse.Namespace, argv: list[str]) -> int:
+    out = Path(args.out) if args.out else DEFAULT_OUT
+    if not out.is_dir():
+        raise ConfigError(f"--out: {out} does not exist; --repair needs the folder holding results.jsonl"
+                          if not out.exists() else f"--out: {out} is a file; --repair needs a folder")
+    problems = check_out(out)
+    if problems:
+        raise ConfigError(problems)
+    with folder_lock(out, command=_command(argv)):
+        _repair(out)
+    return 0
+
+
+def _report_only(args: argparse.Namespace, argv: list[str]) -> int:
+    """Rebuild DIR's report. It takes no lock (reading is safe: appends are whole lines under the file's lock); a
+    folder another run is writing gets a note, and that run's own report replaces this one when it ends."""
+    folder = Path(args.report_only)
+    problems = check_results_dir(folder, "--report-only")
+    if problems:
+        raise ConfigError(problems)
+    if args.repair:
+        with folder_lock(folder, command=_command(argv), flag="--report-only"):
+            _repair(folder)
+    problems = _records_problems(folder, "--report-only")
+    if problems:
+        raise ConfigError(problems)
+    busy = holder(folder)
+    if busy:
+        print(f"note: {folder} is being written by {busy}: this report holds the records written so far",
+              file=sys.stderr)
+    _report(folder)
+    return 0
+
+
+def _merge(args: argparse.Namespace, argv: list[str]) -> int:
     from benchmark.records import merge_results
     out = Path(args.out) if args.out else DEFAULT_OUT
     problems = [p for d in args.merge for p in check_results_dir(d, "--merge")] + check_out(out)
     if problems:
         raise ConfigError(problems)
-    n = merge_results([Path(d) / "results.jsonl" for d in args.merge], out / "results.jsonl")
-    print(f"merged {n} records from {len(args.merge)} shard(s) into {out / 'results.jsonl'}")
-    _report(out)
+    # a shard another run is still writing is refused; every unreadable line (shards and target) is listed
+    shards = [Path(d) for d in args.merge if Path(d).resolve() != out.resolve()]
+    problems = [p for d in shards for p in check_unlocked(d, "--merge") + _records_problems(d, "--merge")]
+    if not args.repair:
+        problems += _records_problems(out, "--out")
+    if problems:
+        raise ConfigError(problems)
+    with folder_lock(out, command=_command(argv)):
+        if args.repair:
+            _repair(out)
+        n = merge_results([Path(d) / "results.jsonl" for d in args.merge], out / "results.jsonl")
+        print(f"merged {n} records from {len(args.merge)} shard(s) into {out / 'results.jsonl'}")
+        _report(out)
     return 0
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from benchmark.runner import Runner
-
     check_device(args.device)
     problems = [] if args.threads >= 0 else [f"--threads: expected an integer >= 0, got {args.threads}"]
     try:
@@ -175,13 +291,31 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                                      specs=planned.datasets if planned else None)
         except ConfigError as exc:
             problems += exc.problems
+    if not args.repair:
+        problems += _records_problems(out, "--out")
     if problems or planned is None:
         raise ConfigError(problems)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        # one writer per folder: held from here to the end (report included), by this process only (a Ray
+        # executor's workers return results; this process writes them)
+        with folder_lock(out, command=_command(argv)):
+            return _run_locked(args, argv, out, planned, jobs, executor)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if executor is not None:
+            executor.close()
+
+
+def _run_locked(args: argparse.Namespace, argv: list[str], out: Path, planned, jobs, executor) -> int:
+    from benchmark.runner import Runner
+
+    if args.repair:
+        _repair(out)
     set_threads(args.threads)
     runner = Runner(out, SearchSettings(**planned.search), save_index=args.save_index, device=args.device,
                     datasets=planned.datasets, resume=not args.no_resume, threads=args.threads, executor=executor)
     t0 = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         runner.run(jobs)
     except KeyboardInterrupt:
@@ -190,10 +324,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
               f"already complete, {len(s.failed)} failed, {s.remaining} not run (of {s.planned}); the fit in "
               f"progress was not recorded.\nresume with: {resume_command(argv)}", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if executor is not None:
-            executor.close()
     s = runner.summary
     print(f"{len(jobs)} fit(s) in {time.perf_counter() - t0:.1f} s ({len(s.completed)} run, {len(s.skipped)} "
           f"already recorded, {len(s.failed)} failed); records: {runner.results}")

@@ -13,7 +13,10 @@ Schema (every report is rebuilt from these records alone)::
 
 All records of one fit (its whole nprobe sweep, or its one failed record) are appended by one locked ``write`` of
 all their lines (:func:`append_records`), so a crash leaves either the whole fit or a torn tail that the reader
-reports; resume (``benchmark.runner``) additionally checks that every planned nprobe of a fit is present.
+reports; resume (``benchmark.runner``) additionally checks that every planned nprobe of a fit is present. A write
+that fails (disk full, quota, I/O error) is undone: the file is truncated back to its size before the append and
+:class:`RecordWriteError` names the file and the reason. :func:`repair_records` moves unreadable lines to
+``results.rejected.jsonl`` (the CLI's ``--repair``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,6 +48,13 @@ _ID = re.compile(r"[0-9a-f]{16}")
 
 class RecordError(ValueError):
     """A record (or a line of results.jsonl) does not follow the schema."""
+
+
+class RecordWriteError(OSError):
+    """Appending records failed in the environment (disk full, quota, I/O error); the file was left as it was."""
+
+
+REJECTED_NAME = "results.rejected.jsonl"  # where repair_records moves the lines it takes out of results.jsonl
 
 
 def run_id(dataset: str, split: str, method: str, params: dict[str, Any], seed: int, nprobe: int | None) -> str:
@@ -101,6 +112,10 @@ def append_records(path: str | Path, recs: list[dict[str, Any]]) -> None:
 
     If the file ends in a torn line (a writer killed mid-write), a newline is written first so the new records start
     on their own line; the reader reports the torn line instead of silently skipping it.
+
+    A failed ``write``/``fsync`` (ENOSPC, EDQUOT, EIO, ...) truncates the file back to its size before this append,
+    still under the lock, so no part of these records stays, and raises :class:`RecordWriteError` naming the file and
+    the reason (with the errno of the failure).
     """
     for rec in recs:
         validate_record(rec)
@@ -112,21 +127,43 @@ def append_records(path: str | Path, recs: list[dict[str, Any]]) -> None:
     held = {signal.SIGINT, signal.SIGTERM}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise RecordWriteError(exc.errno, f"cannot open {path} to append records: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as exc:
+                raise _undo_append(fd, path, size, len(recs), exc) from exc
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _undo_append(fd: int, path: Path, size: int, n: int, exc: OSError) -> RecordWriteError:
+    """Truncate ``fd`` back to ``size`` after a failed append; the error to raise (it says whether that worked)."""
+    what = f"appending {n} line(s) to {path} failed: {exc.strerror or exc}"
+    try:
+        os.ftruncate(fd, size)
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+    except OSError as undo:
+        return RecordWriteError(exc.errno, f"{what}; truncating it back to {size} bytes failed too "
+                                           f"({undo.strerror}): a torn last line may remain (run with --repair)")
+    return RecordWriteError(exc.errno, f"{what}; the file was truncated back to its {size} bytes (nothing of "
+                                       f"these lines was kept)")
 
 
 def _json_default(obj: Any) -> Any:
@@ -149,23 +186,107 @@ def read_records(path: str | Path, strict: bool = False) -> tuple[list[dict[str,
     problems: list[str] = []
     if not path.exists():
         return [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise RecordError("not a JSON object")
-                validate_record(rec)
-            except (json.JSONDecodeError, RecordError) as exc:
-                msg = f"{path}:{lineno}: unreadable record ({exc})"
-                if strict:
-                    raise RecordError(msg) from exc
-                problems.append(msg)
-                continue
+    for lineno, _raw, rec, reason in _scan(path):
+        if reason is not None:
+            msg = f"{path}:{lineno}: unreadable record ({reason})"
+            if strict:
+                raise RecordError(msg)
+            problems.append(msg)
+        elif rec is not None:
             by_id[rec["run_id"]] = rec
     return list(by_id.values()), problems
+
+
+def _read_locked(path: Path) -> bytes:
+    """The file's bytes, read under a shared flock (so never half of an append in progress)."""
+    with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        try:
+            return f.read()
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _scan(path: Path, data: bytes | None = None) -> list[tuple[int, bytes, dict[str, Any] | None, str | None]]:
+    """Every line of ``path``: ``(line number, raw bytes with its newline, record or None, reason or None)``.
+    A blank line has neither a record nor a reason; a bad one (not UTF-8, not JSON, not an object, not the schema,
+    or a last line without its newline: a torn write) has a reason."""
+    data = _read_locked(path) if data is None else data
+    out = []
+    parts = data.split(b"\n")  # only "\n" ends a line (as for grep -n and editors), each kept with its line
+    lines = [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            out.append((lineno, raw, None, None))
+            continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+            if not isinstance(rec, dict):
+                raise RecordError(f"not a JSON object but {type(rec).__name__}")
+            validate_record(rec)
+        except UnicodeDecodeError as exc:
+            out.append((lineno, raw, None, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
+            continue
+        except json.JSONDecodeError as exc:
+            if not raw.endswith(b"\n"):
+                reason = f"torn last line: {len(raw)} bytes without the newline that ends every record"
+            elif exc.pos >= len(exc.doc.rstrip()):
+                reason = f"incomplete JSON: the line ends after {len(raw) - 1} bytes (a write cut short)"
+            else:
+                reason = f"not JSON: {exc}"
+            out.append((lineno, raw, None, reason))
+            continue
+        except RecordError as exc:
+            out.append((lineno, raw, None, str(exc)))
+            continue
+        out.append((lineno, raw, rec, None))
+    return out
+
+
+def repair_records(path: str | Path) -> list[str]:
+    """Move every bad line of ``path`` (those :func:`read_records` reports: torn, not JSON, not an object, not the
+    schema) to ``results.rejected.jsonl`` beside it, appended as ``{"file", "line", "reason", "raw", "moved_at"}``
+    (``raw``: the line's text as it was), then rewrite ``path`` atomically with the good lines only (byte for byte;
+    blank lines dropped). Returns one ``file:line: reason`` per moved line (empty: nothing to repair, nothing
+    written). The caller holds the folder's lock; the side file is fsynced before ``path`` is replaced, so a crash
+    in between duplicates a rejected line in the side file but never loses one."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # no append lands between the read and the rewrite
+        try:
+            lines = _scan(path, f.read())
+            bad = [(n, raw, reason) for n, raw, _rec, reason in lines if reason is not None]
+            if not bad:
+                return []
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            side = "".join(json.dumps({"file": path.name, "line": n, "reason": reason, "moved_at": stamp,
+                                       "raw": raw.decode("utf-8", "backslashreplace").rstrip("\n")},
+                                      sort_keys=True) + "\n" for n, raw, reason in bad)
+            rejected = path.with_name(REJECTED_NAME)
+            try:
+                fd = os.open(rejected, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError as exc:
+                raise RecordWriteError(exc.errno, f"cannot open {rejected}: {exc.strerror}; {path} was not "
+                                                  f"changed") from exc
+            try:
+                size = os.fstat(fd).st_size
+                try:
+                    view = memoryview(side.encode())
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except OSError as exc:
+                    undo = _undo_append(fd, rejected, size, len(bad), exc)
+                    raise RecordWriteError(exc.errno, f"{undo.strerror}; {path} was not changed") from exc
+            finally:
+                os.close(fd)
+            write_bytes(path, b"".join(raw if raw.endswith(b"\n") else raw + b"\n"
+                                       for _n, raw, rec, _reason in lines if rec is not None))
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return [f"{path}:{n}: {reason}" for n, _raw, reason in bad]
 
 
 def merge_results(sources: Iterable[str | Path], dest: str | Path) -> int:
