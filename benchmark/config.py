@@ -43,7 +43,7 @@ QUICK_DATASET = "synthetic:quick"
 QUICK_PARAMS = {"nlist": 32, "opq_niter": 5, "epochs": 0.5}
 QUICK_SEARCH = {"latency_queries": 50, "warmup_queries": 5}
 
-CONFIG_KEYS = ("out", "seeds", "datasets", "search", "runs")
+CONFIG_KEYS = ("out", "seeds", "datasets", "search", "runs", "tune")   # [tune]: read by benchmark.tune
 RUN_KEYS = ("methods", "params", "seeds")
 DATASET_KEYS = ("name", "hint", "dev_queries", "dev_seed")  # besides the loader's own keyword arguments
 

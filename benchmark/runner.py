@@ -355,17 +355,18 @@ class Runner:
                 self.log(f"adjusted: {label}: nprobes {clamped} > nlist {nlist}, evaluated at nprobe {nlist}")
         return []
 
-    def run(self, jobs: list[Job]) -> list[dict[str, Any]]:
+    def run(self, jobs: list[Job], loaded: dict[str, RetrievalDataset] | None = None) -> list[dict[str, Any]]:
         """Run every job whose fit is not complete in the results file; return the records written.
 
         Datasets are loaded and every job is checked against them first (:meth:`check`, which builds each job's
         method once); then the fits run (in this process, or on ``self.executor``: any object with
         ``results(jobs, methods, loaded, ctx, exact, stage)`` yielding :class:`FitResult` in any order) and this
         process writes each result whole as it arrives. ``self.summary`` tracks progress, also when a
-        KeyboardInterrupt stops the run.
+        KeyboardInterrupt stops the run. ``loaded``: datasets the caller already loaded (by alias), e.g. a tuner
+        running one trial after another.
         """
         self.summary = RunSummary(planned=len(jobs))
-        loaded = self.load(dict.fromkeys(job.dataset for job in jobs))
+        loaded = loaded if loaded is not None else self.load(dict.fromkeys(job.dataset for job in jobs))
         methods = self.check(jobs, loaded)
         done = self.complete_fits()
         todo: list[tuple[Job, BaseMethod]] = []

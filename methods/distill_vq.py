@@ -62,15 +62,16 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.params import Param
+from benchmark.params import Param, Space
 from benchmark.registry import BaseMethod, DataFacts, TrainData, register
 from benchmark.vq import WRITEBACK_MODES, VQParams, encode_docs, factory_string
 from benchmark.vq.candidates import (CANDIDATE_SOURCES, IB_DOCS, QUERY_SOURCES, candidate_scores, parse_candidates,
                                      sample_candidates, training_queries)
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.torch_vq import TorchVQ, ste_temperature
-from benchmark.vq.train import (M_PARAM, NLIST_PARAM, OPTIMIZERS, SCHEDULES, Step, Trainer, TrainSpec, timed,
-                                with_defaults)
+from benchmark.vq.train import (BATCH_SPACE, EPOCHS_SPACE, LR_SPACE, M_PARAM, NLIST_PARAM, OPTIMIZERS, SCHEDULES,
+                                SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer, TrainSpec, timed, with_defaults,
+                                with_search)
 from methods._distill_losses import LOSSES, combined_loss, label_term
 
 CODE_MODES = ("ste", "fixed")
@@ -82,14 +83,16 @@ PARAMS = {
     "queries": Param("unlabeled", "training queries: labeled train ones, train + unlabeled ones, or sampled docs",
                      choices=QUERY_SOURCES),
     "candidates": Param("ib+topk", f"candidate sources joined by '+', of {'+'.join(CANDIDATE_SOURCES)}", dtype=str),
-    "topk": Param(50, "exact teacher top-K mined per query (candidates 'topk')", min=1),
+    "topk": Param(50, "exact teacher top-K mined per query (candidates 'topk')", min=1,
+                  search=Space(choices=(20, 50, 100))),
     "topk_sample": Param(0, "top-K candidates sampled per query and step (0 = all K)", min=0),
     "ib_docs": Param("top1", "in-batch docs ('ib'): the other queries' teacher top-1, or all their candidates",
                      choices=IB_DOCS),
     "num_random": Param(16, "uniform random candidates per query and step (candidates 'random')", min=1),
     "doc_queries": Param(10000, "docs sampled as queries (queries='docs')", min=1),
     "loss": Param("listnet", "similarity f(teacher, student) (methods._distill_losses)", choices=tuple(LOSSES)),
-    "temperature": Param(0.05, "softmax temperature of the listwise/pairwise losses", min=0, min_exclusive=True),
+    "temperature": Param(0.05, "softmax temperature of the listwise/pairwise losses", min=0, min_exclusive=True,
+                         search=TEMPERATURE_SPACE),
     "ivf_weight": Param("auto", "weight w of the IVF loss; 'auto' = loss_pq / loss_ivf at the first step, kept",
                         dtype=float, min=0, special=("auto",)),
     "label_weight": Param(0.0, "weight of the label term -log softmax(s_pq/tau)[gt] (needs candidates 'gt')",
@@ -103,16 +106,16 @@ PARAMS = {
                              "nearest-vs-2nd squared-distance gap of sampled doc residuals", dtype=float, min=0,
                              min_exclusive=True, special=("auto",)),
     "train_ivf": Param(True, "train the IVF centroids"), "train_pq": Param(True, "train the PQ codebooks"),
-    "query_adapter": Param(True, "also train a d x d query map (identity init)"),
-    "lr_pq": Param(1e-3, "learning rate of the PQ codebooks", min=0, min_exclusive=True),
-    "lr_ivf": Param(3e-4, "learning rate of the IVF centroids", min=0, min_exclusive=True),
-    "lr_adapter": Param(1e-3, "learning rate of the query adapter", min=0, min_exclusive=True),
+    "query_adapter": Param(True, "also train a d x d query map (identity init)", search=SWITCH_SPACE),
+    "lr_pq": Param(1e-3, "learning rate of the PQ codebooks", min=0, min_exclusive=True, search=LR_SPACE),
+    "lr_ivf": Param(3e-4, "learning rate of the IVF centroids", min=0, min_exclusive=True, search=LR_SPACE),
+    "lr_adapter": Param(1e-3, "learning rate of the query adapter", min=0, min_exclusive=True, search=LR_SPACE),
     "optimizer": Param("adam", "optimiser of every trained tensor (no weight decay)", choices=tuple(OPTIMIZERS)),
     "schedule": Param("constant", "lr after the warm-up: constant, or linear / cosine decay to 0",
                       choices=SCHEDULES),
     "warmup": Param(0.0, "share of the steps with a linear lr warm-up", min=0, max=1),
-    "epochs": Param(2.0, "passes over the training queries", min=0, min_exclusive=True),
-    "batch_size": Param(256, "queries per step", min=1),
+    "epochs": Param(2.0, "passes over the training queries", min=0, min_exclusive=True, search=EPOCHS_SPACE),
+    "batch_size": Param(256, "queries per step", min=1, search=BATCH_SPACE),
     "writeback": Param("auto", "how the index stores docs; auto = codes for fixed codes, else preassigned "
                        "(fixed codes allow only 'codes')", choices=("auto",) + WRITEBACK_MODES),
     **INIT_PARAMS,
@@ -228,8 +231,8 @@ class DistillVQLabeled(DistillVQ):
     """Distill-VQ on labeled train queries: ground truth + the teacher's top-K + in-batch, teacher and label terms."""
 
     name = "distill-vq-labeled"
-    params = with_defaults(PARAMS, queries="labeled", candidates="gt+ib+topk", label_weight=1.0, label_scope="topk",
-                           lr_ivf=1e-3)
+    params = with_search(with_defaults(PARAMS, queries="labeled", candidates="gt+ib+topk", label_weight=1.0,
+                                       label_scope="topk", lr_ivf=1e-3), label_weight=Space(0.3, 3.0, log=True))
 
 
 @register

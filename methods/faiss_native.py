@@ -79,7 +79,8 @@ class FaissRaBitQ(BaseMethod):
 
     name = "faiss-rabitq"
     reproducibility = "threads"
-    reproducibility_note = ("the seeded random rotation is applied by BLAS sgemm, whose last float bits depend on the thread count")
+    reproducibility_note = ("the seeded random rotation is applied by BLAS sgemm, whose last float bits "
+                            "depend on the thread count")
     family = "reconstruction"
     params = {
         "nb_bits": Param(1, "bits per dimension of the code (1 = RaBitQ; 2..9 = extended RaBitQ)", min=1, max=9),

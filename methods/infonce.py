@@ -13,13 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmark.params import Param
+from benchmark.params import Param, Space
 from benchmark.registry import BaseMethod, DataFacts, TrainData, register
 from benchmark.vq import VQParams, factory_string
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
-from benchmark.vq.train import M_PARAM, OPTIMIZER_PARAM, SCHEDULE_PARAM, Step, Trainer, TrainSpec, positives
+from benchmark.vq.train import (BATCH_SPACE, EPOCHS_SPACE, LR_SPACE, M_PARAM, OPTIMIZER_PARAM, SCHEDULE_PARAM,
+                                TEMPERATURE_SPACE, Step, Trainer, TrainSpec, positives)
 
 
 @register
@@ -30,11 +31,14 @@ class InfoNCEPQ(BaseMethod):
     reproducibility = "threads"
     reproducibility_note = OPQ_THREADS_NOTE
     family = "contrastive"
-    params = {"M": M_PARAM, "epochs": Param(1.0, "passes over the labeled queries", min=0, min_exclusive=True),
-              "batch_size": Param(32, "queries per step", min=2), **INIT_PARAMS,
-              "lr": Param(1e-3, "codebook learning rate", min=0, min_exclusive=True),
-              "temperature": Param(0.02, "scores are divided by it", min=0, min_exclusive=True),
-              "hard_negatives": Param(64, "mined negatives per query (0 = plain in-batch)", min=0),
+    params = {"M": M_PARAM, "epochs": Param(1.0, "passes over the labeled queries", min=0, min_exclusive=True,
+                                            search=EPOCHS_SPACE),
+              "batch_size": Param(32, "queries per step", min=2, search=BATCH_SPACE), **INIT_PARAMS,
+              "lr": Param(1e-3, "codebook learning rate", min=0, min_exclusive=True, search=LR_SPACE),
+              "temperature": Param(0.02, "scores are divided by it", min=0, min_exclusive=True,
+                                   search=TEMPERATURE_SPACE),
+              "hard_negatives": Param(64, "mined negatives per query (0 = plain in-batch)", min=0,
+                                      search=Space(choices=(16, 64, 128))),
               "hard_k": Param(200, "negatives are sampled from the init index's top-hard_k", min=1),
               "warmup": Param(0.1, "share of the steps with a linear lr warm-up", min=0, max=1),
               "optimizer": OPTIMIZER_PARAM, "schedule": SCHEDULE_PARAM}

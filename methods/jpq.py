@@ -40,14 +40,14 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from benchmark.params import Param
+from benchmark.params import Param, Space
 from benchmark.registry import BaseMethod, DataFacts, TrainData, register
 from benchmark.vq import VQParams, factory_string, fold_single_centroid
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
-from benchmark.vq.train import (M_PARAM, NLIST_PARAM, WRITEBACK_PARAM, Step, Trainer, TrainSpec, positives,
-                                timed)
+from benchmark.vq.train import (BATCH_SPACE, EPOCHS_SPACE, LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE,
+                                TEMPERATURE_SPACE, WRITEBACK_PARAM, Step, Trainer, TrainSpec, positives, timed)
 
 LOSSES = ("lambda", "softmax")
 NEGATIVES = ("pool", "dynamic")
@@ -57,8 +57,8 @@ DEFAULT_ADAPTER_LR = 1e-2
 REFERENCE_ENCODER_LR = 5e-6  # JPQ's query-encoder lr: what adapter_lr='reference' means
 
 
-def _lr(desc: str) -> Param:
-    return Param(None, desc, dtype=float, min=0, min_exclusive=True, special=(None, "reference"))
+def _lr(desc: str, search: Space | None = None) -> Param:
+    return Param(None, desc, dtype=float, min=0, min_exclusive=True, special=(None, "reference"), search=search)
 
 
 def reference_lr(M: int) -> float:
@@ -145,19 +145,22 @@ class JPQ(BaseMethod):
     ivf = False
     params = {
         "M": M_PARAM,
-        "epochs": Param(1.0, "passes over the labeled train queries", min=0, min_exclusive=True),
-        "batch_size": Param(32, "queries per step", min=1),
-        "lr": _lr(f"codebook lr; None = {DEFAULT_LR:g}, 'reference' = JPQ's rule for M (module doc)"),
+        "epochs": Param(1.0, "passes over the labeled train queries", min=0, min_exclusive=True, search=EPOCHS_SPACE),
+        "batch_size": Param(32, "queries per step", min=1, search=BATCH_SPACE),
+        "lr": _lr(f"codebook lr; None = {DEFAULT_LR:g}, 'reference' = JPQ's rule for M (module doc)", search=LR_SPACE),
         "warmup_ratio": Param(0.1, "share of the steps with a linear lr warm-up", min=0, max=1),
-        "loss": Param("lambda", "ranking loss (module doc)", choices=LOSSES),
+        "loss": Param("lambda", "ranking loss (module doc)", choices=LOSSES, search=Space(choices=LOSSES)),
         "lambda_cut": Param(200, "1/rank is zeroed beyond this rank in the lambda loss (0 = no cut)", min=0),
-        "temperature": Param(0.02, "scores are divided by it in both losses", min=0, min_exclusive=True),
+        "temperature": Param(0.02, "scores are divided by it in both losses", min=0, min_exclusive=True,
+                             search=TEMPERATURE_SPACE),
         "top_k": Param(200, "candidates retrieved from the current index per query and step", min=1),
-        "negatives": Param("pool", "where the top_k come from (module doc)", choices=NEGATIVES),
+        "negatives": Param("pool", "where the top_k come from (module doc)", choices=NEGATIVES,
+                           search=Space(choices=NEGATIVES)),
         "pool_size": Param(1000, "per-query pool mined from the init index (negatives='pool'), >= top_k", min=1),
         "label_fraction": Param(1.0, "share of the labeled queries used (seeded)", min=0, max=1, min_exclusive=True),
-        "query_adapter": Param(False, "also train a d x d query map (identity init)"),
-        "adapter_lr": _lr(f"query adapter lr; None = {DEFAULT_ADAPTER_LR:g}, 'reference' = JPQ's encoder lr 5e-6"),
+        "query_adapter": Param(False, "also train a d x d query map (identity init)", search=SWITCH_SPACE),
+        "adapter_lr": _lr(f"query adapter lr; None = {DEFAULT_ADAPTER_LR:g}, 'reference' = JPQ's encoder lr 5e-6",
+                          search=LR_SPACE),
         "writeback": WRITEBACK_PARAM,
         **INIT_PARAMS,
     }
@@ -232,7 +235,7 @@ class JPQIVF(JPQ):
     name = "jpq-ivf"
     ivf = True
     params = {**JPQ.params, "nlist": NLIST_PARAM,
-              "ivf_lr": _lr("IVF centroid lr; None = lr, 'reference' = JPQ's centroid rule for M")}
+              "ivf_lr": _lr("IVF centroid lr; None = lr, 'reference' = JPQ's centroid rule for M", search=LR_SPACE)}
 
     def learning_rates(self) -> dict[str, float]:
         rates = super().learning_rates()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.params import Param
+from benchmark.params import Param, Space
 from benchmark.vq.params import WRITEBACK_MODES, VQParams
 from benchmark.vq.torch_vq import TorchVQ, torch_device
 
@@ -33,12 +33,25 @@ SCHEDULES = ("linear", "cosine", "constant")
 SHUFFLES = ("numpy", "torch")
 TAIL = 10  # the last 1/TAIL of the steps (at least one) is averaged into the final loss and extra metrics
 
+# The tuner's search spaces of the knobs every learned objective shares (benchmark.tune): one declaration, so every
+# method is searched over the same ranges. Rates and temperatures on a log scale; epochs and batch sizes as choices.
+LR_SPACE = Space(1e-4, 1e-2, log=True)
+TEMPERATURE_SPACE = Space(0.01, 0.2, log=True)
+EPOCHS_SPACE = Space(choices=(1.0, 2.0, 4.0))
+BATCH_SPACE = Space(choices=(32, 64, 128, 256))
+SWITCH_SPACE = Space(choices=(False, True))
+
 M_PARAM = Param(16, "PQ sub-vectors = bytes per vector at 8 bits; must divide the embedding dim", min=1)
 NLIST_PARAM = Param(256, "IVF lists", min=1)
 WRITEBACK_PARAM = Param("codes", "how the index stores docs (benchmark.vq.build_index)", choices=WRITEBACK_MODES)
 OPTIMIZER_PARAM = Param("adamw", "optimiser (no weight decay)", choices=tuple(OPTIMIZERS))
 SCHEDULE_PARAM = Param("linear", "lr after the linear warm-up: linear or cosine decay to 0, or constant",
                        choices=SCHEDULES)
+
+
+def with_search(params: dict[str, Param], **spaces: Space) -> dict[str, Param]:
+    """``params`` with some search spaces set (a preset tunes a param its base keeps fixed)."""
+    return {**params, **{key: replace(params[key], search=space) for key, space in spaces.items()}}
 
 
 def with_defaults(params: dict[str, Param], **defaults: Any) -> dict[str, Param]:

@@ -1,0 +1,359 @@
+"""Tune every method of a grid on a dev split with Optuna, at one declared budget, then hand the chosen configs on.
+
+``python -m benchmark.tune --config configs/tune-debian-desc.toml`` (or ``run_benchmark.py``-style flags, see
+``--help``). The config is an ordinary grid config (datasets, ``[search]``, ``[[runs]]`` naming the methods and the
+params held fixed, e.g. ``M = 16``) plus a ``[tune]`` table::
+
+    [tune]
+    trials = 24          # per (dataset, method, fixed params): the same budget for every method
+    sampler_seed = 0     # Optuna's TPESampler seed
+    measure = "nDCG@10"  # the dev measure maximised (an ir_measures name the records keep)
+    nprobe = "max"       # the operating point it is read at: "max" (exhaustive for IVF) or an int
+
+What is tuned is what each method declares: every param with a ``search`` space (:class:`benchmark.params.Space`,
+listed by ``--list-methods``); the shared knobs (learning rates, temperature, epochs, batch size, query adapter) have
+one space for all methods (:mod:`benchmark.vq.train`). Trial 0 is the method's defaults, so the chosen config is
+never worse on dev than the defaults.
+
+Rules:
+
+- **Dev only.** Every dataset must evaluate on a dev split that holds no test queries (``dev_queries`` carves one out
+  of the labeled train queries and drops the test split, or ``split = "dev"``); a test split anywhere is refused
+  before any work (exit 2).
+- **Trials are fits** the runner knows: each is recorded in ``<out>/results.jsonl`` (with its per-query sidecars)
+  and resumed like any fit. The sampler is seeded and told the trials in order, so a resumed study asks for the same
+  params again, finds those fits recorded and goes on where it stopped: no trial is lost or run twice.
+- **The budget in both currencies.** ``<out>/tuning/trials.jsonl`` holds every trial (params, dev score, wall and
+  CPU seconds of this process, train seconds); ``tuning.md`` sums them per method, so a cheap objective is not
+  hidden behind an expensive one. ``best.toml`` holds each method's chosen params as ``[[runs]]`` tables for the
+  test config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark._io import write_text
+from benchmark.config import ConfigError, Job, Plan, load_config, plan
+from benchmark.data import RetrievalDataset
+from benchmark.metrics import MEASURES
+from benchmark.params import Space, search_space
+from benchmark.records import read_records
+from benchmark.registry import MethodError, get_method
+
+TUNE_KEYS = ("trials", "sampler_seed", "measure", "nprobe")
+TRIALS_FILE = "tuning/trials.jsonl"
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """The ``[tune]`` table: the budget and what is maximised."""
+
+    trials: int = 24
+    sampler_seed: int = 0
+    measure: str = "nDCG@10"
+    nprobe: int | str = "max"
+
+
+def tune_settings(table: Any, where: str) -> TuneSettings:
+    """``[tune]`` validated: one :class:`ConfigError` line per problem."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} [tune]: expected a table (trials, sampler_seed, measure, nprobe), got {table!r}")
+    problems = [f"{where} [tune]: unknown key {k!r}; valid keys: {list(TUNE_KEYS)}" for k in table
+                if k not in TUNE_KEYS]
+    s = TuneSettings(**{k: v for k, v in table.items() if k in TUNE_KEYS})
+    if not isinstance(s.trials, int) or isinstance(s.trials, bool) or s.trials < 1:
+        problems.append(f"{where} [tune] trials: expected an integer >= 1, got {s.trials!r}")
+    if not isinstance(s.sampler_seed, int) or isinstance(s.sampler_seed, bool):
+        problems.append(f"{where} [tune] sampler_seed: expected an integer, got {s.sampler_seed!r}")
+    if s.measure not in MEASURES:
+        problems.append(f"{where} [tune] measure: expected one of {list(MEASURES)}, got {s.measure!r}")
+    if s.nprobe != "max" and (not isinstance(s.nprobe, int) or isinstance(s.nprobe, bool) or s.nprobe < 1):
+        problems.append(f"{where} [tune] nprobe: expected \"max\" or an integer >= 1, got {s.nprobe!r}")
+    if problems:
+        raise ConfigError(problems)
+    return s
+
+
+def check_dev_only(loaded: dict[str, RetrievalDataset]) -> None:
+    """Refuse any dataset a tuner could learn test data from: it must evaluate on 'dev' and hold no 'test' split."""
+    problems = [f"dataset {name!r}: tuning evaluates on a dev split, but this one evaluates on {ds.eval_split!r} "
+                f"and holds splits {sorted(ds.splits)}; set dev_queries = <n> (held-out labeled train queries) "
+                f"or split = \"dev\" under [datasets.{name}]"
+                for name, ds in loaded.items() if ds.eval_split != "dev" or "test" in ds.splits]
+    if problems:
+        raise ConfigError(problems)
+
+
+def distributions(spaces: dict[str, Space], types: dict[str, type]) -> dict[str, Any]:
+    """Optuna distributions of the tunable params: categorical for choices, else a float / int range."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    out = {}
+    for name, space in spaces.items():
+        if space.choices is not None:
+            out[name] = CategoricalDistribution(list(space.choices))
+        elif types[name] is int:
+            out[name] = IntDistribution(int(space.low), int(space.high), log=space.log)
+        else:
+            out[name] = FloatDistribution(float(space.low), float(space.high), log=space.log)
+    return out
+
+
+def _inside(dist: Any, value: Any) -> bool:
+    """Whether a default lies in a distribution (``None`` / ``'auto'`` defaults do not: the sampler never sees them)."""
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study: a method with its fixed params on a dataset (its seed is the plan's first)."""
+
+    dataset: str
+    method: str
+    fixed: tuple[tuple[str, Any], ...]
+    seed: int
+
+    @property
+    def label(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.fixed)
+        return f"{self.dataset} {self.method}" + (f"({extra})" if extra else "")
+
+
+def studies(jobs: list[Job]) -> list[Study]:
+    """The plan's jobs as studies (a job's seeds beyond the first are not tuned on: one seed per trial)."""
+    seen: dict[tuple, Study] = {}
+    for job in jobs:
+        key = (job.dataset, job.method, tuple(sorted(job.params.items())))
+        seen.setdefault(key, Study(job.dataset, job.method, key[2], job.seed))
+    return list(seen.values())
+
+
+def trial_score(records: list[dict[str, Any]], fit_id: str, settings: TuneSettings) -> tuple[float | None, Any]:
+    """(dev measure, nprobe) of a recorded fit at the study's operating point; (None, None) if it failed."""
+    ok = [r for r in records if r["fit_id"] == fit_id and r["status"] == "ok"]
+    if not ok:
+        return None, None
+    if settings.nprobe == "max" or ok[0]["nprobe"] is None:
+        rec = max(ok, key=lambda r: -1 if r["nprobe"] is None else r["nprobe"])
+    else:
+        below = [r for r in ok if r["nprobe"] is not None and r["nprobe"] <= settings.nprobe]
+        rec = max(below or ok, key=lambda r: r["nprobe"])
+    return float(rec["metrics"][settings.measure]), rec["nprobe"]
+
+
+class Tuner:
+    """Runs the studies of a plan through a :class:`benchmark.runner.Runner` writing into ``runner.out_dir``."""
+
+    def __init__(self, runner: Any, settings: TuneSettings, log=print) -> None:
+        self.runner = runner
+        self.settings = settings
+        self.log = log
+        self.trials_path = runner.out_dir / TRIALS_FILE
+
+    def _previous(self) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """Trials already in the trace, by (dataset, method, fit_id): their seconds survive a resume."""
+        out = {}
+        if self.trials_path.exists():
+            for line in self.trials_path.read_text().splitlines():
+                if line.strip():
+                    t = json.loads(line)
+                    if t["state"] != "repeat":   # a repeat costs nothing: the seconds are the first trial's
+                        out[(t["dataset"], t["method"], t["fit_id"])] = t
+        return out
+
+    def run(self, plan_: Plan) -> list[dict[str, Any]]:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        loaded = self.runner.load(plan_.datasets)
+        check_dev_only(loaded)
+        todo = studies(plan_.jobs)
+        for st in todo:   # every study's defaults checked against its data before the first trial trains
+            self.runner.check([Job(st.dataset, st.method, dict(st.fixed), st.seed)], loaded)
+            if not search_space(get_method(st.method).declared_params()):
+                raise ConfigError(f"{st.label}: {st.method} declares no search space (Param(search=...)); "
+                                  "nothing to tune")
+        previous, trace = self._previous(), []
+        for st in todo:
+            cls = get_method(st.method)
+            declared = cls.declared_params()
+            spaces = {k: v for k, v in search_space(declared).items() if k not in dict(st.fixed)}
+            dists = distributions(spaces, {k: declared[k].type for k in spaces})
+            study = optuna.create_study(direction="maximize",
+                                        sampler=optuna.samplers.TPESampler(seed=self.settings.sampler_seed))
+            for number in range(self.settings.trials):
+                if number == 0:   # the defaults, told to the sampler where they lie inside its space
+                    params = {**dict(st.fixed), **{k: declared[k].default for k in spaces}}
+                    value = self._trial(st, number, params, loaded, trace, previous)
+                    inside = {k: params[k] for k in spaces if _inside(dists[k], params[k])}
+                    study.add_trial(optuna.trial.create_trial(
+                        params=inside, distributions={k: dists[k] for k in inside}, value=value,
+                        state=optuna.trial.TrialState.COMPLETE if value is not None else
+                        optuna.trial.TrialState.FAIL))
+                    continue
+                trial = study.ask(dists)
+                value = self._trial(st, number, {**dict(st.fixed), **trial.params}, loaded, trace, previous)
+                if value is None:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(trial, value)
+        self._write(trace)
+        return trace
+
+    def _trial(self, st: Study, number: int, params: dict[str, Any], loaded: dict[str, RetrievalDataset],
+               trace: list[dict[str, Any]], previous: dict[tuple[str, str, str], dict[str, Any]]) -> float | None:
+        """Fit (or find recorded) one trial's config, append it to ``trace`` (written at once); its dev value."""
+        from benchmark.runner import job_fit_id
+        job = Job(st.dataset, st.method, params, st.seed)
+        problems = get_method(st.method)(**params).check_config()
+        if problems:   # a sampled combination the method rejects: a failed trial, nothing trained
+            trace.append(self._record(st, number, params, None, None, "rejected", 0.0, 0.0, None,
+                                      "; ".join(problems)))
+            return None
+        fid = job_fit_id(job, loaded[st.dataset].eval_split)
+        repeat = next((t for t in trace if t["fit_id"] == fid), None)
+        if repeat is not None:   # the sampler asked for a config it already has: its value again, nothing fitted
+            trace.append({**repeat, "trial": number, "state": "repeat", "wall_seconds": 0.0, "cpu_seconds": 0.0,
+                          "repeat_of": repeat["trial"]})
+            return repeat["value"]
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.runner.run([job], loaded)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        records, _ = read_records(self.runner.results)
+        value, nprobe = trial_score(records, fid, self.settings)
+        if job.label() in self.runner.summary.skipped:   # fitted by an earlier run: its seconds, if traced
+            before = previous.get((st.dataset, st.method, fid))
+            wall, cpu = (before["wall_seconds"], before["cpu_seconds"]) if before else (None, None)
+        train_s = next((r["train_seconds"] for r in records if r["fit_id"] == fid and r["status"] == "ok"), None)
+        trace.append(self._record(st, number, params, fid, value, "ok" if value is not None else "failed",
+                                  wall, cpu, train_s, None, nprobe))
+        self.log(f"{st.label} trial {number + 1}/{self.settings.trials}: {self.settings.measure} "
+                 f"{'failed' if value is None else f'{value:.4f}'}")
+        seen = {(t["dataset"], t["method"], t["fit_id"]) for t in trace}
+        self._write(trace + [t for k, t in previous.items() if k not in seen])   # after every trial
+        return value
+
+    def _record(self, st: Study, number: int, params: dict[str, Any], fid: str | None, value: float | None,
+                state: str, wall: float | None, cpu: float | None, train_s: float | None, error: str | None,
+                nprobe: Any = None) -> dict[str, Any]:
+        return {"dataset": st.dataset, "method": st.method, "fixed": dict(st.fixed), "seed": st.seed,
+                "trial": number, "params": params, "fit_id": fid, "value": value, "state": state,
+                "measure": self.settings.measure, "nprobe": nprobe,
+                "wall_seconds": None if wall is None else round(wall, 3),
+                "cpu_seconds": None if cpu is None else round(cpu, 3), "train_seconds": train_s, "error": error,
+                "sampler": f"optuna.TPESampler(seed={self.settings.sampler_seed})"}
+
+    def _write(self, trace: list[dict[str, Any]]) -> None:
+        """The whole trace (this run's view, resumed trials included), the chosen configs and the budget table."""
+        folder = self.trials_path.parent
+        write_text(self.trials_path, "".join(json.dumps(t, sort_keys=True) + "\n" for t in trace))
+        write_text(folder / "best.json", json.dumps(best_configs(trace), indent=1, sort_keys=True) + "\n")
+        write_text(folder / "best.toml", best_toml(trace))
+        write_text(folder / "tuning.md", budget_table(trace, self.settings))
+
+
+def best_configs(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per study, the trial with the best dev value (the earliest of ties: the defaults win a tie)."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for t in trace:
+        key = (t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True))
+        if t["value"] is not None and (key not in best or t["value"] > best[key]["value"]):
+            best[key] = t
+    return [{"dataset": t["dataset"], "method": t["method"], "params": t["params"], "dev_value": t["value"],
+             "trial": t["trial"], "measure": t["measure"]} for t in best.values()]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def best_toml(trace: list[dict[str, Any]]) -> str:
+    lines = ["# Chosen on the dev split by benchmark.tune (tuning/trials.jsonl): paste into the test config.", ""]
+    for b in best_configs(trace):
+        params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in sorted(b["params"].items()))
+        lines += [f"[[runs]]   # {b['dataset']}: dev {b['measure']} {b['dev_value']:.4f} (trial {b['trial']})",
+                  f"methods = [\"{b['method']}\"]", f"params = {{ {params} }}", ""]
+    return "\n".join(lines)
+
+
+def budget_table(trace: list[dict[str, Any]], settings: TuneSettings) -> str:
+    """Per study: trials (ok / repeated configs / failed / rejected), CPU and wall seconds, the defaults' and the
+    best dev value."""
+    lines = [f"# Tuning budget ({settings.measure} on dev at nprobe {settings.nprobe}; "
+             f"optuna TPESampler seed {settings.sampler_seed}; trial 0 = defaults)", "",
+             "| dataset | method | fixed | trials | fitted | repeats | failed | rejected | CPU s | wall s | defaults | "
+             "best | best trial |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for t in trace:
+        groups.setdefault((t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True)), []).append(t)
+    for (dataset, method, fixed), ts in groups.items():
+        ok = [t for t in ts if t["value"] is not None]
+        best = max(ok, key=lambda t: t["value"], default=None)
+        fitted = sum(t["state"] == "ok" for t in ts)
+        first = next((t for t in ts if t["trial"] == 0), None)
+
+        def fmt(v: float | None) -> str:
+            return "—" if v is None or math.isnan(v) else f"{v:.4f}"
+        lines.append(f"| {dataset} | {method} | {fixed} | {len(ts)} | {fitted} | "
+                     f"{sum(t['state'] == 'repeat' for t in ts)} | "
+                     f"{sum(t['state'] == 'failed' for t in ts)} | {sum(t['state'] == 'rejected' for t in ts)} | "
+                     f"{_seconds(ts, 'cpu_seconds')} | {_seconds(ts, 'wall_seconds')} | "
+                     f"{fmt(first['value'] if first else None)} | {fmt(best['value'] if best else None)} | "
+                     f"{best['trial'] if best else '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _seconds(trials: list[dict[str, Any]], key: str) -> str:
+    """The sum of ``key`` over ``trials``; ``>= sum`` when some trial's seconds are unknown (fitted by a run killed
+    before it traced them)."""
+    known = [t[key] for t in trials if t[key] is not None]
+    return ("" if len(known) == len(trials) else ">= ") + f"{sum(known):.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.harness import SearchSettings
+    from benchmark.provenance import set_threads
+    from benchmark.runner import Runner
+
+    p = argparse.ArgumentParser(prog="python -m benchmark.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="grid config with a [tune] table (configs/tune-*.toml)")
+    p.add_argument("--methods", help="tune only these methods of the config (comma-separated)")
+    p.add_argument("--trials", type=int, help="override [tune] trials (the same for every method)")
+    p.add_argument("--out", help="output folder (default: the config's out)")
+    p.add_argument("--threads", type=int, default=0, help="faiss/torch threads of every trial (0 = every core)")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        settings = tune_settings(cfg.get("tune", {}), args.config)
+        if args.trials is not None:
+            settings = tune_settings({**cfg.get("tune", {}), "trials": args.trials}, "--trials")
+        planned = plan(config=args.config, methods=args.methods)
+        out = Path(args.out or planned.out or "reports/tuning")
+        set_threads(args.threads)
+        runner = Runner(out, SearchSettings(**planned.search), datasets=planned.datasets, threads=args.threads,
+                        log=lambda text: None)
+        Tuner(runner, settings).run(planned)
+    except (ConfigError, MethodError) as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    print(f"tuning trace: {out / TRIALS_FILE}; chosen configs: {out / 'tuning' / 'best.toml'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

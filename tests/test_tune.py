@@ -1,0 +1,139 @@
+"""The tuner (benchmark.tune): dev split only, the same budget for every method, trials resumed as fits, a method's
+search space declared on its params and shown by --list-methods."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmark import harness, tune
+from benchmark.params import Param, Space
+from benchmark.records import read_records
+from benchmark.registry import BaseMethod, TrainData, describe_methods, register
+
+CONFIG = """
+out = "{out}"
+[datasets.quick-dev]
+name = "synthetic:quick"
+dev_queries = 300
+[search]
+nprobes = [8, 32]
+[tune]
+trials = 3
+sampler_seed = 7
+[[runs]]
+methods = ["jpq", "distill-vq", "test-tunable"]
+params = {{ M = 8, epochs = 0.5, opq_niter = 5 }}
+[[runs]]
+methods = ["distill-vq"]
+params = {{ nlist = 32 }}
+"""
+
+
+@register
+class Tunable(BaseMethod):
+    """A plug-in with a search space: faiss PQ whose training sample size is tuned."""
+
+    name = "test-tunable"
+    family = "reconstruction"
+    params = {"M": Param(8, "bytes", min=1), "epochs": Param(1.0, "unused", min=0),
+              "opq_niter": Param(5, "unused", min=1),
+              "max_train_points": Param(2000, "docs the PQ trains on", min=256,
+                                        search=Space(choices=(500, 1000, 4000)))}
+
+    def fit(self, train: TrainData):
+        from benchmark.vq.faiss_init import trained_params
+        vq = trained_params(train.doc_emb, f"PQ{self.config['M']}", seed=train.seed,
+                            max_train_points=self.config["max_train_points"])
+        vq.writeback = "codes"
+        return vq
+
+
+def _config(tmp_path: Path, text: str = CONFIG) -> Path:
+    path = tmp_path / "tune.toml"
+    path.write_text(text.format(out=tmp_path / "out"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tune")
+    seen: list[str] = []
+    real = harness.evaluate
+
+    def spy(index, ds, split, *a, **k):
+        seen.append(split.name)
+        return real(index, ds, split, *a, **k)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VQBENCH_DATA_DIR", str(tmp / "cache"))
+    import benchmark.runner as runner
+    mp.setattr(runner, "evaluate", spy)
+    code = tune.main(["--config", str(_config(tmp)), "--threads", "1"])
+    mp.undo()
+    return tmp, code, seen
+
+
+def test_the_tuner_sees_only_the_dev_split(tuned):
+    tmp, code, seen = tuned
+    assert code == 0 and seen and set(seen) == {"dev"}
+    records, problems = read_records(tmp / "out" / "results.jsonl")
+    assert not problems and {r["split"] for r in records} == {"dev"}
+
+
+def test_every_method_gets_the_same_budget_and_trial_0_is_its_defaults(tuned):
+    tmp, _, _ = tuned
+    trials = [json.loads(line) for line in (tmp / "out" / "tuning" / "trials.jsonl").read_text().splitlines()]
+    per_study: dict[tuple, list[dict]] = {}
+    for t in trials:
+        per_study.setdefault((t["method"], json.dumps(t["fixed"], sort_keys=True)), []).append(t)
+    assert len(per_study) == 4 and {len(v) for v in per_study.values()} == {3}
+    for (method, _), ts in per_study.items():
+        assert [t["trial"] for t in ts] == [0, 1, 2]
+        assert all(t["value"] is not None and 0 < t["value"] <= 1 for t in ts)
+        assert all(t["cpu_seconds"] > 0 and t["wall_seconds"] > 0 for t in ts if t["state"] == "ok")
+        assert all(t["state"] in ("ok", "repeat") for t in ts)
+    jpq = per_study[("jpq", json.dumps({"M": 8, "epochs": 0.5, "opq_niter": 5}, sort_keys=True))]
+    assert jpq[0]["params"]["negatives"] == "pool" and jpq[0]["params"]["temperature"] == 0.02   # the defaults
+    assert "epochs" in jpq[0]["params"] and jpq[0]["params"]["epochs"] == 0.5    # fixed params are not tuned
+    assert len({json.dumps(t["params"], sort_keys=True) for t in jpq}) == 3       # the sampler explores
+    table = (tmp / "out" / "tuning" / "tuning.md").read_text()
+    assert table.count("| quick-dev |") == 4 and "CPU s" in table
+    best = (tmp / "out" / "tuning" / "best.toml").read_text()
+    assert best.count("[[runs]]") == 4 and 'methods = ["test-tunable"]' in best
+
+
+def test_a_resumed_tuning_refits_nothing_and_keeps_the_trace(tuned, monkeypatch):
+    tmp, _, _ = tuned
+    monkeypatch.setenv("VQBENCH_DATA_DIR", str(tmp / "cache"))
+    before = (tmp / "out" / "tuning" / "trials.jsonl").read_text()
+    lines = (tmp / "out" / "results.jsonl").read_text().count("\n")
+    import benchmark.runner as runner
+    monkeypatch.setattr(runner, "execute_fit", lambda *a, **k: pytest.fail("a recorded trial was fitted again"))
+    assert tune.main(["--config", str(_config(tmp)), "--threads", "1"]) == 0
+    assert (tmp / "out" / "tuning" / "trials.jsonl").read_text() == before
+    assert (tmp / "out" / "results.jsonl").read_text().count("\n") == lines
+
+
+def test_a_dataset_with_a_test_split_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import benchmark.runner as runner
+    monkeypatch.setattr(runner, "execute_fit", lambda *a, **k: pytest.fail("a trial trained"))
+    text = CONFIG.replace("dev_queries = 300\n", "")
+    assert tune.main(["--config", str(_config(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert "error: dataset 'quick-dev': tuning evaluates on a dev split, but this one evaluates on 'test'" in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_bad_tune_tables_are_one_line_each():
+    with pytest.raises(tune.ConfigError) as exc:
+        tune.tune_settings({"trials": 0, "measure": "ndcg", "nprobe": "all", "seed": 1}, "c.toml")
+    assert len(exc.value.problems) == 4 and any("unknown key 'seed'" in p for p in exc.value.problems)
+
+
+def test_a_search_space_is_declared_on_params_and_listed():
+    text = describe_methods()
+    assert "max_train_points=2000  (int >= 256)  docs the PQ trains on  [tuned over {500, 1000, 4000}]" in text
+    assert "lr_pq=0.001" in text and "[tuned over log-[0.0001, 0.01]]" in text
+    with pytest.raises(Exception, match="search choice"):
+        Param(8, "x", min=4, search=Space(choices=(2, 8)))     # a choice the param itself would reject
