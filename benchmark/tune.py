@@ -325,6 +325,7 @@ def _seconds(trials: list[dict[str, Any]], key: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmark.harness import SearchSettings
+    from benchmark.lock import folder_lock
     from benchmark.provenance import set_threads
     from benchmark.runner import Runner
 
@@ -343,10 +344,15 @@ def main(argv: list[str] | None = None) -> int:
             settings = tune_settings({**cfg.get("tune", {}), "trials": args.trials}, "--trials")
         planned = plan(config=args.config, methods=args.methods)
         out = Path(args.out or planned.out or "reports/tuning")
+        _, problems = read_records(out / "results.jsonl")   # a torn line anywhere: refused before any work
+        if problems:
+            raise ConfigError(problems + [f"{out / 'results.jsonl'} has unreadable lines (above): move them aside "
+                                          f"with run_benchmark.py --repair --out {out}"])
         set_threads(args.threads)
-        runner = Runner(out, SearchSettings(**planned.search), datasets=planned.datasets, threads=args.threads,
-                        log=lambda text: None)
-        Tuner(runner, settings).run(planned)
+        with folder_lock(out, " ".join(["python -m benchmark.tune", *(argv or sys.argv[1:])])):   # one writer
+            runner = Runner(out, SearchSettings(**planned.search), datasets=planned.datasets, threads=args.threads,
+                            log=lambda text: None)
+            Tuner(runner, settings).run(planned)
     except (ConfigError, MethodError) as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)

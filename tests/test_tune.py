@@ -137,3 +137,12 @@ def test_a_search_space_is_declared_on_params_and_listed():
     assert "lr_pq=0.001" in text and "[tuned over log-[0.0001, 0.01]]" in text
     with pytest.raises(Exception, match="search choice"):
         Param(8, "x", min=4, search=Space(choices=(2, 8)))     # a choice the param itself would reject
+
+
+def test_a_folder_being_tuned_is_not_written_by_a_second_tuner(tmp_path, capsys):
+    from benchmark.lock import folder_lock
+    config = _config(tmp_path)
+    with folder_lock(tmp_path / "out"):
+        assert tune.main(["--config", str(config)]) == 2
+    assert "is being written by another run" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
