@@ -2,11 +2,12 @@
 
 Writes ``leaderboard.md``, ``leaderboard.html`` (self-contained), ``summary.json``, ``tables/*.csv|tex``,
 ``plots/*.png`` (``leaderboard.png`` too with ``--screenshot``) and ``significance.json`` (the paired tests behind the
-† marks, so a rebuild without the per-query sidecars keeps them; see
-:func:`benchmark.report.stats.mark_significance`). Usage: ``python -m benchmark.report RUN_DIR [--track 16]
-[--budget-ms X | --budget-fraction F] [--quality RR@10] [--test wilcoxon] [--out DIR] [--screenshot]``.
+† marks and the ◆ tie groups, so a rebuild without the per-query sidecars keeps them; see
+:func:`benchmark.report.stats.mark_significance` and :func:`benchmark.report.stats.mark_ties`). Usage:
+``python -m benchmark.report RUN_DIR [--track 16] [--budget-ms X | --budget-fraction F] [--quality RR@10]
+[--test wilcoxon] [--out DIR] [--screenshot]``.
 Tracks, the two operating points and the default latency budget are defined in :mod:`benchmark.report.tables`, the
-† rule in :mod:`benchmark.report.stats`.
+† and tie rules in :mod:`benchmark.report.stats`.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from benchmark.report import plots
 from benchmark.report.browser import WIDTH, browser_missing, screenshot
 from benchmark.report import tables as rt
 from benchmark.report.html import render_html
-from benchmark.report.stats import CACHE_FILE, TESTS, footnote, mark_significance, read_cache
+from benchmark.report.stats import (CACHE_FILE, TESTS, TIE, footnote, mark_significance, mark_ties, read_cache,
+                                    tie_footnote)
 
 QUALITY = ("nDCG@10", "RR@10")
 TITLE = "vqbench leaderboard"
@@ -91,13 +93,17 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
     before = dict(cache)
     views = {"exhaustive": mark_significance(rt.select_exhaustive(points), quality, test, cache),
              "pruned": mark_significance(rt.select_pruned(points, quality, budgets), quality, test, cache)}
+    points_named = {"exhaustive": "exhaustive", "pruned": {ds: f"pruned, {b.text}" for ds, b in budgets.items()}}
+    views = {k: mark_ties(v, quality, test, cache, points_named[k]) for k, v in views.items()}
     written: dict[str, Path] = {}
     if cache and (cache != before or out != run_dir):
-        write_json(out / CACHE_FILE, cache, indent=0)
+        write_json(out / CACHE_FILE, cache, indent=0, ensure_ascii=False)
         written[CACHE_FILE] = out / CACHE_FILE
     compared = [v[v["baseline"].notna()] for v in views.values()]
     tested = any(not c["untested"].map(rt.is_true).all() for c in compared if not c.empty)
     from_cache = sum(int(v["cached"].map(rt.is_true).sum()) for v in views.values())
+    ties_cached = sum(int(v["tie_cached"].map(rt.is_true).sum()) for v in views.values())
+    ties_tested = any(v["tie_status"].isin(["tied", "not tied"]).any() for v in views.values())
     if not tested:  # no sidecar at all (e.g. a committed report): one note instead of a footnote per row
         views = {k: v.assign(untested=False) for k, v in views.items()}
     failed = int((df["status"] == "failed").sum())
@@ -110,15 +116,25 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
                     "vector); nothing here ranks across tracks. Each track is ranked twice: **exhaustive** (the "
                     "quantizer alone: nprobe = nlist, or no IVF) and **pruned** (best nprobe within a latency budget "
                     "that forces IVF to skip lists; budgets per dataset below). *index B/vec* counts everything the "
-                    "index stores per document (IVF list ids, codebooks), *code B/vec* only the code.")
-    notes = [footnote(quality, test)]
+                    "index stores per document (IVF list ids, codebooks), *code B/vec* only the code. Each track "
+                    f"opens with a one-line verdict per operating point; its *tie* column marks with {TIE} the rows "
+                    "whose difference from the track's best is not significant after Holm's correction (the rule "
+                    "is in the notes under each table).")
+    notes = [footnote(quality, test), tie_footnote(quality, test)]
     if from_cache:
         notes.append(f"† of rows whose per-query sidecars are absent: read from `{CACHE_FILE}`, the paired tests "
                      f"an earlier build of this report computed from those sidecars ({from_cache} row(s)).")
+    if ties_cached:
+        notes.append(f"{TIE} tests of rows whose per-query sidecars are absent: read from `{CACHE_FILE}` "
+                     f"({ties_cached} row(s)); Holm's correction is recomputed from their raw p-values.")
+    if not ties_tested:
+        notes.append(f"{TIE} no tie test anywhere in this report: no two competing rows of a track both have "
+                     f"per-query values (sidecars or `{CACHE_FILE}`), so every row but each track's best is untested.")
     if not tested:
         notes.append("† not tested anywhere in this report: no per-query sidecar is in this folder (they are not "
                      "committed, for size); re-run the records' configs to get the marks.")
     summary["sidecars"] = tested
+    summary["verdicts"] = {}
     glance = rt.glance(views, budgets, quality)
     doc.add("heading", (2, "At a glance"))
     doc.add("table", glance)
@@ -129,8 +145,8 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
         _cross_dataset(doc, summary, df, points, views, datasets, tracks, quality, notes)
     for ds in datasets:
         summary["latency_budget_ms"][ds] = {"ms": _json_value(budgets[ds].ms), "how": budgets[ds].how}
-        written.update(_dataset_section(doc, summary, df, points, views, ds, budgets[ds], quality, notes, out,
-                                        [p for p in peers if p["dataset"] == ds]))
+        written.update(_dataset_section(doc, summary, df, points, views, ds, budgets[ds], quality, test, notes,
+                                        out, [p for p in peers if p["dataset"] == ds]))
     written.update(_paper_tables(doc, views["exhaustive"], datasets, tracks, quality, out))
     doc.add("heading", (2, "Provenance"))
     doc.add("list", provenance_lines(records))
@@ -143,7 +159,8 @@ def _cross_dataset(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, point
     doc.add("heading", (2, "Across datasets"))
     doc.add("text", f"{quality} per dataset in BEIR's layout, one table per track and operating point (pruned: "
                     "within each dataset's own latency budget); the average is over every dataset (— when a variant "
-                    "misses one or is over the budget on one).")
+                    f"misses one or is over the budget on one). {TIE} after a value: the row is in the tie group of "
+                    "that dataset's track table at this operating point; *(untested)*: it has no tie test there.")
     ref = points[points["family"] == REFERENCE_FAMILY]
     for track in tracks:
         doc.add("heading", (3, f"Track {rt.track_name(track)}/vector"))
@@ -156,8 +173,8 @@ def _cross_dataset(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, point
 
 
 def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, points: pd.DataFrame,
-                     views: dict[str, pd.DataFrame], ds: str, budget: rt.Budget, quality: str, notes: list[str],
-                     out: Path, peers: list[dict[str, Any]]) -> dict[str, Path]:
+                     views: dict[str, pd.DataFrame], ds: str, budget: rt.Budget, quality: str, test: str,
+                     notes: list[str], out: Path, peers: list[dict[str, Any]]) -> dict[str, Path]:
     doc.add("heading", (2, ds))
     ceiling = rt.reference_line(points, ds, quality)
     doc.add("list", [*([ceiling] if ceiling else []), *rt.sanity_lines(points, ds, quality),
@@ -165,8 +182,15 @@ def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, poi
     written = _dataset_plots(doc, points, views, ds, budget, quality, out, first=True)
     titles = {"exhaustive": "exhaustive (nprobe = nlist, or no IVF)",
               "pruned": f"pruned: best nprobe with {budget.text}"}
+    points_named = {"exhaustive": "exhaustive", "pruned": f"pruned ({budget.text})"}
     for track in sorted(df.loc[df["dataset"] == ds, "track"].dropna().unique()):
         doc.add("heading", (3, f"Track {rt.track_name(track)}/vector"))
+        verdicts = []
+        for view, rows in views.items():
+            here = rows[rows["dataset"] == ds]
+            verdicts.append(rt.verdict_line(here[here["track"] == track], here, quality, test, points_named[view]))
+            summary["verdicts"].setdefault(ds, {})[f"{track:g}/{view}"] = verdicts[-1]
+        doc.add("list", verdicts)
         foot = rt.Footnotes()
         for view, rows in views.items():
             full = rt.track_rows(rows, df, ds, track)
@@ -327,7 +351,14 @@ def _summary_row(row: pd.Series, view: str, track: float) -> dict[str, Any]:
             "bytes_per_vector": _json_value(row["bytes_per_vector"]) if ok else None,
             "index_bytes_per_vector": _json_value(row["index_bpv"]) if ok else None, "values": measures,
             "baseline": row.get("baseline") if ok else None, "p_value": _json_value(row.get("p_value")),
-            "significant": ok and rt.is_true(row.get("significant"))}
+            "significant": ok and rt.is_true(row.get("significant")),
+            "tie": {"status": _json_value(row.get("tie_status")) if ok else None,
+                    "best": _json_value(row.get("tie_best")) if ok else None,
+                    "p_holm": _json_value(row.get("tie_p")), "p_raw": _json_value(row.get("tie_p_raw")),
+                    "mean_diff_vs_best": _json_value(row.get("tie_diff")),
+                    "ci95": None if _json_value(row.get("tie_diff")) is None else
+                    [_json_value(row.get("tie_ci_low")), _json_value(row.get("tie_ci_high"))],
+                    "holm_family": _json_value(row.get("tie_n"))}}
 
 
 def _json_value(value: Any) -> Any:
@@ -359,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-fraction", type=float, default=rt.DEFAULT_BUDGET_FRACTION,
                         help="default budget as a fraction of the reference's p50 (default %(default)s)")
     parser.add_argument("--quality", choices=QUALITY, default="nDCG@10", help="measure to rank by")
-    parser.add_argument("--test", choices=tuple(TESTS), default="ttest", help="paired test for the † mark")
+    parser.add_argument("--test", choices=tuple(TESTS), default="ttest",
+                        help="paired test for the † mark (one-sided) and the tie groups (two-sided)")
     parser.add_argument("--out", type=Path, default=None, help="write the report here (default: RUN_DIR)")
     parser.add_argument("--screenshot", action="store_true",
                         help=f"also save leaderboard.png: the page in headless Chromium, {WIDTH} px wide")

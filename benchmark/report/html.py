@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.report.stats import TIE
 from benchmark.report.tables import Doc
 
 CSS = """
@@ -29,6 +30,8 @@ table.sortable th[aria-sort="ascending"]::after { content: "\\25B2"; color: #333
 table.sortable th[aria-sort="descending"]::after { content: "\\25BC"; color: #333; }
 tbody tr:nth-child(even) { background: #fafafa; }
 ul.notes { font-size: 0.8rem; color: #555; }
+td.tie { background: #dff0d8; color: #1d5e1d; font-weight: 600; }
+td.untested { color: #9a6700; font-style: italic; }
 figure { margin: 0.8rem 0; } figcaption { font-size: 0.8rem; color: #555; }
 img { max-width: 100%; height: auto; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
@@ -124,10 +127,17 @@ def _block(kind: str, payload, base_dir: Path) -> str:
 
 def _table(table: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                   for row in table.itertuples(index=False))
+    rows = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table.itertuples(index=False))
     return (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
             f'</table></div>')
+
+
+def _cell(value) -> str:
+    """A table cell; a cell of the tie group (◆ ...) or an untested one gets a class that colours it."""
+    text = str(value)
+    kind = "tie" if text.startswith(TIE) or text.endswith(f" {TIE}") else \
+        "untested" if text == "untested" or text.endswith("(untested)") else ""
+    return f'<td class="{kind}">{html.escape(text)}</td>' if kind else f"<td>{html.escape(text)}</td>"
 
 
 def _inline(text: str) -> str:

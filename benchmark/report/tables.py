@@ -40,6 +40,7 @@ import pandas as pd
 from benchmark._io import write_text
 from benchmark.records import FIDELITY, MEASURES
 from benchmark.registry import FAMILIES, REFERENCE_FAMILY
+from benchmark.report.stats import ALPHA, SHORT_TESTS, TIE, competing
 
 NUMERIC = (*MEASURES, *FIDELITY, "p50_ms", "p95_ms", "qps", "train_seconds")
 FAMILY_ORDER = {family: i for i, family in enumerate(FAMILIES)}
@@ -167,7 +168,7 @@ def aggregate_points(df: pd.DataFrame) -> pd.DataFrame:
     numeric = [*NUMERIC, "index_bpv"]
     parts = [groups[firsts].first(), groups[numeric].mean(), groups[list(NUMERIC)].std().add_suffix("_std"),
              groups["seed"].nunique().rename("n_seeds"),
-             groups["per_query"].apply(lambda s: [p for p in s if p]).rename("per_query")]
+             groups["per_query"].apply(lambda s: [p for p in s if isinstance(p, str) and p]).rename("per_query")]
     return pd.concat(parts, axis=1).reset_index()
 
 
@@ -307,7 +308,8 @@ def rank_order(rows: pd.DataFrame, quality: str) -> pd.DataFrame:
 
 def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> pd.DataFrame:
     """Formatted track table: mean ± std over seeds (plain with one seed), — for failed/missing rows, † on the
-    quality cell of significant rows, footnote markers after the method."""
+    quality cell of significant rows, the *tie* column (:func:`tie_cell`) after the quality column, footnote markers
+    after the method."""
     out = []
     for _, r in rank_order(rows, quality).iterrows():
         ok = r["status"] == "ok"
@@ -318,15 +320,112 @@ def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> p
             cells[key] = format_cell(r[key], r[f"{key}_std"], n, digits) if ok else DASH
             if key == quality and ok and is_true(r.get("significant")):
                 cells[key] += " †"
+            if key == quality:
+                cells["tie"] = tie_cell(r)
         cells["p50 ms"] = format_cell(r["p50_ms"], r["p50_ms_std"], n, 3) if ok else DASH
         cells["code B/vec"] = _int_cell(r["bytes_per_vector"], ok, DASH)
         cells["index B/vec"] = format_cell(r["index_bpv"], math.nan, 1, 1) if ok else DASH
         cells["train s"] = format_cell(r["train_seconds"], r["train_seconds_std"], n, 0) if ok else DASH
         cells["seeds"] = str(n) if ok else DASH
         out.append(cells)
-    columns = ["Method", "Family", "nprobe", *(k for k, _ in TRACK_METRICS), "p50 ms", "code B/vec", "index B/vec",
-               "train s", "seeds"]
+    metrics = [c for k, _ in TRACK_METRICS for c in ((k, "tie") if k == quality else (k,))]
+    columns = ["Method", "Family", "nprobe", *metrics, "p50 ms", "code B/vec", "index B/vec", "train s", "seeds"]
     return pd.DataFrame(out, columns=columns)
+
+
+def p_text(p: float) -> str:
+    """A p-value in two significant digits (``3.2e-05``, ``0.31``)."""
+    return f"{p:.2g}"
+
+
+def tie_cell(r: pd.Series) -> str:
+    """The *tie* cell of a track-table row: ``◆ best``, ``◆ p=0.31`` (tied with the best, Holm-corrected p),
+    ``p<0.001`` / ``p=0.012`` (not tied), ``untested`` (no per-query values), ``n/a`` (not competing: over the
+    latency budget), — (failed or missing)."""
+    if r["status"] != "ok":
+        return DASH
+    status = r.get("tie_status")
+    p = r.get("tie_p")
+    p_cell = "" if p is None or pd.isna(p) else ("p<0.001" if p < 0.001 else f"p={p_text(p)}")
+    return {"best": f"{TIE} best", "tied": f"{TIE} {p_cell}", "not tied": p_cell,
+            "untested": "untested"}.get(status if isinstance(status, str) else "", "n/a")
+
+
+def _in_group(status: Any) -> bool:
+    return status in ("best", "tied")
+
+
+def tie_group_text(rows: pd.DataFrame, quality: str) -> str:
+    """The other members of the best row's tie group among ``rows`` (one dataset, track and operating point):
+    ``alone``, ``with a, b``, plus how many rows are untested; ``untested`` when no other row was tested."""
+    comp = competing(rows, quality)
+    if comp.empty or "tie_status" not in comp:
+        return DASH
+    if len(comp) == 1:
+        return "the only row"
+    status = comp["tie_status"].iloc[1:]
+    tied = list(comp.loc[status.index[status == "tied"], "tlabel"])
+    untested = int((status == "untested").sum())
+    if untested and untested == len(status):
+        return "untested"
+    text = f"with {', '.join(tied)}" if tied else "alone"
+    return text + (f"; {untested} untested" if untested else "")
+
+
+def verdict_line(rows: pd.DataFrame, others: pd.DataFrame, quality: str, test: str, point: str) -> str:
+    """One line on a track at one operating point: the winner, Δ to the runner-up with its 95% CI and Holm-corrected
+    p, the tie group, the untested rows and the † baseline by name. ``rows``: the track's selected rows on one
+    dataset (tie and † columns added); ``others``: every selected row of the dataset (to find the baseline)."""
+    comp = competing(rows, quality)
+    if comp.empty:
+        return f"{point}: no row within the latency budget, nothing ranked."
+    best = comp.iloc[0]
+    parts = [f"{point}: winner **{best['tlabel']}** ({quality} {best[quality]:.3f})"]
+    if len(comp) == 1:
+        parts.append("the only row competing")
+    else:
+        run = comp.iloc[1]
+        if run.get("tie_status") in ("tied", "not tied"):
+            parts.append(f"Δ to runner-up {run['tlabel']} {-run['tie_diff']:+.3f} (95% CI {-run['tie_ci_high']:+.3f} "
+                         f"to {-run['tie_ci_low']:+.3f}, paired per query; p = {p_text(run['tie_p'])} "
+                         f"Holm-corrected, {p_text(run['tie_p_raw'])} raw)")
+        else:
+            parts.append(f"Δ to runner-up {run['tlabel']} {best[quality] - run[quality]:+.3f} (untested: no "
+                         f"per-query values to pair)")
+        status = comp["tie_status"].iloc[1:]
+        tied = list(comp.loc[status.index[status == "tied"], "tlabel"])
+        untested = list(comp.loc[status.index[status == "untested"], "tlabel"])
+        if len(untested) == len(status):
+            parts.append(f"tie group not tested: no per-query values to pair with the best for the other "
+                         f"{len(untested)} row(s)")
+        else:
+            parts.append(f"tied with the best {TIE}: {', '.join([best['tlabel'], *tied])}" if tied else
+                         f"alone in its tie group {TIE}" + (" among the tested rows" if untested else ""))
+            if untested:
+                parts.append(f"untested: {', '.join(untested)}" if len(untested) <= 4 else
+                             f"{len(untested)} rows untested (see the tie column)")
+    dagger = _dagger_text(rows, others, quality, test)
+    return "; ".join(parts + ([dagger] if dagger else [])) + "."
+
+
+def _dagger_text(rows: pd.DataFrame, others: pd.DataFrame, quality: str, test: str) -> str:
+    if "baseline" not in rows:
+        return ""
+    names = list(dict.fromkeys(rows["baseline"].dropna()))
+    texts = []
+    for name in names:
+        base = others[others["label"] == name]
+        if "fits" in base:
+            base = base[base["fits"].map(is_true)]
+        if base.empty:
+            continue
+        b = base.iloc[0]
+        where = "" if b["track"] in set(rows["track"]) else f" at {b['bytes_per_vector']:g} B, none at this size"
+        texts.append(f"{b['tlabel']} ({b[quality]:.3f}{where})")
+    if not texts:
+        return ""
+    return (f"† = better than {' / '.join(texts)}, the best reconstruction baseline, one-sided {SHORT_TESTS[test]} "
+            f"p < {ALPHA}")
 
 
 def reference_line(points: pd.DataFrame, dataset: str, quality: str) -> str | None:
@@ -376,7 +475,8 @@ def sanity_lines(points: pd.DataFrame, dataset: str, measure: str = "nDCG@10") -
 
 
 def glance(views: dict[str, pd.DataFrame], budgets: dict[str, Budget], quality: str) -> pd.DataFrame:
-    """One row per (dataset, track): the best variant at each operating point and its share of the ceiling."""
+    """One row per (dataset, track): the best variant at each operating point, its quality (†) and the rest of its
+    tie group (:func:`tie_group_text`)."""
     out = []
     for (dataset, track), _ in views["exhaustive"].dropna(subset=["track"]).groupby(["dataset", "track"]):
         cells = {"Dataset": dataset, "Track": track_name(track)}
@@ -392,22 +492,27 @@ def glance(views: dict[str, pd.DataFrame], budgets: dict[str, Budget], quality: 
             mark = " †" if is_true(best.get("significant")) else ""
             cells[f"best {title}"] = f"{best['tlabel']}{nprobe}"
             cells[f"{quality} ({view})"] = f"{best[quality]:.3f}{mark}"
+            cells[f"tied with it ({view})"] = tie_group_text(sub, quality)
         out.append(cells)
     return pd.DataFrame(out)
 
 
 def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: float,
                   reference: pd.DataFrame | None = None) -> pd.DataFrame:
-    """BEIR-shaped table of one track: a row per variant, a column per dataset (mean ``quality``, † marks), and
-    the average over datasets (— unless the variant has every dataset). Rows by average, best first; the
-    reference row, when given, comes first and is not ranked."""
+    """BEIR-shaped table of one track: a row per variant, a column per dataset (mean ``quality``, † marks, ◆ for
+    the dataset's tie group, "(untested)" for a row with no tie test), and the average over datasets (— unless the
+    variant has every dataset). Rows by average, best first; the reference row, when given, comes first and is not
+    ranked."""
     sub = rows[(rows["track"] == track)].dropna(subset=[quality])
     sub = sub[sub["fits"].map(is_true)]
     table = sub.pivot_table(index=["tlabel", "family"], columns="dataset", values=quality, aggfunc="first")
     table = table.reindex(columns=datasets)
-    marks = sub.assign(_m=sub["significant"].map(is_true) if "significant" in sub else False).pivot_table(
-        index=["tlabel", "family"], columns="dataset", values="_m", aggfunc="first").reindex(
-        index=table.index, columns=datasets)
+    significant = sub["significant"].map(is_true) if "significant" in sub else pd.Series(False, index=sub.index)
+    status = sub["tie_status"] if "tie_status" in sub else pd.Series(None, index=sub.index, dtype=object)
+    suffix = [(" †" if s else "") + (f" {TIE}" if _in_group(t) else " (untested)" if t == "untested" else "")
+              for s, t in zip(significant, status)]
+    marks = sub.assign(_m=suffix).pivot_table(index=["tlabel", "family"], columns="dataset", values="_m",
+                                              aggfunc="first").reindex(index=table.index, columns=datasets)
     avg = table.mean(axis=1).where(table.notna().all(axis=1))
     order = avg.fillna(-1.0).sort_values(ascending=False, kind="stable").index
     out = []
@@ -420,7 +525,8 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
         cells = {"Method": tlabel, "Family": family}
         for d in datasets:
             value = table.at[(tlabel, family), d]
-            cells[d] = _cell(value) + (" †" if is_true(bool(marks.at[(tlabel, family), d] == 1)) else "")
+            mark = marks.at[(tlabel, family), d]
+            cells[d] = _cell(value) + (mark if isinstance(mark, str) else "")
         cells["Average"] = _cell(avg[(tlabel, family)])
         out.append(cells)
     return pd.DataFrame(out, columns=["Method", "Family", *datasets, "Average"])
