@@ -129,7 +129,7 @@ def config_problems(cfg: dict) -> list[str]:
     except ValueError as exc:
         return [f"candidates={cfg['candidates']!r}: {exc}"]
     problems = []
-    if not (cfg["train_ivf"] or cfg["train_pq"]):
+    if not (cfg.get("train_ivf", False) or cfg["train_pq"]):
         problems.append("train_ivf and train_pq are both False: nothing to train")
     if cfg["codes"] == "fixed" and cfg["writeback"] in ("preassigned", "reencode"):
         problems.append(f"codes='fixed' trains the codebooks for the faiss codes, so writeback={cfg['writeback']!r} "
@@ -160,7 +160,7 @@ class DistillVQ(BaseMethod):
     params = PARAMS
 
     def factory(self) -> str:
-        return factory_string(self.config["M"], self.config["nlist"], self.config["opq"])
+        return factory_string(self.config["M"], self.config.get("nlist", 0), self.config["opq"])
 
     def check_config(self) -> list[str]:
         return super().check_config() + config_problems(self.config)
@@ -185,8 +185,9 @@ class DistillVQ(BaseMethod):
         init = init_for(train, self.factory(), cfg)
         with timed(info, "mining"):
             qs = training_queries(train, cfg["queries"], sources, cfg["topk"], cfg["doc_queries"], self.name)
+        train_ivf = cfg.get("train_ivf", False) and init.nlist > 0     # the flat layout has no IVF params
         lrs = {name: cfg[lr] for name, lr, on in (("codebooks", "lr_pq", cfg["train_pq"]), ("centroids", "lr_ivf",
-               cfg["train_ivf"] and init.nlist > 0), ("query_map", "lr_adapter", cfg["query_adapter"])) if on}
+               train_ivf), ("query_map", "lr_adapter", cfg["query_adapter"])) if on}
         spec = TrainSpec(cfg["epochs"], cfg["batch_size"], warmup=cfg["warmup"], schedule=cfg["schedule"],
                          optimizer=cfg["optimizer"])
         trainer = Trainer(TorchVQ(init, query_adapter=cfg["query_adapter"]), lrs, spec, train.seed, train.device,
@@ -196,7 +197,7 @@ class DistillVQ(BaseMethod):
             ste_T, ste_info = ste_temperature(trainer.vq, train.doc_emb, cfg["ste_temperature"], train.seed)
             info.update(ste_info)
         f, tau = LOSSES[cfg["loss"]], float(cfg["temperature"])
-        w = {"ivf": None if cfg["ivf_weight"] == "auto" else float(cfg["ivf_weight"])}
+        w = {"ivf": None if cfg.get("ivf_weight", "auto") == "auto" else float(cfg["ivf_weight"])}
         kept = [0, 0]   # label terms kept by label_scope='topk', of all sampled
 
         def loss(step: Step) -> torch.Tensor:
@@ -212,7 +213,7 @@ class DistillVQ(BaseMethod):
                     kept[0], kept[1] = kept[0] + int(inside.sum()), kept[1] + len(inside)
                     keep = torch.from_numpy(inside).to(step.device)
                 l_pq = l_pq + cfg["label_weight"] * label_term(s_pq, mask, tau, keep)
-            l_ivf = f(t, s_ivf, tau, mask) if cfg["train_ivf"] and s_ivf is not None else None
+            l_ivf = f(t, s_ivf, tau, mask) if train_ivf and s_ivf is not None else None
             total, w["ivf"] = combined_loss(l_ivf, l_pq, w["ivf"])
             return total
 
@@ -249,3 +250,23 @@ class DistillVQPQOnly(DistillVQ):
 
     name = "distill-vq-pq-only"
     params = with_defaults(PARAMS, train_ivf=False, query_adapter=False)
+
+
+IVF_ONLY = ("nlist", "train_ivf", "lr_ivf", "ivf_weight")
+
+
+@register
+class DistillVQFlat(DistillVQ):
+    """Distill-VQ in the flat layout: OPQ codebooks (+ query adapter) distilled, no IVF; starts from faiss-opq's init."""
+
+    name = "distill-vq-flat"
+    params = {k: v for k, v in PARAMS.items() if k not in IVF_ONLY}
+
+
+@register
+class DistillVQLabeledFlat(DistillVQ):
+    """distill-vq-labeled in the flat layout (faiss-opq's init, no IVF)."""
+
+    name = "distill-vq-labeled-flat"
+    params = {k: v for k, v in DistillVQLabeled.params.items() if k not in IVF_ONLY}
+

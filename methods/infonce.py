@@ -3,7 +3,9 @@
 Each labeled query's positive (its highest-graded relevant doc) is scored against the batch's other positives and
 ``hard_negatives`` docs per query sampled from its top-``hard_k`` in the init index (mined once, cached), all
 shared in the batch; the query's own relevant docs are masked out. Loss: cross-entropy of softmax(<q, PQ(d)> /
-temperature). The faiss-opq init (same cache entry) fixes the rotation and every doc's codes; only codewords move.
+temperature). The faiss-opq init (same cache entry) fixes the rotation and every doc's codes; only codewords move
+(``infonce-pq-ivf``: the faiss-ivfopq init, whose centroids move too, each doc keeping its list; the query adapter,
+off by default as in LibVQ, is the shared d x d map of the training core).
 Plain in-batch InfoNCE (``hard_negatives=0``) learns a shortcut of the synthetic default (random docs are told apart
 by the nuisance part a query keeps of its source doc) and loses to its init: nDCG@10 0.434 vs faiss-opq 0.436 (seed
 0; lr 3e-4..1e-2, temperature 0.02..1, batch 64..256: all <= 0.436); 64 mined negatives, temperature 0.02: 0.444.
@@ -19,8 +21,8 @@ from benchmark.vq import VQParams, factory_string
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
-from benchmark.vq.train import (BATCH_SPACE, EPOCHS_SPACE, LR_SPACE, M_PARAM, OPTIMIZER_PARAM, SCHEDULE_PARAM,
-                                TEMPERATURE_SPACE, Step, Trainer, TrainSpec, positives)
+from benchmark.vq.train import (BATCH_SPACE, EPOCHS_SPACE, LR_SPACE, M_PARAM, NLIST_PARAM, OPTIMIZER_PARAM,
+                                SCHEDULE_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer, TrainSpec, positives)
 
 
 @register
@@ -41,7 +43,24 @@ class InfoNCEPQ(BaseMethod):
                                       search=Space(choices=(16, 64, 128))),
               "hard_k": Param(200, "negatives are sampled from the init index's top-hard_k", min=1),
               "warmup": Param(0.1, "share of the steps with a linear lr warm-up", min=0, max=1),
-              "optimizer": OPTIMIZER_PARAM, "schedule": SCHEDULE_PARAM}
+              "optimizer": OPTIMIZER_PARAM, "schedule": SCHEDULE_PARAM,
+              "query_adapter": Param(False, "also train a d x d query map (identity init)", legacy=(False,),
+                                     search=SWITCH_SPACE),
+              "lr_adapter": Param(1e-3, "learning rate of the query adapter", min=0, min_exclusive=True,
+                                  legacy=(1e-3,), search=LR_SPACE)}
+    ivf = False
+
+    def factory(self) -> str:
+        return factory_string(self.config["M"], self.config["nlist"] if self.ivf else 0, opq=True)
+
+    def learning_rates(self) -> dict[str, float]:
+        cfg = self.config
+        rates = {"codebooks": cfg["lr"]}
+        if cfg["query_adapter"]:
+            rates["query_map"] = cfg["lr_adapter"]
+        if self.ivf:
+            rates["centroids"] = cfg["lr_ivf"]
+        return rates
 
     def labels_needed(self) -> bool:
         return True
@@ -56,10 +75,11 @@ class InfoNCEPQ(BaseMethod):
     def fit(self, train: TrainData) -> VQParams:
         self.require_data(train)
         cfg, pos = self.config, positives(train, self.name)
-        init = init_for(train, factory_string(cfg["M"], opq=True), cfg)
+        init = init_for(train, self.factory(), cfg)
         top = index_topk(init, train.doc_emb, pos.query_emb(train), cfg["hard_k"], train.cache_dir)
         spec = TrainSpec(cfg["epochs"], cfg["batch_size"], cfg["warmup"], cfg["schedule"], cfg["optimizer"])
-        trainer = Trainer(TorchVQ(init), {"codebooks": cfg["lr"]}, spec, train.seed, train.device, self.name)
+        trainer = Trainer(TorchVQ(init, query_adapter=cfg["query_adapter"]), self.learning_rates(), spec, train.seed,
+                          train.device, self.name)
         vq, dev = trainer.vq, trainer.device
         q_all, best, top, rel = (torch.from_numpy(a).to(dev) for a in (pos.query_emb(train), pos.best(), top,
                                                                          pos.padded()[0]))
@@ -75,3 +95,14 @@ class InfoNCEPQ(BaseMethod):
 
         trainer.fit(loss, len(pos))
         return trainer.to_params("codes")
+
+
+@register
+class InfoNCEPQIVF(InfoNCEPQ):
+    """InfoNCE in the IVF layout: OPQ codebooks and IVF centroids trained; starts from faiss-ivfopq's init."""
+
+    name = "infonce-pq-ivf"
+    ivf = True
+    params = {**InfoNCEPQ.params, "nlist": NLIST_PARAM,
+              "lr_ivf": Param(1e-3, "learning rate of the IVF centroids", min=0, min_exclusive=True, search=LR_SPACE)}
+
