@@ -12,8 +12,15 @@ CONFIGS = sorted((REPO / "configs").glob("*.toml"))
 # + 6 JPQ points, 1 seed = 18. real-text: 2 datasets x (flat + 8 methods x M in {16, 32}) = 34, + seeds 1-2 of
 # faiss-opq and distill-vq at M=16 on both = 42. wordnet-rd-dev: 3 references + the distill-vq defaults + 5 single
 # changes + 3 labeled + 3 JPQ = 15.
+# four-collections: 7 datasets x (flat + 11 methods x M in {16, 32} x 3 seeds) = 469. tune-debian-desc: 8 studies
+# (one planned fit each: the tuner asks for the trials).
 EXPECTED_FITS = {"debian-desc.toml": 133, "debian-desc-dev.toml": 18, "real-text.toml": 42,
-                 "debian-desc-distill-ablations.toml": 23, "wordnet-rd-dev.toml": 15}
+                 "debian-desc-distill-ablations.toml": 23, "wordnet-rd-dev.toml": 15, "four-collections.toml": 469,
+                 "tune-debian-desc.toml": 8}
+# Configs whose report is not committed yet (their runs take many CPU hours on 2 cores), with the reason; once the
+# report is committed the config leaves this list and the test below checks it holds every planned fit.
+PENDING = {"four-collections.toml": "mpnet encodes of three collections still running (issue #28)",
+           "tune-debian-desc.toml": "24 trials x 8 objectives, ~13 h on 2 idle cores (issue #26)"}
 
 
 def test_every_config_is_listed():
@@ -92,6 +99,10 @@ def test_committed_report_holds_every_planned_fit(path):
     a method without a ``legacy`` value would change every id and fail here), except the listed ones."""
     from benchmark.runner import Runner, job_fit_id
     plan = cfg.plan(config=str(path), check_paths=False)
+    if path.name in PENDING:
+        assert not (REPO / plan.out / "results.jsonl").exists(), f"{path.name}: its report is committed: drop it " \
+                                                                 f"from PENDING"
+        pytest.skip(f"{path.name}: report not committed yet: {PENDING[path.name]}")
     done = Runner(REPO / plan.out, settings=plan.settings(), datasets=plan.datasets).complete_fits()
     missing = set()
     for job in plan.jobs:
