@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from benchmark.config import Job, ConfigError
 from benchmark.data import RetrievalDataset, load_dataset
 from benchmark.data.encode import cache_root
+from benchmark.data.encoders import encoder_info
 from benchmark.harness import ExactReference, SearchSettings, evaluate, ivf_nlist, nprobe_sweep
 from benchmark.provenance import peak_rss_mb, provenance, thread_policy
 from benchmark.records import SCHEMA_VERSION, append_records, read_records, run_id
@@ -151,6 +152,15 @@ def record_header(job: Job, method: BaseMethod, split: str, device: str) -> dict
             "schema_version": SCHEMA_VERSION, "provenance": provenance(job.seed, device)}
 
 
+def dataset_encoder(ds: RetrievalDataset) -> dict[str, Any]:
+    """What encoded ``ds`` (model id, dim, max length, normalisation: :func:`benchmark.data.encoders.encoder_info`),
+    for every record; embeddings brought as files (``npy:``) say only their dim: their encoder is the user's."""
+    model = ds.meta.get("model")
+    if not model:
+        return {"encoder": None, "model_id": None, "dim": ds.dim, "max_length": None, "normalize": None}
+    return encoder_info(model, ds.meta.get("max_length"), ds.meta.get("normalize"))
+
+
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr)
@@ -197,7 +207,7 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
         stage("exact top-k")
         exact_top = exact_top_k(ds, settings, exact)
         facts = _index_facts(vq, index, info)
-        header = record_header(job, method, split.name, device)
+        header = {**record_header(job, method, split.name, device), "encoder": dataset_encoder(ds)}
         fid = header["fit_id"]
         files: dict[str, bytes] = {}
         if save_index:

@@ -250,3 +250,14 @@ def test_unusable_partial_chunks_are_ignored(tmp_path, fake_model):
     out = encode_texts(texts, "m", cache_dir=tmp_path, batch_size=1)
     assert fake_model.calls == [16, 4] and out.shape == (20, 16) and np.isfinite(out).all()
     assert not partial.exists()
+
+
+def test_every_record_names_its_encoder():
+    """Text datasets name the encoder that made their vectors (catalog facts); npy datasets only their dim."""
+    from types import SimpleNamespace
+    from benchmark.runner import dataset_encoder
+    beir_ds = SimpleNamespace(meta={"model": "mpnet", "max_length": None, "normalize": True}, dim=768)
+    assert dataset_encoder(beir_ds) == {"encoder": "mpnet", "model_id": "sentence-transformers/all-mpnet-base-v2",
+                                        "dim": 768, "max_length": 384, "normalize": True}
+    npy_ds = SimpleNamespace(meta={"model": None}, dim=384)
+    assert dataset_encoder(npy_ds)["dim"] == 384 and dataset_encoder(npy_ds)["model_id"] is None
