@@ -1,8 +1,10 @@
 """Trained VQ parameters and their round trip to and from a real faiss index.
 
 A method's ``fit`` returns :class:`VQParams`; the harness turns it into a faiss index with :func:`build_index`
-(IndexPQ or IndexIVFPQ, inner product, optional OPQ pre-transform). :func:`params_from_index` reads a trained faiss
-index back into :class:`VQParams` (how learned methods are initialised from faiss).
+(IndexPQ or IndexIVFPQ, inner product, optional OPQ pre-transform). 4-bit codes are searched by faiss's fast-scan
+(``IndexPQFastScan`` / ``IndexIVFPQFastScan``, SIMD scans of 8-bit quantized lookup tables) unless ``search="plain"``
+(see :data:`SEARCH_MODES`; a method passes its own choice, e.g. score-aware's ``search`` param). :func:`params_from_index` reads a trained faiss index (fast-scan too) back into
+:class:`VQParams` (how learned methods are initialised from faiss).
 
 Conventions: ``rotation`` is faiss's OPQ matrix A (d x d), applied as ``x @ A.T``; IVF centroids and PQ codebooks live
 in the rotated space; the PQ encodes the residual ``x - centroid[assign]`` (``by_residual``) when there is an IVF.
@@ -16,12 +18,22 @@ import numpy as np
 from faiss.contrib import inspect_tools, ivf_tools
 
 WRITEBACK_MODES = ("codes", "preassigned", "reencode")
+# How an index of 4-bit codes is searched. "fastscan": the codes are packed (blocks of FASTSCAN_BBS docs) into faiss's
+# IndexPQFastScan / IndexIVFPQFastScan, whose SIMD scan adds 8-bit quantized lookup tables in 16-bit accumulators
+# (the analogue of ScaNN's LUT16 scan): scores are approximate, off by at most about (sub-quantizers + 1) / 2 LUT
+# quantization steps (a step = the widest sub-quantizer's LUT range / 255), so near-ties may reorder. "plain":
+# IndexPQ / IndexIVFPQ scanning float lookup tables one code at a time (exact scores of the codes, no SIMD).
+# 8-bit codes have no fast-scan kernel in faiss and are always searched plain.
+SEARCH_MODES = ("fastscan", "plain")
+FASTSCAN_BBS = 32   # docs per packed fast-scan block (faiss's default bbs)
 ADD_CHUNK = 65536
 
 
-def factory_string(M: int, nlist: int = 0, opq: bool = False, nbits: int = 8) -> str:
-    """The faiss ``index_factory`` string ``[OPQ{M},][IVF{nlist},]PQ{M}x{nbits}`` (``nlist`` 0: no IVF)."""
-    return ",".join(([f"OPQ{M}"] if opq else []) + ([f"IVF{nlist}"] if nlist else []) + [f"PQ{M}x{nbits}"])
+def factory_string(M: int, nlist: int = 0, opq: bool = False, nbits: int = 8, fastscan: bool = False) -> str:
+    """The faiss ``index_factory`` string ``[OPQ{M},][IVF{nlist},]PQ{M}x{nbits}[fs]`` (``nlist`` 0: no IVF;
+    ``fs``: fast-scan)."""
+    pq = f"PQ{M}x{nbits}" + ("fs" if fastscan else "")
+    return ",".join(([f"OPQ{M}"] if opq else []) + ([f"IVF{nlist}"] if nlist else []) + [pq])
 
 
 @dataclass
@@ -36,10 +48,13 @@ class VQParams:
     query_map: np.ndarray | None = None           # (d, d) float32 applied to queries only: q @ query_map.T
     writeback: str = "reencode"                   # how build_index writes docs (see WRITEBACK_MODES)
     info: dict = field(default_factory=dict)      # method-specific facts worth recording (losses, epochs, ...)
+    search: str = "fastscan"                      # how 4-bit codes are searched (see SEARCH_MODES; 8-bit: plain)
 
     def __post_init__(self) -> None:
         if self.writeback not in WRITEBACK_MODES:
             raise ValueError(f"writeback must be one of {WRITEBACK_MODES}, got {self.writeback!r}")
+        if self.search not in SEARCH_MODES:
+            raise ValueError(f"search must be one of {SEARCH_MODES}, got {self.search!r}")
         if self.pq_codebooks.ndim != 3:
             raise ValueError(f"pq_codebooks must be (M, ksub, dsub), got shape {self.pq_codebooks.shape}")
 
@@ -60,9 +75,14 @@ class VQParams:
         return 0 if self.ivf_centroids is None else int(self.ivf_centroids.shape[0])
 
     @property
+    def fastscan(self) -> bool:
+        """Whether :func:`build_index` builds a fast-scan index (4-bit codes and ``search="fastscan"``)."""
+        return self.nbits == 4 and self.search == "fastscan"
+
+    @property
     def factory(self) -> str:
         """The faiss ``index_factory`` string of the index this builds."""
-        return factory_string(self.M, self.nlist, self.rotation is not None, self.nbits)
+        return factory_string(self.M, self.nlist, self.rotation is not None, self.nbits, self.fastscan)
 
     @property
     def bytes_per_vector(self) -> int:
@@ -139,12 +159,45 @@ def _sa_codes(vq: VQParams, index: faiss.Index, rows: slice) -> np.ndarray:
     return np.ascontiguousarray(np.hstack([listno, codes]))
 
 
+def to_fastscan(index: faiss.Index) -> faiss.Index:
+    """The same 4-bit index (pre-transform, IVF centroids, codebooks, every doc's list and codes, ids) as a fast-scan
+    index: faiss's converting constructors ``IndexPQFastScan(IndexPQ)`` / ``IndexIVFPQFastScan(IndexIVFPQ)`` pack
+    the stored codes as they are (nothing is re-encoded), so learned codes that are not the nearest codewords (e.g.
+    anisotropic ones) survive. The plain index's codes are freed with it."""
+    pre = index if isinstance(index, faiss.IndexPreTransform) else None
+    base = _base(index)
+    if base.pq.nbits != 4:
+        raise ValueError(f"fast-scan needs 4-bit codes, got {base.pq.nbits}-bit")
+    if isinstance(base, faiss.IndexIVFPQ):
+        fast = faiss.IndexIVFPQFastScan(base, FASTSCAN_BBS)   # shares base's quantizer: takes over its ownership
+        fast.own_fields, base.own_fields = base.own_fields, False
+        fast.nprobe = base.nprobe
+        fast.referenced_objects = []   # the plain index is no longer needed (nothing of it is shared but the quantizer)
+    elif isinstance(base, faiss.IndexPQ):
+        fast = faiss.IndexPQFastScan(base, FASTSCAN_BBS)     # copies pq and codes
+    else:
+        raise ValueError(f"no fast-scan counterpart for {type(base).__name__}")
+    if pre is None:
+        return fast
+    # swap the base under the pre-transform; the wrapper owns the fast-scan index, Python frees the plain one
+    if not pre.own_fields:
+        raise ValueError("to_fastscan needs an IndexPreTransform that owns its base index")
+    pre.index = fast
+    fast.this.disown()
+    base.this.acquire()
+    del base
+    pre.ntotal = fast.ntotal
+    return pre
+
+
 def build_index(vq: VQParams, doc_emb: np.ndarray, writeback: str | None = None) -> faiss.Index:
     """Build a searchable faiss index from learned parameters; doc i gets id i.
 
     ``writeback``: ``codes`` keeps the training-time list assignment and PQ codes as they are (no re-encoding);
     ``preassigned`` keeps the training-time IVF assignment and PQ-encodes the residuals with the learned codebooks
     (``ivf_tools.add_preassigned``); ``reencode`` assigns and encodes every doc afresh with the learned parameters.
+    With 4-bit codes and ``vq.search == "fastscan"`` the index is built plain as above and then converted
+    (:func:`to_fastscan`): the fast-scan index stores exactly the codes the plain one did.
     """
     mode = writeback or vq.writeback
     if mode not in WRITEBACK_MODES:
@@ -166,11 +219,43 @@ def build_index(vq: VQParams, doc_emb: np.ndarray, writeback: str | None = None)
         else:
             index.add(np.ascontiguousarray(doc_emb[rows], dtype=np.float32))
         index.ntotal = _base(index).ntotal
-    return index
+    return to_fastscan(index) if vq.fastscan else index
+
+
+def _unpack_blocks(packer: faiss.CodePacker, raw: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` flat codes (n, code_size) of fast-scan blocks ``raw`` (whole blocks, ``packer``'s layout)."""
+    blocks = (n + packer.nvec - 1) // packer.nvec
+    raw = np.ascontiguousarray(raw[:blocks * packer.block_size])
+    out = np.empty((blocks * packer.nvec, packer.code_size), dtype=np.uint8)
+    for b in range(blocks):
+        packer.unpack_all(faiss.swig_ptr(raw[b * packer.block_size:]), faiss.swig_ptr(out[b * packer.nvec:]))
+    return out[:n]
+
+
+def fastscan_codes(base: faiss.Index) -> tuple[np.ndarray | None, np.ndarray]:
+    """(IVF list of each doc or None, flat PQ codes (n, code_size) of each doc) stored in a fast-scan index
+    (``IndexPQFastScan`` or ``IndexIVFPQFastScan``, ids 0..n-1), unpacked from its SIMD block layout."""
+    packer = base.get_CodePacker()
+    if not isinstance(base, faiss.IndexIVF):
+        return None, _unpack_blocks(packer, faiss.AlignedTable_to_array(base.codes), base.ntotal)
+    invlists = faiss.downcast_InvertedLists(base.invlists)
+    assign = np.full(base.ntotal, -1, dtype=np.int64)
+    codes = np.zeros((base.ntotal, packer.code_size), dtype=np.uint8)
+    for lst in range(base.nlist):
+        size = invlists.list_size(lst)
+        if not size:
+            continue
+        ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy()
+        blocks = (size + packer.nvec - 1) // packer.nvec
+        raw = faiss.rev_swig_ptr(invlists.get_codes(lst), blocks * packer.block_size)
+        assign[ids] = lst
+        codes[ids] = _unpack_blocks(packer, raw, size)
+    return assign, codes
 
 
 def params_from_index(index: faiss.Index, with_doc_codes: bool = True) -> VQParams:
-    """Read rotation, IVF centroids, PQ codebooks and (optionally) each doc's list and codes from a faiss index.
+    """Read rotation, IVF centroids, PQ codebooks and (optionally) each doc's list and codes from a faiss index
+    (plain or fast-scan PQ; ``search`` says which).
 
     Doc ids must be 0..n-1 (as :func:`build_index` and sequential ``add`` produce).
     """
@@ -185,21 +270,28 @@ def params_from_index(index: faiss.Index, with_doc_codes: bool = True) -> VQPara
         base = faiss.downcast_index(index.index)
     pq = base.pq
     codebooks = inspect_tools.get_pq_centroids(pq).astype(np.float32)
+    fast = isinstance(base, (faiss.IndexPQFastScan, faiss.IndexIVFPQFastScan))
     centroids = assign = codes = None
     if isinstance(base, faiss.IndexIVF):
         quantizer = faiss.downcast_index(base.quantizer)
         centroids = quantizer.reconstruct_n(0, quantizer.ntotal).astype(np.float32)
-        if with_doc_codes and base.ntotal:
+    if with_doc_codes and base.ntotal:
+        if fast:
+            assign, codes = fastscan_codes(base)
+        elif isinstance(base, faiss.IndexIVF):
             assign = np.full(base.ntotal, -1, dtype=np.int64)
-            codes = np.zeros((base.ntotal, pq.M), dtype=np.uint8)
+            codes = np.zeros((base.ntotal, pq.code_size), dtype=np.uint8)
             for lst in range(base.nlist):
                 ids, lcodes = inspect_tools.get_invlist(base.invlists, lst)
                 assign[ids] = lst
                 codes[ids] = lcodes.reshape(len(ids), -1)
-    elif with_doc_codes and base.ntotal:
-        codes = inspect_tools.get_flat_codes(base).reshape(base.ntotal, pq.M)
+        else:
+            codes = inspect_tools.get_flat_codes(base).reshape(base.ntotal, pq.code_size)
+        if pq.nbits != 8:   # packed sub-codes (PQ{M}x4: two per byte) -> one sub-code per column
+            codes = faiss.unpack_bitstrings(codes, pq.M, pq.nbits).astype(np.uint8)
     return VQParams(pq_codebooks=codebooks, ivf_centroids=centroids, rotation=rotation, doc_assign=assign,
-                    doc_codes=codes, writeback="codes" if codes is not None else "reencode")
+                    doc_codes=codes, writeback="codes" if codes is not None else "reencode",
+                    search="fastscan" if fast else "plain")
 
 
 def reconstruct(vq: VQParams, rows: np.ndarray | slice | None = None) -> np.ndarray:
