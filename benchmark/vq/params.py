@@ -3,8 +3,9 @@
 A method's ``fit`` returns :class:`VQParams`; the harness turns it into a faiss index with :func:`build_index`
 (IndexPQ or IndexIVFPQ, inner product, optional OPQ pre-transform). 4-bit codes are searched by faiss's fast-scan
 (``IndexPQFastScan`` / ``IndexIVFPQFastScan``, SIMD scans of 8-bit quantized lookup tables) unless ``search="plain"``
-(see :data:`SEARCH_MODES`; a method passes its own choice, e.g. score-aware's ``search`` param). :func:`params_from_index` reads a trained faiss index (fast-scan too) back into
-:class:`VQParams` (how learned methods are initialised from faiss).
+(see :data:`SEARCH_MODES`; a method passes its own choice, e.g. score-aware's ``search`` param).
+:func:`params_from_index` reads a trained faiss index (fast-scan too) back into :class:`VQParams` (how learned
+methods are initialised from faiss).
 
 Conventions: ``rotation`` is faiss's OPQ matrix A (d x d), applied as ``x @ A.T``; IVF centroids and PQ codebooks live
 in the rotated space; the PQ encodes the residual ``x - centroid[assign]`` (``by_residual``) when there is an IVF.
