@@ -69,9 +69,8 @@ from benchmark.vq.candidates import (CANDIDATE_SOURCES, IB_DOCS, QUERY_SOURCES, 
                                      sample_candidates, training_queries)
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.torch_vq import TorchVQ, ste_temperature
-from benchmark.vq.train import (BATCH_SPACE, EPOCHS_SPACE, LR_SPACE, M_PARAM, NLIST_PARAM, OPTIMIZERS, SCHEDULES,
-                                SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer, TrainSpec, timed, with_defaults,
-                                with_search)
+from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer,
+                                timed, train_params, train_spec, with_defaults, with_search)
 from methods._distill_losses import LOSSES, combined_loss, label_term
 
 CODE_MODES = ("ste", "fixed")
@@ -110,12 +109,7 @@ PARAMS = {
     "lr_pq": Param(1e-3, "learning rate of the PQ codebooks", min=0, min_exclusive=True, search=LR_SPACE),
     "lr_ivf": Param(3e-4, "learning rate of the IVF centroids", min=0, min_exclusive=True, search=LR_SPACE),
     "lr_adapter": Param(1e-3, "learning rate of the query adapter", min=0, min_exclusive=True, search=LR_SPACE),
-    "optimizer": Param("adam", "optimiser of every trained tensor (no weight decay)", choices=tuple(OPTIMIZERS)),
-    "schedule": Param("constant", "lr after the warm-up: constant, or linear / cosine decay to 0",
-                      choices=SCHEDULES),
-    "warmup": Param(0.0, "share of the steps with a linear lr warm-up", min=0, max=1),
-    "epochs": Param(2.0, "passes over the training queries", min=0, min_exclusive=True, search=EPOCHS_SPACE),
-    "batch_size": Param(256, "queries per step", min=1, search=BATCH_SPACE),
+    **train_params(epochs=2.0, batch_size=256, warmup=0.0, schedule="constant", optimizer="adam"),
     "writeback": Param("auto", "how the index stores docs; auto = codes for fixed codes, else preassigned "
                        "(fixed codes allow only 'codes')", choices=("auto",) + WRITEBACK_MODES),
     **INIT_PARAMS,
@@ -188,8 +182,7 @@ class DistillVQ(BaseMethod):
         train_ivf = cfg.get("train_ivf", False) and init.nlist > 0     # the flat layout has no IVF params
         lrs = {name: cfg[lr] for name, lr, on in (("codebooks", "lr_pq", cfg["train_pq"]), ("centroids", "lr_ivf",
                train_ivf), ("query_map", "lr_adapter", cfg["query_adapter"])) if on}
-        spec = TrainSpec(cfg["epochs"], cfg["batch_size"], warmup=cfg["warmup"], schedule=cfg["schedule"],
-                         optimizer=cfg["optimizer"])
+        spec = train_spec(cfg)
         trainer = Trainer(TorchVQ(init, query_adapter=cfg["query_adapter"]), lrs, spec, train.seed, train.device,
                           self.name)
         ste_T = None

@@ -21,8 +21,8 @@ from benchmark.vq import VQParams, factory_string
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
-from benchmark.vq.train import (BATCH_SPACE, EPOCHS_SPACE, LR_SPACE, M_PARAM, NLIST_PARAM, OPTIMIZER_PARAM,
-                                SCHEDULE_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer, TrainSpec, positives)
+from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer,
+                                positives, train_params, train_spec)
 
 
 @register
@@ -33,17 +33,13 @@ class InfoNCEPQ(BaseMethod):
     reproducibility = "threads"
     reproducibility_note = OPQ_THREADS_NOTE
     family = "contrastive"
-    params = {"M": M_PARAM, "epochs": Param(1.0, "passes over the labeled queries", min=0, min_exclusive=True,
-                                            search=EPOCHS_SPACE),
-              "batch_size": Param(32, "queries per step", min=2, search=BATCH_SPACE), **INIT_PARAMS,
+    params = {"M": M_PARAM, **train_params(), **INIT_PARAMS,
               "lr": Param(1e-3, "codebook learning rate", min=0, min_exclusive=True, search=LR_SPACE),
               "temperature": Param(0.02, "scores are divided by it", min=0, min_exclusive=True,
                                    search=TEMPERATURE_SPACE),
               "hard_negatives": Param(64, "mined negatives per query (0 = plain in-batch)", min=0,
                                       search=Space(choices=(16, 64, 128))),
               "hard_k": Param(200, "negatives are sampled from the init index's top-hard_k", min=1),
-              "warmup": Param(0.1, "share of the steps with a linear lr warm-up", min=0, max=1),
-              "optimizer": OPTIMIZER_PARAM, "schedule": SCHEDULE_PARAM,
               "query_adapter": Param(False, "also train a d x d query map (identity init)", legacy=(False,),
                                      search=SWITCH_SPACE),
               "lr_adapter": Param(1e-3, "learning rate of the query adapter", min=0, min_exclusive=True,
@@ -65,6 +61,13 @@ class InfoNCEPQ(BaseMethod):
     def labels_needed(self) -> bool:
         return True
 
+    def check_config(self) -> list[str]:
+        problems = super().check_config()
+        if self.config["batch_size"] < 2:
+            problems.append(f"batch_size must be >= 2 (the other queries' positives are the in-batch negatives), got "
+                            f"{self.config['batch_size']}")
+        return problems
+
     def check_data(self, data: DataFacts) -> list[str]:
         cfg, problems = self.config, super().check_data(data)
         if not cfg["hard_negatives"] <= cfg["hard_k"] <= data.num_docs:
@@ -77,7 +80,7 @@ class InfoNCEPQ(BaseMethod):
         cfg, pos = self.config, positives(train, self.name)
         init = init_for(train, self.factory(), cfg)
         top = index_topk(init, train.doc_emb, pos.query_emb(train), cfg["hard_k"], train.cache_dir)
-        spec = TrainSpec(cfg["epochs"], cfg["batch_size"], cfg["warmup"], cfg["schedule"], cfg["optimizer"])
+        spec = train_spec(cfg)
         trainer = Trainer(TorchVQ(init, query_adapter=cfg["query_adapter"]), self.learning_rates(), spec, train.seed,
                           train.device, self.name)
         vq, dev = trainer.vq, trainer.device

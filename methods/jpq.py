@@ -46,8 +46,8 @@ from benchmark.vq import VQParams, factory_string, fold_single_centroid
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
-from benchmark.vq.train import (BATCH_SPACE, EPOCHS_SPACE, LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE,
-                                TEMPERATURE_SPACE, WRITEBACK_PARAM, Step, Trainer, TrainSpec, positives, timed)
+from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, WRITEBACK_PARAM,
+                                Step, Trainer, positives, timed, train_params, train_spec)
 
 LOSSES = ("lambda", "softmax")
 NEGATIVES = ("pool", "dynamic")
@@ -145,10 +145,11 @@ class JPQ(BaseMethod):
     ivf = False
     params = {
         "M": M_PARAM,
-        "epochs": Param(1.0, "passes over the labeled train queries", min=0, min_exclusive=True, search=EPOCHS_SPACE),
-        "batch_size": Param(32, "queries per step", min=1, search=BATCH_SPACE),
+        # schedule / optimizer / warmup_steps / weight_decay came after JPQ's records: at what it always did (linear
+        # decay, AdamW, no decay) they stay out of its records and ids
+        **{k: replace(v, legacy=(v.default,)) if k in ("schedule", "optimizer") else v
+           for k, v in train_params(warmup_key="warmup_ratio").items()},
         "lr": _lr(f"codebook lr; None = {DEFAULT_LR:g}, 'reference' = JPQ's rule for M (module doc)", search=LR_SPACE),
-        "warmup_ratio": Param(0.1, "share of the steps with a linear lr warm-up", min=0, max=1),
         "loss": Param("lambda", "ranking loss (module doc)", choices=LOSSES, search=Space(choices=LOSSES)),
         "lambda_cut": Param(200, "1/rank is zeroed beyond this rank in the lambda loss (0 = no cut)", min=0),
         "temperature": Param(0.02, "scores are divided by it in both losses", min=0, min_exclusive=True,
@@ -205,7 +206,7 @@ class JPQ(BaseMethod):
             with timed(info, "mining"):
                 pool = index_topk(init, train.doc_emb, labels.query_emb.numpy(), cfg["pool_size"], train.cache_dir)
             labels = replace(labels, pool=torch.from_numpy(pool))
-        spec = TrainSpec(cfg["epochs"], cfg["batch_size"], cfg["warmup_ratio"], shuffle="torch")
+        spec = train_spec(cfg, warmup_key="warmup_ratio", shuffle="torch")
         trainer = Trainer(TorchVQ(init, query_adapter=cfg["query_adapter"]), self.learning_rates(), spec,
                           train.seed, train.device, self.name)
         labels = labels.to(trainer.device)

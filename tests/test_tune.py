@@ -146,3 +146,20 @@ def test_a_folder_being_tuned_is_not_written_by_a_second_tuner(tmp_path, capsys)
         assert tune.main(["--config", str(config)]) == 2
     assert "is being written by another run" in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_every_learned_objective_exposes_the_same_training_knobs_and_spaces():
+    """Declared once (benchmark.vq.train.train_params): the tuner sees the same knobs over the same spaces."""
+    from benchmark.registry import available
+    from benchmark.vq.train import train_params
+    shared = train_params()
+    for name, cls in available().items():
+        if cls.family not in ("contrastive", "distillation") or not cls.__module__.startswith("methods."):
+            continue
+        declared = cls.declared_params()
+        warmup = "warmup_ratio" if "warmup_ratio" in declared else "warmup"
+        for key, param in shared.items():
+            key = warmup if key == "warmup" else key
+            assert key in declared, (name, key)
+            assert declared[key].search == param.search and declared[key].choices == param.choices, (name, key)
+        assert "query_adapter" in declared and declared["query_adapter"].search is not None, name

@@ -44,9 +44,33 @@ SWITCH_SPACE = Space(choices=(False, True))
 M_PARAM = Param(16, "PQ sub-vectors = bytes per vector at 8 bits; must divide the embedding dim", min=1)
 NLIST_PARAM = Param(256, "IVF lists", min=1)
 WRITEBACK_PARAM = Param("codes", "how the index stores docs (benchmark.vq.build_index)", choices=WRITEBACK_MODES)
-OPTIMIZER_PARAM = Param("adamw", "optimiser (no weight decay)", choices=tuple(OPTIMIZERS))
-SCHEDULE_PARAM = Param("linear", "lr after the linear warm-up: linear or cosine decay to 0, or constant",
-                       choices=SCHEDULES)
+
+
+def train_params(*, epochs: float = 1.0, batch_size: int = 32, warmup: float = 0.1, schedule: str = "linear",
+                 optimizer: str = "adamw", warmup_key: str = "warmup") -> dict[str, Param]:
+    """The loop's knobs, declared once for every learned objective (the same names, types, ranges and search spaces;
+    a method only picks its defaults): epochs, batch size, warm-up (a share of the steps, or ``warmup_steps``),
+    schedule, optimiser and weight decay. ``warmup_key``: the name an older method's records use for the warm-up
+    share (JPQ's ``warmup_ratio``). ``warmup_steps`` and ``weight_decay`` came later: at their legacy values (None,
+    0.0) they are left out of records, so earlier fits keep their ids. Read back with :func:`train_spec`."""
+    return {
+        "epochs": Param(epochs, "passes over the training queries", min=0, min_exclusive=True, search=EPOCHS_SPACE),
+        "batch_size": Param(batch_size, "queries per step", min=1, search=BATCH_SPACE),
+        warmup_key: Param(warmup, "share of the steps with a linear lr warm-up", min=0, max=1),
+        "warmup_steps": Param(None, "warm-up steps (overrides the share); None = the share", dtype=int, min=0,
+                              special=(None,), legacy=(None,)),
+        "schedule": Param(schedule, "lr after the warm-up: linear or cosine decay to 0, or constant",
+                          choices=SCHEDULES),
+        "optimizer": Param(optimizer, "optimiser of every trained tensor", choices=tuple(OPTIMIZERS)),
+        "weight_decay": Param(0.0, "weight decay (decoupled for adamw, L2 otherwise)", min=0, legacy=(0.0,)),
+    }
+
+
+def train_spec(cfg: dict[str, Any], warmup_key: str = "warmup", **extra: Any) -> TrainSpec:
+    """The :class:`TrainSpec` of a method's config declared with :func:`train_params`."""
+    return TrainSpec(cfg["epochs"], cfg["batch_size"], warmup=cfg[warmup_key], schedule=cfg["schedule"],
+                     optimizer=cfg["optimizer"], warmup_steps=cfg["warmup_steps"],
+                     weight_decay=cfg["weight_decay"], **extra)
 
 
 def with_search(params: dict[str, Param], **spaces: Space) -> dict[str, Param]:
