@@ -154,7 +154,10 @@ def record_header(job: Job, method: BaseMethod, split: str, device: str) -> dict
 
 def dataset_encoder(ds: RetrievalDataset) -> dict[str, Any]:
     """What encoded ``ds`` (model id, dim, max length, normalisation: :func:`benchmark.data.encoders.encoder_info`),
-    for every record; embeddings brought as files (``npy:``) say only their dim: their encoder is the user's."""
+    for every record; embeddings brought as files (``npy:``) name it with their ``encoder`` option, else say only
+    their dim."""
+    if ds.meta.get("encoder"):   # embeddings brought as files, their encoder declared (npy: encoder = "minilm")
+        return encoder_info(ds.meta["encoder"])
     model = ds.meta.get("model")
     if not model:
         return {"encoder": None, "model_id": None, "dim": ds.dim, "max_length": None, "normalize": None}

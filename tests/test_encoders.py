@@ -261,3 +261,19 @@ def test_every_record_names_its_encoder():
                                         "dim": 768, "max_length": 384, "normalize": True}
     npy_ds = SimpleNamespace(meta={"model": None}, dim=384)
     assert dataset_encoder(npy_ds)["dim"] == 384 and dataset_encoder(npy_ds)["model_id"] is None
+
+
+def test_npy_embeddings_declare_their_encoder(tmp_path):
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_bad_input import tiny_npy
+    from benchmark.data import DatasetError, load_dataset
+    from benchmark.runner import dataset_encoder
+    folder = tiny_npy(tmp_path / "d", docs=10, dim=384)
+    ds = load_dataset(f"npy:{folder}", encoder="minilm")
+    assert dataset_encoder(ds)["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert dataset_encoder(load_dataset(f"npy:{folder}"))["model_id"] is None
+    with pytest.raises(DatasetError, match="encoder='mpnet' makes 768-d vectors, but these are 384-d"):
+        load_dataset(f"npy:{folder}", encoder="mpnet")
+    with pytest.raises(DatasetError, match="did you mean 'minilm'"):
+        load_dataset(f"npy:{folder}", encoder="minlm")

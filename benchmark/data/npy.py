@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmark.data.dataset import (DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels,
                                     check_unique, option_hint)
+from benchmark.data.encoders import get_encoder
 from benchmark.params import Param
 
 UNLABELED_SPLIT = "train-unlabeled"
@@ -35,6 +36,8 @@ OPTIONS: dict[str, Param] = {
     "include_unlabeled": Param(False, f"add the queries of queries.npy judged in no qrels file as split "
                                       f"{UNLABELED_SPLIT!r}"),
     "ignore_identical_ids": Param(False, "drop a retrieved doc whose id equals the query id"),
+    "encoder": Param(None, "the encoder that made these vectors, a name of datasets/encoders.toml (minilm, mpnet): "
+                           "every record names it; None = not said", dtype=str, special=(None,)),
 }
 
 
@@ -134,7 +137,7 @@ def find_file(root: Path, names: tuple[str, ...], what: str) -> Path:
 
 def load_npy_dataset(path: str | Path, qrels_dir: str | Path | None = None, split: str | None = None,
                      name: str | None = None, drop_unknown_qrels: bool = False, include_unlabeled: bool = False,
-                     ignore_identical_ids: bool = False) -> RetrievalDataset:
+                     ignore_identical_ids: bool = False, encoder: str | None = None) -> RetrievalDataset:
     """Load precomputed embeddings + qrels (layout in the module docstring).
 
     ``split`` picks the evaluation split (default ``test``). ``include_unlabeled`` adds the queries of
@@ -143,8 +146,12 @@ def load_npy_dataset(path: str | Path, qrels_dir: str | Path | None = None, spli
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetError(f"npy dataset folder {root} does not exist")
+    declared = None if encoder is None else get_encoder(encoder)      # an unknown name: close matches, no loading
     doc_npy = find_file(root, ("corpus.npy", "docs.npy"), "doc embeddings")
     doc_ids, doc_raw = open_matrix(doc_npy, root / f"{doc_npy.stem}_ids.txt")
+    if declared is not None and doc_raw.shape[1] != int(declared["dim"]):
+        raise DatasetError(f"{doc_npy}: option encoder={encoder!r} makes {declared['dim']}-d vectors, but these are "
+                           f"{doc_raw.shape[1]}-d")
     qdir = _find_qrels_dir(root, qrels_dir)
     qrels_files = {p.stem: p for p in sorted(qdir.glob("*.tsv"))}
     per_split = {p.stem[len("queries_"):]: p for p in sorted(root.glob("queries_*.npy"))}
@@ -207,4 +214,5 @@ def load_npy_dataset(path: str | Path, qrels_dir: str | Path | None = None, spli
         splits[s] = Split(s, wanted, emb, qrels)
     return RetrievalDataset(name=name or f"npy:{root}", doc_ids=doc_ids, doc_emb=doc_emb, splits=splits,
                             eval_split=eval_split, ignore_identical_ids=ignore_identical_ids,
-                            meta={"source": str(root), "qrels_dir": str(qdir), "doc_dtype_on_disk": str(doc_raw.dtype)})
+                            meta={"source": str(root), "qrels_dir": str(qdir), "doc_dtype_on_disk": str(doc_raw.dtype),
+                                  "encoder": encoder})
