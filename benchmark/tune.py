@@ -23,6 +23,8 @@ Rules:
 - **Trials are fits** the runner knows: each is recorded in ``<out>/results.jsonl`` (with its per-query sidecars)
   and resumed like any fit. The sampler is seeded and told the trials in order, so a resumed study asks for the same
   params again, finds those fits recorded and goes on where it stopped: no trial is lost or run twice.
+- **Round robin.** Trial n of every study runs before trial n + 1 of any, so a tuning stopped half way has given
+  every method the same number of trials (give or take one).
 - **The budget in both currencies.** ``<out>/tuning/trials.jsonl`` holds every trial (params, dev score, wall and
   CPU seconds of this process, train seconds); ``tuning.md`` sums them per method, so a cheap objective is not
   hidden behind an expensive one. ``best.toml`` holds each method's chosen params as ``[[runs]]`` tables for the
@@ -183,14 +185,17 @@ class Tuner:
                 raise ConfigError(f"{st.label}: {st.method} declares no search space (Param(search=...)); "
                                   "nothing to tune")
         previous, trace = self._previous(), []
+        setups = []
         for st in todo:
-            cls = get_method(st.method)
-            declared = cls.declared_params()
+            declared = get_method(st.method).declared_params()
             spaces = {k: v for k, v in search_space(declared).items() if k not in dict(st.fixed)}
-            dists = distributions(spaces, {k: declared[k].type for k in spaces})
             study = optuna.create_study(direction="maximize",
                                         sampler=optuna.samplers.TPESampler(seed=self.settings.sampler_seed))
-            for number in range(self.settings.trials):
+            setups.append((st, declared, spaces, distributions(spaces, {k: declared[k].type for k in spaces}), study))
+        # round robin, trial number first: an interrupted tuning has spent the same budget (+-1 trial) on every
+        # study; each study's own ask/tell order is unchanged, so a resumed run asks for the same params again
+        for number in range(self.settings.trials):
+            for st, declared, spaces, dists, study in setups:
                 if number == 0:   # the defaults, told to the sampler where they lie inside its space
                     params = {**dict(st.fixed), **{k: declared[k].default for k in spaces}}
                     value = self._trial(st, number, params, loaded, trace, previous)
