@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -288,7 +289,8 @@ def _toml_value(v: Any) -> str:
 def best_toml(trace: list[dict[str, Any]]) -> str:
     lines = ["# Chosen on the dev split by benchmark.tune (tuning/trials.jsonl): paste into the test config.", ""]
     for b in best_configs(trace):
-        params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in sorted(b["params"].items()))
+        # TOML has no null: a None value is the param's default (trial 0), which leaving it out also gives
+        params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in sorted(b["params"].items()) if v is not None)
         lines += [f"[[runs]]   # {b['dataset']}: dev {b['measure']} {b['dev_value']:.4f} (trial {b['trial']})",
                   f"methods = [\"{b['method']}\"]", f"params = {{ {params} }}", ""]
     return "\n".join(lines)
@@ -328,6 +330,10 @@ def _seconds(trials: list[dict[str, Any]], key: str) -> str:
     return ("" if len(known) == len(trials) else ">= ") + f"{sum(known):.0f}"
 
 
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmark.harness import SearchSettings
     from benchmark.lock import folder_lock
@@ -354,14 +360,22 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(problems + [f"{out / 'results.jsonl'} has unreadable lines (above): move them aside "
                                           f"with run_benchmark.py --repair --out {out}"])
         set_threads(args.threads)
-        with folder_lock(out, " ".join(["python -m benchmark.tune", *(argv or sys.argv[1:])])):   # one writer
-            runner = Runner(out, SearchSettings(**planned.search), datasets=planned.datasets, threads=args.threads,
-                            log=lambda text: None)
-            Tuner(runner, settings).run(planned)
+        previous = signal.signal(signal.SIGTERM, _sigterm)   # preemption stops like Ctrl-C: the lock is released
+        try:
+            with folder_lock(out, " ".join(["python -m benchmark.tune", *(argv or sys.argv[1:])])):   # one writer
+                runner = Runner(out, SearchSettings(**planned.search), datasets=planned.datasets,
+                                threads=args.threads, log=lambda text: None)
+                Tuner(runner, settings).run(planned)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     except (ConfigError, MethodError) as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the trial in progress was not recorded; every recorded trial is kept. Resume with the "
+              f"same command: python -m benchmark.tune {' '.join(argv or sys.argv[1:])}", file=sys.stderr)
+        return 130
     print(f"tuning trace: {out / TRIALS_FILE}; chosen configs: {out / 'tuning' / 'best.toml'}")
     return 0
 

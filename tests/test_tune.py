@@ -102,6 +102,9 @@ def test_every_method_gets_the_same_budget_and_trial_0_is_its_defaults(tuned):
     assert table.count("| quick-dev |") == 4 and "CPU s" in table
     best = (tmp / "out" / "tuning" / "best.toml").read_text()
     assert best.count("[[runs]]") == 4 and 'methods = ["test-tunable"]' in best
+    import tomllib
+    runs = tomllib.loads(best)["runs"]                  # valid TOML, a None default left out
+    assert len(runs) == 4 and all("adapter_lr" not in r["params"] or r["params"]["adapter_lr"] for r in runs)
 
 
 def test_a_resumed_tuning_refits_nothing_and_keeps_the_trace(tuned, monkeypatch):
