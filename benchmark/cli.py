@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-resume", action="store_true", help="re-run fits already recorded in --out")
     p.add_argument("--report-only", metavar="DIR", help="rebuild the report of DIR from its results.jsonl (a folder "
                                                          "another run is writing is read as it is, with a note)")
+    p.add_argument("--retime", metavar="DIR",
+                   help="time every fit of DIR again without retraining, from its saved indexes (--save-index), in "
+                        "one pass of the timing protocol; only the latency fields change (the old ones are kept in "
+                        "latency_history), then the report is rebuilt. With --config, its datasets and [search] "
+                        "settings are used; run it on an idle machine")
     p.add_argument("--repair", action="store_true",
                    help=f"move the unreadable lines of results.jsonl (torn, not JSON, not the record schema) to "
                         f"{REJECTED_NAME} beside it (appended, each with its line number, reason and text) and "
@@ -148,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.report_only:
             return _report_only(args, argv)
+        if args.retime:
+            return _retime(args, argv)
         if args.merge:
             return _merge(args, argv)
         if args.repair and not _runs_a_grid(args):
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, RecordWriteError) and exc.errno not in ENVIRONMENT_ERRNOS:
             raise
         print(f"error: {_environment_error(exc)}", file=sys.stderr)
-        if not (args.report_only or args.merge or args.repair and not _runs_a_grid(args)):
+        if not (args.report_only or args.merge or args.retime or args.repair and not _runs_a_grid(args)):
             print(f"resume with: {resume_command(argv)}", file=sys.stderr)
         return 3
 
@@ -242,6 +249,43 @@ def _report_only(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"note: {folder} is being written by {busy}: this report holds the records written so far",
               file=sys.stderr)
     _report(folder)
+    return 0
+
+
+def _retime(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--retime DIR``: re-time DIR's saved indexes (:mod:`benchmark.retime`) under DIR's lock, then report."""
+    from benchmark.data import load_dataset
+    from benchmark.retime import retime
+
+    folder = Path(args.retime)
+    problems = check_results_dir(folder, "--retime")
+    problems += [] if problems else _records_problems(folder, "--retime")
+    problems += [] if args.threads >= 0 else [f"--threads: expected an integer >= 0, got {args.threads}"]
+    datasets, search = {}, {}
+    if args.config:
+        try:
+            planned = plan(config=args.config)
+            datasets, search = planned.datasets, planned.search
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    with folder_lock(folder, command=_command(argv), flag="--retime"):
+        set_threads(args.threads)
+
+        def load(alias: str):
+            loader, kwargs = datasets.get(alias, (alias, {}))
+            print(f"loading dataset {alias}" + (f" ({loader})" if loader != alias else ""))
+            return load_dataset(loader, **kwargs)
+
+        done = retime(folder, load, SearchSettings(**search))
+        print(f"re-timed {len(done['retimed'])} fit(s) in {folder / 'results.jsonl'}")
+        if done["missing"]:
+            print(f"{len(done['missing'])} fit(s) have no saved index and keep their latency (re-run them with "
+                  f"--save-index to make them re-timeable):", file=sys.stderr)
+            for label in done["missing"][:SUMMARY_LINES]:
+                print(f"  {label}", file=sys.stderr)
+        _report(folder)
     return 0
 
 

@@ -1,8 +1,11 @@
 """The search harness: one way to search, measure quality, fidelity and speed for every method."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
 import faiss
 import numpy as np
@@ -21,6 +24,8 @@ class SearchSettings:
     latency_queries: int = 200    # single-query searches timed (after warm-up)
     warmup_queries: int = 20
     threads: int = 0              # threads for batch search / QPS (0 = faiss default, all cores)
+    timing_repeats: int = 3       # interleaved repetitions of the timing pass (a point's p50 = their median)
+    load_threshold: float = 0.25  # other processes' CPU (cores) during a timing pass above which it is under load
     nprobes: list[int] | None = None  # None = powers of two up to nlist
 
 
@@ -58,30 +63,121 @@ def prepare_queries(emb: np.ndarray, query_map: np.ndarray | None) -> np.ndarray
     return q if query_map is None else np.ascontiguousarray(q @ query_map.T, dtype=np.float32)
 
 
-def time_search(index: faiss.Index, queries: np.ndarray, settings: SearchSettings,
-                query_map: np.ndarray | None = None) -> dict[str, float]:
-    """Single-thread per-query latency (p50/p95 ms, after warm-up) and all-thread batch QPS."""
-    threads_before = faiss.omp_get_max_threads()
-    n = min(len(queries), settings.latency_queries)
+def _cpu_busy_seconds() -> float | None:
+    """CPU seconds every process on the machine has spent busy since boot (``/proc/stat``), or None off Linux."""
     try:
-        faiss.omp_set_num_threads(1)
-        for i in range(min(settings.warmup_queries, len(queries))):
-            index.search(prepare_queries(queries[i:i + 1], query_map), settings.latency_k)
-        times = np.empty(n)
-        for i in range(n):
-            t0 = time.perf_counter()
-            index.search(prepare_queries(queries[i:i + 1], query_map), settings.latency_k)
-            times[i] = time.perf_counter() - t0
-        faiss.omp_set_num_threads(settings.threads or threads_before)
-        batch_threads = faiss.omp_get_max_threads()
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)   # idle + iowait
+    busy = sum(ticks[:8]) - idle                             # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class LoadWatch:
+    """The machine's load around a timing pass: 1-min load average before and after, and the CPU that *other*
+    processes used during it (machine busy CPU seconds minus this process's, per wall second, in cores)."""
+
+    threshold: float
+    load_before: float = 0.0
+    load_after: float = 0.0
+    other_cores: float | None = None
+    _t0: tuple[float, float | None, float] = (0.0, None, 0.0)
+
+    def __enter__(self) -> "LoadWatch":
+        self.load_before = os.getloadavg()[0]
+        self._t0 = (time.perf_counter(), _cpu_busy_seconds(), time.process_time())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall0, busy0, own0 = self._t0
+        wall, busy, own = time.perf_counter() - wall0, _cpu_busy_seconds(), time.process_time() - own0
+        self.load_after = os.getloadavg()[0]
+        if busy is not None and busy0 is not None and wall > 0:
+            self.other_cores = max(0.0, (busy - busy0 - own) / wall)
+
+    @property
+    def under_load(self) -> bool:
+        """Other processes used more than ``threshold`` cores during the pass (without ``/proc/stat``: the 1-min
+        load average, which counts the timing thread itself, exceeded ``1 + threshold``)."""
+        if self.other_cores is not None:
+            return self.other_cores > self.threshold
+        return max(self.load_before, self.load_after) > 1 + self.threshold
+
+    def fields(self) -> dict[str, Any]:
+        return {"load_before": round(self.load_before, 2), "load_after": round(self.load_after, 2),
+                "other_cpu_cores": None if self.other_cores is None else round(self.other_cores, 3),
+                "load_threshold": self.threshold, "under_load": self.under_load}
+
+
+def _single_query_seconds(index: faiss.Index, queries: np.ndarray, k: int, query_map: np.ndarray | None
+                          ) -> np.ndarray:
+    times = np.empty(len(queries))
+    for i in range(len(queries)):
         t0 = time.perf_counter()
-        index.search(prepare_queries(queries, query_map), settings.latency_k)
-        batch = time.perf_counter() - t0
+        index.search(prepare_queries(queries[i:i + 1], query_map), k)
+        times[i] = time.perf_counter() - t0
+    return times
+
+
+def timing_pass(index: faiss.Index, queries: np.ndarray, points: Sequence[int | None], settings: SearchSettings,
+                query_map: np.ndarray | None = None) -> dict[int | None, dict[str, Any]]:
+    """Time every operating point (nprobe; None = no IVF) of one index in one pass: the timing protocol.
+
+    Single-query latency runs on 1 thread: first ``warmup_queries`` searches at every point, then
+    ``timing_repeats`` repetitions, each timing ``latency_queries`` single-query searches at *every* point in turn
+    (interleaved, so a burst of load hits all points alike, not one); a point's ``p50_ms`` / ``p95_ms`` are the
+    medians over the repetitions of each repetition's percentile, ``p50_reps`` keeps them all and ``spread`` is
+    their (max - min) / median. Batch QPS (all ``threads``) is the median over the same repetitions of one batch
+    search of all queries. The machine's load around the pass is recorded (:class:`LoadWatch`) and
+    ``under_load`` marks a pass during which other processes used more than ``load_threshold`` cores.
+    """
+    points = list(points)
+    n = min(len(queries), settings.latency_queries)
+    timed = np.ascontiguousarray(queries[:n])
+    threads_before = faiss.omp_get_max_threads()
+    batch_threads = settings.threads or threads_before
+    single: dict[int | None, list[np.ndarray]] = {p: [] for p in points}
+    batch: dict[int | None, list[float]] = {p: [] for p in points}
+    try:
+        with LoadWatch(settings.load_threshold) as watch:
+            faiss.omp_set_num_threads(1)
+            for p in points:
+                set_nprobe(index, p)
+                _single_query_seconds(index, queries[:settings.warmup_queries], settings.latency_k, query_map)
+            for _ in range(settings.timing_repeats):
+                for p in points:
+                    set_nprobe(index, p)
+                    faiss.omp_set_num_threads(1)
+                    single[p].append(_single_query_seconds(index, timed, settings.latency_k, query_map))
+                    faiss.omp_set_num_threads(batch_threads)
+                    t0 = time.perf_counter()
+                    index.search(prepare_queries(queries, query_map), settings.latency_k)
+                    batch[p].append(time.perf_counter() - t0)
     finally:
         faiss.omp_set_num_threads(threads_before)
-    return {"p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3),
-            "qps": float(len(queries) / batch), "threads": int(batch_threads), "latency_threads": 1,
-            "k": settings.latency_k, "timed_queries": int(n)}
+    load = watch.fields()
+    out = {}
+    for p in points:
+        p50s = np.array([np.percentile(t, 50) for t in single[p]]) * 1e3
+        p95s = np.array([np.percentile(t, 95) for t in single[p]]) * 1e3
+        p50 = float(np.median(p50s))
+        out[p] = {"p50_ms": p50, "p95_ms": float(np.median(p95s)), "p50_reps": [round(float(x), 5) for x in p50s],
+                  "spread": float((p50s.max() - p50s.min()) / p50) if p50 > 0 else 0.0,
+                  "qps": float(len(queries) / np.median(batch[p])), "threads": int(batch_threads),
+                  "latency_threads": 1, "k": settings.latency_k, "timed_queries": int(n),
+                  "repeats": settings.timing_repeats, "warmup_queries": settings.warmup_queries, **load}
+    return out
+
+
+def time_search(index: faiss.Index, queries: np.ndarray, settings: SearchSettings,
+                query_map: np.ndarray | None = None) -> dict[str, Any]:
+    """The timing protocol (:func:`timing_pass`) at the index's current nprobe only."""
+    ivf = ivf_nlist(index)
+    return timing_pass(index, queries, [faiss.extract_index_ivf(index).nprobe if ivf else None], settings,
+                       query_map).popitem()[1]
 
 
 class ExactReference:
@@ -106,9 +202,11 @@ class ExactReference:
 
 
 def evaluate(index: faiss.Index, ds: RetrievalDataset, split: Split, exact_top: np.ndarray,
-             settings: SearchSettings, nprobe: int | None = None, query_map: np.ndarray | None = None
-             ) -> Evaluation:
-    """Search ``split``'s queries at ``nprobe``; per-query IR measures, overlap with exact top-k, and timings."""
+             settings: SearchSettings, nprobe: int | None = None, query_map: np.ndarray | None = None,
+             timed: bool = True) -> Evaluation:
+    """Search ``split``'s queries at ``nprobe``; per-query IR measures, overlap with exact top-k, and (``timed``)
+    the timing protocol at that point alone. A fit's runner passes ``timed=False`` and times all its points in one
+    :func:`timing_pass` (interleaved repetitions), then fills ``latency``."""
     set_nprobe(index, nprobe)
     extra = 1 if ds.ignore_identical_ids else 0
     k = min(settings.k + extra, ds.num_docs)
@@ -121,5 +219,5 @@ def evaluate(index: faiss.Index, ds: RetrievalDataset, split: Split, exact_top: 
         per_query[f"overlap@{kk}"] = dict(zip(split.query_ids, values.tolist()))
     metrics = {name: mean(per_query[name]) for name in MEASURES if name in per_query}
     fidelity = {f"overlap@{kk}": mean(per_query[f"overlap@{kk}"]) for kk in FIDELITY_KS}
-    latency = time_search(index, split.query_emb, settings, query_map)
+    latency = (timing_pass(index, split.query_emb, [nprobe], settings, query_map)[nprobe] if timed else {})
     return Evaluation(nprobe, metrics, fidelity, latency, per_query)

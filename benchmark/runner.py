@@ -29,7 +29,8 @@ from benchmark.config import Job, ConfigError
 from benchmark.data import RetrievalDataset, load_dataset
 from benchmark.data.encode import cache_root
 from benchmark.data.encoders import encoder_info
-from benchmark.harness import ExactReference, SearchSettings, evaluate, ivf_nlist, nprobe_sweep
+from benchmark.harness import (ExactReference, SearchSettings, evaluate, ivf_nlist, nprobe_sweep,
+                               timing_pass)
 from benchmark.provenance import peak_rss_mb, provenance, thread_policy
 from benchmark.records import SCHEMA_VERSION, append_records, read_records, run_id
 from benchmark.registry import BaseMethod, DataFacts, MethodError, TrainData, make_method
@@ -220,17 +221,22 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
                 files[f"indexes/{fid}.query_map.npy"] = _npy_bytes(query_map)
             facts["path"] = path
         records = []
-        for nprobe in planned_sweep(ivf_nlist(index), settings):
+        sweep = planned_sweep(ivf_nlist(index), settings)
+        for nprobe in sweep:
             stage(f"search nprobe={nprobe}" if nprobe is not None else "search")
-            ev = evaluate(index, ds, split, exact_top, settings, nprobe, query_map)
+            ev = evaluate(index, ds, split, exact_top, settings, nprobe, query_map, timed=False)
             rid = run_id(job.dataset, split.name, job.method, header["params"], job.seed, nprobe)
             sidecar = f"per_query/{rid}.json"
             files[sidecar] = json_bytes(ev.per_query)
             records.append({**header, "run_id": rid, "nprobe": nprobe, "index": facts, "metrics": ev.metrics,
-                            "fidelity": ev.fidelity, "latency": ev.latency, "train_seconds": train_seconds,
+                            "fidelity": ev.fidelity, "latency": None, "train_seconds": train_seconds,
                             "per_query": sidecar, "provenance": {**header["provenance"],
                                                                  "peak_rss_mb": peak_rss_mb()},
                             "train_info": info, "status": "ok"})
+        stage("timing")
+        timings = timing_pass(index, split.query_emb, sweep, settings, query_map)
+        for rec in records:
+            rec["latency"] = timings[rec["nprobe"]]
         return FitResult(job, fid, records, files)
     except Exception as exc:  # one failed fit must not stop the suite; the record keeps the reason
         return failed_result(job, method, ds, device, f"{type(exc).__name__}: {exc}",

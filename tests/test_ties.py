@@ -120,7 +120,7 @@ def test_clearly_better_row_is_alone(tmp_path):
     one wins and is alone in its tie group; the equal two are not tied with it."""
     write_run(tmp_path, {"faiss-opq": (shifted("faiss-opq", 0.0), True), "jpq": (shifted("jpq", 0.0), True),
                          "distill-vq": (shifted("distill-vq", 0.05), True)})
-    md, tie = build(tmp_path)
+    md, tie = build(tmp_path, budget_fraction=0.1)  # a latency budget: flat rows compete when pruned
     # the fixture is what it claims: the two equal rows do not differ, the better one differs from both
     a, b, c = (np.mean(shifted(m, s), axis=0) for m, s in (("faiss-opq", 0.0), ("jpq", 0.0), ("distill-vq", 0.05)))
     assert sps.ttest_rel(a, b).pvalue > 0.5 and sps.ttest_rel(c, a).pvalue < 1e-20
@@ -234,7 +234,7 @@ def test_ties_survive_a_rebuild_without_sidecars(tmp_path):
     records alone (sidecars gone, as in a committed report) the groups, p-values and verdicts are the same."""
     write_run(tmp_path, {"faiss-opq": (shifted("faiss-opq", 0.0), True), "jpq": (shifted("jpq", 0.05), True),
                          "distill-vq": (shifted("distill-vq", 0.049), True)})
-    md, tie = build(tmp_path)
+    md, tie = build(tmp_path, budget_fraction=0.1)
     cache = json.loads((tmp_path / "significance.json").read_text())
     pair = 'tie nDCG@10 ttest two-sided | toy | 16 B | distill-vq {"M": 16} vs jpq {"M": 16}'
     assert cache[pair]["kind"] == "tie" and cache[pair]["p_value"] == pytest.approx(tie["distill-vq"]["p_raw"])
@@ -245,7 +245,7 @@ def test_ties_survive_a_rebuild_without_sidecars(tmp_path):
     dagger = 'dagger nDCG@10 ttest one-sided | toy | 16 B | distill-vq {"M": 16} > faiss-opq {"M": 16}'
     assert cache[dagger]["kind"] == "dagger"
     shutil.rmtree(tmp_path / "per_query")
-    md2, tie2 = build(tmp_path)
+    md2, tie2 = build(tmp_path, budget_fraction=0.1)
     assert tie2 == tie and verdict(md2) == verdict(md)
     assert track_table(md2)["tie"].equals(track_table(md)["tie"])
     assert "◆ tests of rows whose per-query sidecars are absent: read from `significance.json` (4 row(s))" in md2

@@ -35,13 +35,14 @@ TITLE = "vqbench leaderboard"
 
 
 def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float | None = None,
-                 budget_fraction: float = rt.DEFAULT_BUDGET_FRACTION, track: float | None = None,
+                 budget_fraction: float | None = None, track: float | None = None,
                  test: str = "ttest", out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write every report output of ``run_dir``'s records under ``out_dir`` (default ``run_dir``); return
     ``{relative name: path}`` of the files written.
 
-    ``budget_ms`` fixes the pruned operating point's p50 budget on every dataset; otherwise it is
-    ``budget_fraction`` of the reference's p50 per dataset. ``track`` (bytes/vector) restricts the report to one
+    The pruned operating point: by default the largest swept nprobe ≤ nlist/16 (:func:`rt.nprobe_rule`, so no
+    timing decides which point a row is ranked at); ``budget_ms`` instead fixes a p50 budget on every dataset, and
+    ``budget_fraction`` a budget of that fraction of the reference's p50 per dataset. ``track`` (bytes/vector) restricts the report to one
     code budget (the reference ceiling stays)."""
     if quality not in QUALITY:
         raise ValueError(f"quality must be one of {QUALITY}, got {quality!r}")
@@ -49,7 +50,7 @@ def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float
         raise ValueError(f"test must be one of {tuple(TESTS)}, got {test!r}")
     if budget_ms is not None and not (math.isfinite(budget_ms) and budget_ms > 0):
         raise ValueError(f"budget_ms must be a positive number of milliseconds, got {budget_ms!r}")
-    if not (math.isfinite(budget_fraction) and 0 < budget_fraction <= 1):
+    if budget_fraction is not None and not (math.isfinite(budget_fraction) and 0 < budget_fraction <= 1):
         raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction!r}")
     if track is not None and not (math.isfinite(track) and track > 0):
         raise ValueError(f"track must be a positive number of bytes per vector, got {track!r}")
@@ -81,11 +82,13 @@ def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float
 
 
 def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, records: list[dict[str, Any]],
-                    run_dir: Path, out: Path, quality: str, budget_ms: float | None, fraction: float,
+                    run_dir: Path, out: Path, quality: str, budget_ms: float | None, fraction: float | None,
                     test: str) -> dict[str, Path]:
     points = rt.aggregate_points(df)
     datasets = sorted(df["dataset"].unique())
-    budgets = {ds: rt.latency_budget(points, ds, budget_ms, fraction) for ds in datasets}
+    budgets = {ds: (rt.nprobe_rule() if budget_ms is None and fraction is None
+                    else rt.latency_budget(points, ds, budget_ms, fraction or rt.DEFAULT_BUDGET_FRACTION))
+               for ds in datasets}
     cache, cache_problems = read_cache(run_dir / CACHE_FILE)
     peers, peer_problems = rt.read_peers(run_dir / rt.PEERS_FILE)
     summary["problems"] += cache_problems + peer_problems
@@ -114,8 +117,9 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
                     f"Values are mean ± std over seeds (plain value with one seed).")
     doc.add("text", "How to read it: methods compete only inside a **track** (the same code size in bytes per "
                     "vector); nothing here ranks across tracks. Each track is ranked twice: **exhaustive** (the "
-                    "quantizer alone: nprobe = nlist, or no IVF) and **pruned** (best nprobe within a latency budget "
-                    "that forces IVF to skip lists; budgets per dataset below). *index B/vec* counts everything the "
+                    "quantizer alone: nprobe = nlist, or no IVF) and **pruned** (IVF scanning a fixed share of its "
+                    "lists, nprobe ≤ nlist/16 unless the report was built with a latency budget; the rule per "
+                    "dataset is below; flat layouts cannot prune and are listed after the rows that do). *index B/vec* counts everything the "
                     "index stores per document (IVF list ids, codebooks), *code B/vec* only the code. Each track "
                     f"opens with a one-line verdict per operating point; its *tie* column marks with {TIE} the rows "
                     "whose difference from the track's best is not significant after Holm's correction (the rule "
@@ -385,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--track", type=float, default=None,
                         help="only this code budget (bytes/vector); the reference ceiling stays")
     parser.add_argument("--budget-ms", type=float, default=None,
-                        help="p50 budget in ms of the pruned operating point, on every dataset (default: "
-                             "--budget-fraction of the reference's p50 per dataset)")
-    parser.add_argument("--budget-fraction", type=float, default=rt.DEFAULT_BUDGET_FRACTION,
-                        help="default budget as a fraction of the reference's p50 (default %(default)s)")
+                        help="rank the pruned point within this p50 budget in ms, on every dataset (default: the "
+                             "largest swept nprobe <= nlist/16, no timing involved)")
+    parser.add_argument("--budget-fraction", type=float, default=None,
+                        help="rank the pruned point within this fraction of the reference's p50, per dataset")
     parser.add_argument("--quality", choices=QUALITY, default="nDCG@10", help="measure to rank by")
     parser.add_argument("--test", choices=tuple(TESTS), default="ttest",
                         help="paired test for the † mark (one-sided) and the tie groups (two-sided)")

@@ -14,13 +14,13 @@ Two operating points per variant:
 
 - **exhaustive**: the quantizer alone, nprobe = nlist for an IVF sweep (the largest nprobe, flagged, when nlist was
   not swept); a variant without IVF has a single row.
-- **pruned**: the best mean quality (ties -> faster) among the nprobes with mean p50 <= the latency budget. The
-  default budget is :data:`DEFAULT_BUDGET_FRACTION` (10%) of the reference's p50 on the same dataset (issue #17's
-  choice); without a reference record, 10% of the slowest measured p50. Whether it forces pruning depends on the
-  data: on debian-desc (reference 6.0 ms -> 0.60 ms) every 32-byte IVF256 variant drops to nprobe 128 (nprobe 256
-  takes 0.70-0.80 ms) but the 16-byte ones still fit at nprobe 256 (0.52-0.58 ms); ``budget_ms`` sets a tighter
-  point (0.25 ms puts jpq-ivf at nprobe 64 at 16 B, 32 at 32 B). A variant with no point within the budget shows
-  its fastest point, flagged, and is listed after every variant that fits.
+- **pruned**: by default (:func:`nprobe_rule`, issue #27) the largest swept nprobe ≤ nlist ·
+  :data:`DEFAULT_NPROBE_FRACTION` (1/16: 16 of 256 lists), a point that really prunes and that no timing noise can
+  move (the previous rule, the best nprobe within 10% of the reference's p50, landed at nprobe 128 of 256 on
+  debian-desc, and which rows fit was decided by load). A flat layout has no lists to skip: it shows its only point,
+  flagged, after every variant that prunes. A latency budget is still available (``budget_ms`` on every dataset, or
+  ``budget_fraction`` of the reference's p50): then the pruned point is the best mean quality (ties -> faster) among
+  the nprobes with mean p50 <= the budget, and a variant with no point within it shows its fastest point, flagged.
 
 Index bytes/vector = ``index.index_bytes`` / number of docs (so IVF's list ids and every codebook count; code
 bytes/vector does not). The number of docs is ``index.ntotal`` when records hold it, else the reference's
@@ -42,9 +42,11 @@ from benchmark.records import FIDELITY, MEASURES
 from benchmark.registry import FAMILIES, REFERENCE_FAMILY
 from benchmark.report.stats import ALPHA, SHORT_TESTS, TIE, competing
 
-NUMERIC = (*MEASURES, *FIDELITY, "p50_ms", "p95_ms", "qps", "train_seconds")
+NUMERIC = (*MEASURES, *FIDELITY, "p50_ms", "p95_ms", "qps", "spread", "under_load", "train_seconds")
 FAMILY_ORDER = {family: i for i, family in enumerate(FAMILIES)}
 DEFAULT_BUDGET_FRACTION = 0.1
+DEFAULT_NPROBE_FRACTION = 1 / 16
+UNDER_LOAD = "‡"
 DASH = "—"
 PAPER_METRICS = ("nDCG@10", "RR@10", "R@100")
 # label columns without the swept params: one row per "method" of a sweep table
@@ -88,7 +90,8 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
            "error": rec.get("error") or "", "per_query": str(run_dir / sidecar) if sidecar else None,
            "train_seconds": _num(rec.get("train_seconds")),
            "git_sha": str((rec.get("provenance") or {}).get("git_sha") or "")}
-    row.update({key: _num(values.get(key)) for key in NUMERIC if key != "train_seconds"})
+    row.update({key: _num(values.get(key)) for key in NUMERIC if key not in ("train_seconds", "under_load")})
+    row["under_load"] = float(latency["under_load"]) if isinstance(latency.get("under_load"), bool) else math.nan
     return row
 
 
@@ -174,14 +177,24 @@ def aggregate_points(df: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Budget:
-    """A latency budget (p50 ms per query, 1 thread) and how it was set."""
+    """The pruned operating point's rule and how it was set: a latency budget (``ms``, p50 per query, 1 thread)
+    or, when ``nprobe_fraction`` is set, a fixed share of the IVF lists (``ms`` is then infinite)."""
 
     ms: float
     how: str
+    nprobe_fraction: float | None = None
 
     @property
     def text(self) -> str:
+        if self.nprobe_fraction is not None:
+            return f"nprobe ≤ nlist/{1 / self.nprobe_fraction:g}"
         return f"p50 ≤ {self.ms:.3g} ms" if math.isfinite(self.ms) else "no latency budget"
+
+
+def nprobe_rule(fraction: float = DEFAULT_NPROBE_FRACTION) -> Budget:
+    """The default pruned point (see module doc): the largest swept nprobe ≤ ``fraction`` · nlist."""
+    return Budget(math.inf, f"a fixed share of the lists, {fraction:.3g} of nlist (no timing decides it)",
+                  nprobe_fraction=fraction)
 
 
 def latency_budget(points: pd.DataFrame, dataset: str, budget_ms: float | None = None,
@@ -219,11 +232,31 @@ def select_exhaustive(points: pd.DataFrame) -> pd.DataFrame:
     return _per_variant(points, pick)
 
 
+def _pick_nprobe_share(sub: pd.DataFrame, fraction: float) -> pd.DataFrame:
+    """The nprobe-share rule for one variant: its largest swept nprobe ≤ fraction · nlist; a flat layout (or a sweep
+    with no such nprobe) does not fit and shows its fastest point."""
+    ivf = sub.dropna(subset=["nprobe"])
+    if ivf.empty:
+        return sub.sort_values("p50_ms").head(1).assign(
+            flag="flat layout: no lists to skip, it scans every code (its only point is shown)", fits=False)
+    limit = float(ivf["nlist"].iloc[0]) * fraction
+    within = ivf[ivf["nprobe"] <= limit + 1e-9]
+    if within.empty:
+        return ivf.sort_values("nprobe").head(1).assign(
+            flag=f"no swept nprobe ≤ {limit:g} (nlist/{1 / fraction:g}); its smallest is shown", fits=False)
+    return within.sort_values("nprobe").tail(1).assign(flag="", fits=True)
+
+
 def select_pruned(points: pd.DataFrame, quality: str, budgets: dict[str, Budget]) -> pd.DataFrame:
-    """Per (dataset, label) the best-quality point with p50 <= the dataset's budget; ``fits`` is False (and
-    ``flag`` says so) when none fits and the fastest point is shown instead."""
+    """Per (dataset, label) the pruned point of the dataset's rule: with an nprobe share (the default), the largest
+    swept nprobe ≤ share · nlist; with a latency budget, the best-quality point with p50 <= it. ``fits`` is False
+    (and ``flag`` says why) when no point qualifies (a flat layout under the nprobe rule, or every point over the
+    latency budget) and the fastest point is shown instead."""
     def pick(sub: pd.DataFrame) -> pd.DataFrame:
-        budget = budgets[sub["dataset"].iloc[0]].ms
+        rule = budgets[sub["dataset"].iloc[0]]
+        if rule.nprobe_fraction is not None:
+            return _pick_nprobe_share(sub, rule.nprobe_fraction)
+        budget = rule.ms
         within = sub[sub["p50_ms"] <= budget]
         if within.empty:
             return sub.sort_values("p50_ms").head(1).assign(
@@ -239,6 +272,11 @@ def _per_variant(points: pd.DataFrame, pick: Callable[[pd.DataFrame], pd.DataFra
 
 
 # ---------------------------------------------------------------- track tables
+
+UNDER_LOAD_NOTE = (f"{UNDER_LOAD} after a p50: timed under load (other processes used more than the record's "
+                   "load_threshold cores during its timing pass, in at least one seed); re-time it on an idle "
+                   "machine with run_benchmark.py --retime DIR.")
+
 
 class Footnotes:
     """Numbered footnotes; the same text gets the same number."""
@@ -323,6 +361,9 @@ def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> p
             if key == quality:
                 cells["tie"] = tie_cell(r)
         cells["p50 ms"] = format_cell(r["p50_ms"], r["p50_ms_std"], n, 3) if ok else DASH
+        if ok and r.get("under_load", 0) > 0:
+            cells["p50 ms"] += f" {UNDER_LOAD}"
+            notes.mark(UNDER_LOAD_NOTE)
         cells["code B/vec"] = _int_cell(r["bytes_per_vector"], ok, DASH)
         cells["index B/vec"] = format_cell(r["index_bpv"], math.nan, 1, 1) if ok else DASH
         cells["train s"] = format_cell(r["train_seconds"], r["train_seconds_std"], n, 0) if ok else DASH
@@ -480,7 +521,7 @@ def glance(views: dict[str, pd.DataFrame], budgets: dict[str, Budget], quality: 
     out = []
     for (dataset, track), _ in views["exhaustive"].dropna(subset=["track"]).groupby(["dataset", "track"]):
         cells = {"Dataset": dataset, "Track": track_name(track)}
-        for view, title in (("exhaustive", "exhaustive"), ("pruned", f"within {budgets[dataset].ms:.3g} ms")):
+        for view, title in (("exhaustive", "exhaustive"), ("pruned", budgets[dataset].text)):
             rows = views[view]
             sub = rows[(rows["dataset"] == dataset) & (rows["track"] == track) & rows["fits"].map(is_true)]
             sub = sub.dropna(subset=[quality])

@@ -1,0 +1,95 @@
+"""The timing protocol (benchmark.harness.timing_pass, LoadWatch) and --retime (benchmark.retime)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+from benchmark.harness import LoadWatch, SearchSettings, timing_pass
+
+
+def _ivf(n: int = 4000, d: int = 32, nlist: int = 16) -> tuple[faiss.Index, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+    return index, rng.standard_normal((60, d)).astype(np.float32)
+
+
+def test_timing_pass_times_every_point_in_repetitions():
+    index, queries = _ivf()
+    settings = SearchSettings(latency_queries=25, warmup_queries=3, timing_repeats=4)
+    out = timing_pass(index, queries, [1, 4, 16], settings)
+    assert list(out) == [1, 4, 16]
+    for t in out.values():
+        assert len(t["p50_reps"]) == 4 and t["repeats"] == 4 and t["timed_queries"] == 25
+        assert t["p50_ms"] == pytest.approx(float(np.median(t["p50_reps"])), rel=1e-3)
+        assert t["spread"] == pytest.approx((max(t["p50_reps"]) - min(t["p50_reps"])) / t["p50_ms"], rel=1e-2)
+        assert t["latency_threads"] == 1 and t["qps"] > 0 and t["p95_ms"] >= t["p50_ms"] * 0.999
+        assert isinstance(t["under_load"], bool) and t["load_threshold"] == 0.25
+    assert faiss.extract_index_ivf(index).nprobe == 16   # left at the last point timed
+    assert faiss.omp_get_max_threads() >= 1
+
+
+def test_load_watch_sees_another_process():
+    """A busy process beside the pass is measured as other processes' CPU and marks the pass under load."""
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)
+        with LoadWatch(threshold=0.25) as watch:
+            time.sleep(1.0)
+    finally:
+        busy.wait()
+    if watch.other_cores is None:
+        pytest.skip("no /proc/stat on this platform")
+    assert watch.other_cores > 0.6 and watch.under_load
+    assert watch.fields()["under_load"] is True and watch.fields()["other_cpu_cores"] == round(watch.other_cores, 3)
+    assert not LoadWatch(threshold=0.25, other_cores=0.1).under_load
+    assert LoadWatch(threshold=0.25, other_cores=0.3).under_load
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_retime_changes_latency_only(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--quick", "--methods", "flat,faiss-ivfpq,faiss-pq", "--out", str(out), "--save-index",
+                 "--nprobes", "1,8,32"]) == 0
+    before = _records(out / "results.jsonl")
+    assert all(r["latency"]["repeats"] == 3 and len(r["latency"]["p50_reps"]) == 3 for r in before)
+    pq = next(r for r in before if r["method"] == "faiss-pq")
+    (out / pq["index"]["path"]).unlink()   # a fit without its saved index keeps its latency
+    capsys.readouterr()
+    assert main(["--retime", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "re-timed 2 fit(s)" in printed.out and "faiss-pq seed=0" in printed.err
+    after = _records(out / "results.jsonl")
+    assert [r["run_id"] for r in after] == [r["run_id"] for r in before]
+    for old, new in zip(before, after):
+        assert {k: v for k, v in old.items() if k != "latency"} == {
+            k: v for k, v in new.items() if k not in ("latency", "latency_history", "retimed")}
+        if new["method"] == "faiss-pq":
+            assert new["latency"] == old["latency"] and "latency_history" not in new
+            continue
+        assert new["latency_history"] == [{"latency": old["latency"], "timestamp": old["provenance"]["timestamp"],
+                                           "git_sha": old["provenance"]["git_sha"], "cpu": old["provenance"]["cpu"]}]
+        assert new["latency"]["timed_queries"] == old["latency"]["timed_queries"] == 50
+        assert new["latency"]["p50_reps"] != old["latency"]["p50_reps"] and new["retimed"]["timestamp"]
+    assert (out / "leaderboard.md").stat().st_mtime >= (out / "results.jsonl").stat().st_mtime - 1
+    assert main(["--retime", str(out)]) == 0   # twice: the history keeps both earlier timings
+    again = next(r for r in _records(out / "results.jsonl") if r["method"] == "flat")
+    assert len(again["latency_history"]) == 2
+
+
+def test_retime_refuses_a_folder_without_records(tmp_path, capsys):
+    assert main(["--retime", str(tmp_path / "nowhere")]) == 2
+    assert "--retime" in capsys.readouterr().err
