@@ -164,7 +164,7 @@ def timing_pass(index: faiss.Index, queries: np.ndarray, points: Sequence[int | 
         p50s = np.array([np.percentile(t, 50) for t in single[p]]) * 1e3
         p95s = np.array([np.percentile(t, 95) for t in single[p]]) * 1e3
         p50 = float(np.median(p50s))
-        out[p] = {"p50_ms": p50, "p95_ms": float(np.median(p95s)), "p50_reps": [round(float(x), 5) for x in p50s],
+        out[p] = {"p50_ms": p50, "p95_ms": float(np.median(p95s)), "p50_reps": [round(float(x), 6) for x in p50s],
                   "spread": float((p50s.max() - p50s.min()) / p50) if p50 > 0 else 0.0,
                   "qps": float(len(queries) / np.median(batch[p])), "threads": int(batch_threads),
                   "latency_threads": 1, "k": settings.latency_k, "timed_queries": int(n),

@@ -32,7 +32,7 @@ def test_timing_pass_times_every_point_in_repetitions():
     for t in out.values():
         assert len(t["p50_reps"]) == 4 and t["repeats"] == 4 and t["timed_queries"] == 25
         assert t["p50_ms"] == pytest.approx(float(np.median(t["p50_reps"])), rel=1e-3)
-        assert t["spread"] == pytest.approx((max(t["p50_reps"]) - min(t["p50_reps"])) / t["p50_ms"], rel=1e-2)
+        assert t["spread"] == pytest.approx((max(t["p50_reps"]) - min(t["p50_reps"])) / t["p50_ms"], abs=1e-3)
         assert t["latency_threads"] == 1 and t["qps"] > 0 and t["p95_ms"] >= t["p50_ms"] * 0.999
         assert isinstance(t["under_load"], bool) and t["load_threshold"] == 0.25
     assert faiss.extract_index_ivf(index).nprobe == 16   # left at the last point timed

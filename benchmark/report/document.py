@@ -180,6 +180,8 @@ def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, poi
                      views: dict[str, pd.DataFrame], ds: str, budget: rt.Budget, quality: str, test: str,
                      notes: list[str], out: Path, peers: list[dict[str, Any]]) -> dict[str, Path]:
     doc.add("heading", (2, ds))
+    cpus = df.loc[df["dataset"] == ds, "cpu"].dropna().unique() if "cpu" in df else []
+    hardware = ", ".join(sorted(str(c) for c in cpus if c)) or "not recorded"
     ceiling = rt.reference_line(points, ds, quality)
     doc.add("list", [*([ceiling] if ceiling else []), *rt.sanity_lines(points, ds, quality),
                      f"Latency budget of the pruned point: {budget.text} ({budget.how})."])
@@ -202,6 +204,17 @@ def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, poi
             doc.add("table", rt.display_track_table(full, quality, foot))
             summary["rows"] += [_summary_row(row, view, track) for _, row in full.iterrows()]
         doc.add("notes", [*notes, *foot.lines()])
+        pts = points[(points["dataset"] == ds) & (points["track"] == track)]
+        ranking = rt.qps_ranking(pts, quality)
+        if not ranking.empty:
+            doc.add("heading", (4, f"throughput at {rt.QPS_FIDELITY} ≥ {rt.QPS_TARGET:g}"))
+            doc.add("table", ranking)
+            doc.add("notes", [f"big-ann-benchmarks style: each variant's highest single-thread QPS (1000 / p50 ms) "
+                              f"among its operating points whose mean {rt.QPS_FIDELITY} (agreement with the exact "
+                              f"top-10) is at least {rt.QPS_TARGET:g}; hardware: {hardware}, 1 search thread "
+                              "(the timing protocol: warm-up, median of 3 interleaved repetitions)."])
+            summary.setdefault("qps_ranking", {}).setdefault(ds, {})[f"{track:g}"] = ranking.to_dict(
+                orient="records")
     unplaced = rt.unplaced_failures(df, ds)
     if unplaced:
         doc.add("heading", (3, "Failed in every run (no code size known, so in no track)"))
@@ -238,7 +251,10 @@ def _dataset_plots(doc: rt.Doc, points: pd.DataFrame, views: dict[str, pd.DataFr
     if first:
         made = {"tracks": (plots.tracks_vs_latency(
             pts, quality, budget.ms, reference, f"{ds}: {quality} vs latency, one panel per code size",
-            plot_dir / f"{slug}_tracks.png"), None)}
+            plot_dir / f"{slug}_tracks.png"), None),
+                "recall_qps": (plots.tracks_recall_qps(
+                    pts, rt.QPS_FIDELITY, rt.QPS_TARGET, f"{ds}: {rt.QPS_FIDELITY} vs QPS (1 thread), one panel "
+                    "per code size", plot_dir / f"{slug}_recall_qps.png"), None)}
     else:
         # the frontier compares methods trained on all their data; reduced-label variants have their own plot
         full = here[here["label_fraction"].isna() | (here["label_fraction"] >= 1.0)]
@@ -257,6 +273,8 @@ def _dataset_plots(doc: rt.Doc, points: pd.DataFrame, views: dict[str, pd.DataFr
                 plot_dir / f"{slug}_train_time.png"), None),
         }
     captions = {"tracks": "each variant's nprobe sweep per track; black dashed = Pareto front of the panel",
+                "recall_qps": f"{rt.QPS_FIDELITY} vs single-thread QPS (log) per track, ann-benchmarks style; "
+                              "black dashed = Pareto front",
                 "frontier": "quality vs code size; the table lists the Pareto-optimal points (peers, black stars, "
                             "are not ranked)",
                 "label_budget": "quality vs fraction of labeled training queries",

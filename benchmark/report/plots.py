@@ -168,6 +168,45 @@ def tracks_vs_latency(points: pd.DataFrame, quality: str, budget: float, referen
     return _save(fig, path)
 
 
+def tracks_recall_qps(points: pd.DataFrame, fidelity: str, target: float, title: str, path: Path) -> Path | None:
+    """ann-benchmarks style, a panel per track: x = ``fidelity`` (overlap with the exact top-k, i.e. recall of the
+    dense ranking), y = single-thread queries per second (1000 / p50 ms, log); each variant's nprobe sweep, the
+    panel's Pareto front (no point both more faithful and faster) and the fidelity target of the QPS ranking."""
+    points = points.dropna(subset=["track", "p50_ms", fidelity]).query("p50_ms > 0")
+    points = points[points["family"] != REFERENCE_FAMILY].assign(qps1=lambda d: 1e3 / d["p50_ms"])
+    if points.empty:
+        return None
+    tracks = sorted(points["track"].unique())
+    style = styles(points)
+    fig, axes = _panels(len(tracks))
+    for ax, track in zip(axes, tracks):
+        sub = points[points["track"] == track]
+        for tlabel, s in style.items():
+            line = sub[sub["tlabel"] == tlabel].sort_values(fidelity)
+            if not line.empty:
+                ax.plot(line[fidelity], line["qps1"], color=s.colour, marker=s.marker, ls=s.linestyle,
+                        markersize=5, lw=1.3)
+        front = qps_front(sub, fidelity)
+        ax.step(front[fidelity], front["qps1"], where="pre", ls="--", lw=1.6, color="black", alpha=0.6, zorder=5)
+        ax.axvline(target, color="grey", ls=":", lw=1.4)
+        ax.set_yscale("log")
+        ax.set_title(f"{track_name(track)}/vector")
+        ax.set_xlabel(f"{fidelity} (agreement with the exact top-k)")
+    axes[0].set_ylabel("queries per second, 1 thread (log)")
+    _legend(fig, points, style, [(Line2D([], [], color="black", ls="--", lw=1.6, alpha=0.6),
+                                  "Pareto front of the panel"),
+                                 (Line2D([], [], color="grey", ls=":", lw=1.4), f"target {fidelity} ≥ {target:g}")])
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def qps_front(points: pd.DataFrame, fidelity: str) -> pd.DataFrame:
+    """Points no other point beats on both ``fidelity`` and ``qps1`` (higher is better on both), by fidelity."""
+    ordered = points.dropna(subset=[fidelity, "qps1"]).sort_values([fidelity, "qps1"], ascending=[False, False])
+    front = ordered[ordered["qps1"] > ordered["qps1"].cummax().shift(fill_value=-math.inf)]
+    return front.sort_values(fidelity)
+
+
 def quality_vs_bytes(rows: pd.DataFrame, quality: str, reference: float | None, title: str,
                      path: Path, peers: Sequence[tuple[str, float, float | None]] = ()) -> Path | None:
     """Quality vs code bytes/vector (log2 x): every compressed variant, the Pareto front, the dense ceiling, and

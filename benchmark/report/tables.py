@@ -89,7 +89,8 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
            "label_fraction": _num(rec["params"].get("label_fraction")), "status": rec["status"],
            "error": rec.get("error") or "", "per_query": str(run_dir / sidecar) if sidecar else None,
            "train_seconds": _num(rec.get("train_seconds")),
-           "git_sha": str((rec.get("provenance") or {}).get("git_sha") or "")}
+           "git_sha": str((rec.get("provenance") or {}).get("git_sha") or ""),
+           "cpu": str((rec.get("retimed") or rec.get("provenance") or {}).get("cpu") or "")}
     row.update({key: _num(values.get(key)) for key in NUMERIC if key not in ("train_seconds", "under_load")})
     row["under_load"] = float(latency["under_load"]) if isinstance(latency.get("under_load"), bool) else math.nan
     return row
@@ -575,6 +576,38 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
 
 def _cell(value: float) -> str:
     return DASH if value is None or pd.isna(value) else f"{value:.3f}"
+
+
+QPS_FIDELITY = "overlap@10"
+QPS_TARGET = 0.5
+
+
+def qps_ranking(points: pd.DataFrame, quality: str, fidelity: str = QPS_FIDELITY,
+                target: float = QPS_TARGET) -> pd.DataFrame:
+    """big-ann-benchmarks style ranking of one track: per variant, the highest single-thread QPS (1000 / p50 ms)
+    among its operating points with mean ``fidelity`` ≥ ``target``; variants that never reach it are listed last
+    with their best fidelity. Compressed variants only."""
+    pts = points[(points["family"] != REFERENCE_FAMILY) & points["status"].eq("ok")] if "status" in points else \
+        points[points["family"] != REFERENCE_FAMILY]
+    rows = []
+    for tlabel, sub in pts.dropna(subset=["p50_ms", fidelity]).groupby("tlabel"):
+        ok = sub[sub[fidelity] >= target]
+        if ok.empty:
+            best = sub.sort_values(fidelity).iloc[-1]
+            rows.append({"Method": tlabel, "Family": best["family"], "QPS (1 thread)": DASH,
+                         "nprobe": _int_cell(best["nprobe"], True, "n/a"),
+                         fidelity: f"{best[fidelity]:.3f} (never ≥ {target:g})", quality: f"{best[quality]:.3f}",
+                         "p50 ms": f"{best['p50_ms']:.3f}", "_q": -1.0})
+            continue
+        best = ok.assign(q=1e3 / ok["p50_ms"]).sort_values("q").iloc[-1]
+        rows.append({"Method": tlabel, "Family": best["family"], "QPS (1 thread)": f"{best['q']:,.0f}",
+                     "nprobe": _int_cell(best["nprobe"], True, "n/a"), fidelity: f"{best[fidelity]:.3f}",
+                     quality: f"{best[quality]:.3f}", "p50 ms": f"{best['p50_ms']:.3f}", "_q": float(best["q"])})
+    out = pd.DataFrame(rows, columns=["Method", "Family", "QPS (1 thread)", "nprobe", fidelity, quality, "p50 ms",
+                                      "_q"])
+    out = out.sort_values(["_q", "Method"], ascending=[False, True]).drop(columns="_q").reset_index(drop=True)
+    out.insert(0, "Rank", [str(i + 1) if q != DASH else DASH for i, q in enumerate(out["QPS (1 thread)"])])
+    return out
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
