@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import tomllib
@@ -35,7 +36,7 @@ import numpy as np  # noqa: E402
 from benchmark._io import write_text  # noqa: E402
 from benchmark.config import expand_env  # noqa: E402
 from benchmark.data import load_dataset  # noqa: E402
-from benchmark.harness import SearchSettings, evaluate  # noqa: E402
+from benchmark.harness import SearchSettings, Searcher, evaluate, time_points  # noqa: E402
 from benchmark.metrics import MEASURES, mean, overlap_at_k, per_query_measures, ranked_run  # noqa: E402
 from benchmark.provenance import provenance  # noqa: E402
 from benchmark.registry import make_method  # noqa: E402
@@ -74,8 +75,11 @@ def write_peers(out: Path, new: list[dict]) -> None:
 
 
 def scann_ah(docs: np.ndarray, queries: np.ndarray, budget: int, threshold: float, hash_type: str,
-             train_size: int, iterations: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """ScaNN brute-force AH at ``budget`` bytes/vector: (indices, scores, build seconds)."""
+             train_size: int, iterations: int, settings: SearchSettings
+             ) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """ScaNN brute-force AH at ``budget`` bytes/vector: (indices, scores, build seconds, latency), the latency by
+    the harness's timing protocol (:func:`benchmark.harness.time_points`: single-query ``search`` on one thread,
+    warm-up, median of interleaved repetitions; batch QPS by ``search_batched_parallel``)."""
     import scann
     bits = 4 if hash_type == "lut16" else 8
     blocks = budget * 8 // bits
@@ -89,7 +93,11 @@ def scann_ah(docs: np.ndarray, queries: np.ndarray, budget: int, threshold: floa
                 .build())
     seconds = time.perf_counter() - t0
     idx, scores = searcher.search_batched(queries, final_num_neighbors=DEPTH)
-    return np.asarray(idx, dtype=np.int64), np.asarray(scores, dtype=np.float32), seconds
+    k = settings.latency_k
+    point = Searcher(lambda: None, lambda q: searcher.search(q[0], final_num_neighbors=k),
+                     lambda q: searcher.search_batched_parallel(q, final_num_neighbors=k))
+    latency = time_points({None: point}, queries, settings, batch_threads=os.cpu_count() or 1)[None]
+    return np.asarray(idx, dtype=np.int64), np.asarray(scores, dtype=np.float32), seconds, latency
 
 
 def main() -> None:
@@ -105,6 +113,8 @@ def main() -> None:
     parser.add_argument("--scann-train-size", type=int, default=100000, help="ScaNN training_sample_size")
     parser.add_argument("--scann-iterations", type=int, default=10, help="ScaNN training_iterations (k-means)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timed-queries", type=int, default=200,
+                        help="single-query searches per timing repetition (both sides; the runner's default)")
     parser.add_argument("--skip-project", action="store_true", help="ScaNN only")
     parser.add_argument("--out", default=None, help=f"write ScaNN's results to OUT/{PEERS_FILE} (report peer rows)")
     args = parser.parse_args()
@@ -116,13 +126,13 @@ def main() -> None:
     queries = np.ascontiguousarray(split.query_emb, dtype=np.float32)
     print(f"{name}: {ds.num_docs} docs x {docs.shape[1]}-d, {len(queries)} {split.name} queries", flush=True)
     _, exact = exact_topk(docs, queries, DEPTH)
-    settings = SearchSettings(k=DEPTH, latency_queries=20, warmup_queries=2)
+    settings = SearchSettings(k=DEPTH, latency_queries=args.timed_queries, warmup_queries=20)
     extra = json.loads(args.params)
     nbits = 4 if args.hash_type == "lut16" else 8
     rows, peers = [], []
     for budget in [int(b) for b in args.budgets.split(",")]:
-        idx, scores, secs = scann_ah(docs, queries, budget, args.threshold, args.hash_type, args.scann_train_size,
-                                     args.scann_iterations)
+        idx, scores, secs, latency = scann_ah(docs, queries, budget, args.threshold, args.hash_type,
+                                              args.scann_train_size, args.scann_iterations, settings)
         run = ranked_run(split.query_ids, np.asarray(ds.doc_ids, dtype=object), scores, idx)
         measures = per_query_measures(run, split.qrels)
         ndcg = mean(measures["nDCG@10"])
@@ -134,10 +144,11 @@ def main() -> None:
                                  "threshold": args.threshold, "training_sample_size": args.scann_train_size,
                                  "training_iterations": args.scann_iterations, "tree": None, "reorder": None},
                       "metrics": {m: mean(measures[m]) for m in MEASURES if m in measures},
-                      "fidelity": {"overlap@10": ov}, "build_seconds": secs,
+                      "fidelity": {"overlap@10": ov}, "build_seconds": secs, "latency": latency,
                       "provenance": provenance(args.seed)})
-        rows.append((budget, f"scann score_ah {args.hash_type}", ndcg, ov, secs))
-        print(f"{budget:>3} B  scann  nDCG@10 {ndcg:.4f}  overlap@10 {ov:.3f}  build {secs:.0f} s", flush=True)
+        rows.append((budget, f"scann score_ah {args.hash_type}", ndcg, ov, secs, latency))
+        print(f"{budget:>3} B  scann  nDCG@10 {ndcg:.4f}  overlap@10 {ov:.3f}  build {secs:.0f} s  "
+              f"p50 {latency['p50_ms']:.3f} ms", flush=True)
         if args.skip_project:
             continue
         method = make_method("score-aware", {"M": budget, "nbits": nbits, "threshold": args.threshold, **extra})
@@ -147,14 +158,15 @@ def main() -> None:
         secs = time.perf_counter() - t0
         ev = evaluate(index, ds, split, exact, settings)
         rows.append((budget, f"score-aware {json.dumps(method.config, sort_keys=True)}", ev.metrics["nDCG@10"],
-                     ev.fidelity["overlap@10"], secs))
+                     ev.fidelity["overlap@10"], secs, ev.latency))
         print(f"{budget:>3} B  score-aware  nDCG@10 {ev.metrics['nDCG@10']:.4f}  overlap@10 "
-              f"{ev.fidelity['overlap@10']:.3f}  fit {secs:.0f} s", flush=True)
+              f"{ev.fidelity['overlap@10']:.3f}  fit {secs:.0f} s  p50 {ev.latency['p50_ms']:.3f} ms", flush=True)
     if args.out:
         write_peers(Path(args.out), peers)
-    print("\n| B/vec | quantizer | nDCG@10 | overlap@10 | build s |\n|---|---|---|---|---|")
-    for budget, who, ndcg, ov, secs in rows:
-        print(f"| {budget} | {who} | {ndcg:.4f} | {ov:.3f} | {secs:.0f} |")
+    print(f"\n| B/vec | quantizer | nDCG@10 | overlap@10 | build s | p50 ms (1 thread) |\n|---|---|---|---|---|---|")
+    for budget, who, ndcg, ov, secs, lat in rows:
+        mark = " (under load)" if lat.get("under_load") else ""
+        print(f"| {budget} | {who} | {ndcg:.4f} | {ov:.3f} | {secs:.0f} | {lat['p50_ms']:.3f}{mark} |")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import faiss
 import numpy as np
@@ -112,14 +112,56 @@ class LoadWatch:
                 "load_threshold": self.threshold, "under_load": self.under_load}
 
 
-def _single_query_seconds(index: faiss.Index, queries: np.ndarray, k: int, query_map: np.ndarray | None
-                          ) -> np.ndarray:
+def _single_query_seconds(search_one: Callable[[np.ndarray], Any], queries: np.ndarray) -> np.ndarray:
     times = np.empty(len(queries))
     for i in range(len(queries)):
         t0 = time.perf_counter()
-        index.search(prepare_queries(queries[i:i + 1], query_map), k)
+        search_one(queries[i:i + 1])
         times[i] = time.perf_counter() - t0
     return times
+
+
+@dataclass
+class Searcher:
+    """One operating point as the timing protocol drives it: ``prepare`` selects the point (e.g. sets nprobe),
+    ``one`` searches a single query (1 thread), ``batch`` searches all queries (the batch threads)."""
+
+    prepare: Callable[[], None]
+    one: Callable[[np.ndarray], Any]
+    batch: Callable[[np.ndarray], Any]
+
+
+def time_points(searchers: dict[Any, Searcher], queries: np.ndarray, settings: SearchSettings,
+                batch_threads: int) -> dict[Any, dict[str, Any]]:
+    """The timing protocol over the operating points ``searchers`` (see :func:`timing_pass`); any search library
+    can be timed by it (``bench/peer_scann.py`` times ScaNN with it)."""
+    n = min(len(queries), settings.latency_queries)
+    timed = np.ascontiguousarray(queries[:n])
+    single: dict[Any, list[np.ndarray]] = {p: [] for p in searchers}
+    batch: dict[Any, list[float]] = {p: [] for p in searchers}
+    with LoadWatch(settings.load_threshold) as watch:
+        for s in searchers.values():
+            s.prepare()
+            _single_query_seconds(s.one, queries[:settings.warmup_queries])
+        for _ in range(settings.timing_repeats):
+            for p, s in searchers.items():
+                s.prepare()
+                single[p].append(_single_query_seconds(s.one, timed))
+                t0 = time.perf_counter()
+                s.batch(queries)
+                batch[p].append(time.perf_counter() - t0)
+    load = watch.fields()
+    out = {}
+    for p in searchers:
+        p50s = np.array([np.percentile(t, 50) for t in single[p]]) * 1e3
+        p95s = np.array([np.percentile(t, 95) for t in single[p]]) * 1e3
+        p50 = float(np.median(p50s))
+        out[p] = {"p50_ms": p50, "p95_ms": float(np.median(p95s)), "p50_reps": [round(float(x), 6) for x in p50s],
+                  "spread": float((p50s.max() - p50s.min()) / p50) if p50 > 0 else 0.0,
+                  "qps": float(len(queries) / np.median(batch[p])), "threads": int(batch_threads),
+                  "latency_threads": 1, "k": settings.latency_k, "timed_queries": int(n),
+                  "repeats": settings.timing_repeats, "warmup_queries": settings.warmup_queries, **load}
+    return out
 
 
 def timing_pass(index: faiss.Index, queries: np.ndarray, points: Sequence[int | None], settings: SearchSettings,
@@ -134,42 +176,24 @@ def timing_pass(index: faiss.Index, queries: np.ndarray, points: Sequence[int | 
     search of all queries. The machine's load around the pass is recorded (:class:`LoadWatch`) and
     ``under_load`` marks a pass during which other processes used more than ``load_threshold`` cores.
     """
-    points = list(points)
-    n = min(len(queries), settings.latency_queries)
-    timed = np.ascontiguousarray(queries[:n])
     threads_before = faiss.omp_get_max_threads()
     batch_threads = settings.threads or threads_before
-    single: dict[int | None, list[np.ndarray]] = {p: [] for p in points}
-    batch: dict[int | None, list[float]] = {p: [] for p in points}
-    try:
-        with LoadWatch(settings.load_threshold) as watch:
+    k = settings.latency_k
+
+    def searcher(p: int | None) -> Searcher:
+        def one(q: np.ndarray) -> Any:
             faiss.omp_set_num_threads(1)
-            for p in points:
-                set_nprobe(index, p)
-                _single_query_seconds(index, queries[:settings.warmup_queries], settings.latency_k, query_map)
-            for _ in range(settings.timing_repeats):
-                for p in points:
-                    set_nprobe(index, p)
-                    faiss.omp_set_num_threads(1)
-                    single[p].append(_single_query_seconds(index, timed, settings.latency_k, query_map))
-                    faiss.omp_set_num_threads(batch_threads)
-                    t0 = time.perf_counter()
-                    index.search(prepare_queries(queries, query_map), settings.latency_k)
-                    batch[p].append(time.perf_counter() - t0)
+            return index.search(prepare_queries(q, query_map), k)
+
+        def batch(q: np.ndarray) -> Any:
+            faiss.omp_set_num_threads(batch_threads)
+            return index.search(prepare_queries(q, query_map), k)
+        return Searcher(lambda: set_nprobe(index, p), one, batch)
+
+    try:
+        return time_points({p: searcher(p) for p in points}, queries, settings, batch_threads)
     finally:
         faiss.omp_set_num_threads(threads_before)
-    load = watch.fields()
-    out = {}
-    for p in points:
-        p50s = np.array([np.percentile(t, 50) for t in single[p]]) * 1e3
-        p95s = np.array([np.percentile(t, 95) for t in single[p]]) * 1e3
-        p50 = float(np.median(p50s))
-        out[p] = {"p50_ms": p50, "p95_ms": float(np.median(p95s)), "p50_reps": [round(float(x), 6) for x in p50s],
-                  "spread": float((p50s.max() - p50s.min()) / p50) if p50 > 0 else 0.0,
-                  "qps": float(len(queries) / np.median(batch[p])), "threads": int(batch_threads),
-                  "latency_threads": 1, "k": settings.latency_k, "timed_queries": int(n),
-                  "repeats": settings.timing_repeats, "warmup_queries": settings.warmup_queries, **load}
-    return out
 
 
 def time_search(index: faiss.Index, queries: np.ndarray, settings: SearchSettings,

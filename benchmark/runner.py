@@ -29,7 +29,7 @@ from benchmark.config import Job, ConfigError
 from benchmark.data import RetrievalDataset, load_dataset
 from benchmark.data.encode import cache_root
 from benchmark.data.encoders import encoder_info
-from benchmark.harness import (ExactReference, SearchSettings, evaluate, ivf_nlist, nprobe_sweep,
+from benchmark.harness import (ExactReference, LoadWatch, SearchSettings, evaluate, ivf_nlist, nprobe_sweep,
                                timing_pass)
 from benchmark.provenance import peak_rss_mb, provenance, thread_policy
 from benchmark.records import SCHEMA_VERSION, append_records, read_records, run_id
@@ -183,7 +183,10 @@ def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, dev
     shard, whatever the environment's thread variables say. An exception in the fit or the evaluation becomes one
     ``failed`` record (the suite goes on); an interruption (KeyboardInterrupt, SystemExit) propagates and the fit
     leaves no record. ``train_seconds`` is the fit's wall time plus ``info["cached_init_seconds"]`` (what a faiss init
-    served from the shared cache took to train).
+    served from the shared cache took to train); ``train_cpu_seconds`` this process's CPU time during the fit (all
+    its threads; load from other processes inflates wall time, not this) and ``train_load`` the machine's load
+    around the fit (:class:`benchmark.harness.LoadWatch`: ``under_load`` when other processes used more than
+    ``load_threshold`` cores on average).
     """
     method = method or make_method(job.method, job.params)
     with thread_policy(threads):
@@ -197,9 +200,10 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
     split = ds.split(ds.eval_split)
     try:
         stage("fit")
-        t0 = time.perf_counter()
-        out = method.fit(train_data(ds, job.seed, device, None if cache_dir is None else str(cache_dir)))
-        fit_seconds = time.perf_counter() - t0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        with LoadWatch(settings.load_threshold) as train_load:
+            out = method.fit(train_data(ds, job.seed, device, None if cache_dir is None else str(cache_dir)))
+        fit_seconds, fit_cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if isinstance(out, BuiltIndex):
             vq, index, info, query_map = None, out.index, dict(out.info), out.query_map
         else:
@@ -230,6 +234,7 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
             files[sidecar] = json_bytes(ev.per_query)
             records.append({**header, "run_id": rid, "nprobe": nprobe, "index": facts, "metrics": ev.metrics,
                             "fidelity": ev.fidelity, "latency": None, "train_seconds": train_seconds,
+                            "train_cpu_seconds": fit_cpu, "train_load": train_load.fields(),
                             "per_query": sidecar, "provenance": {**header["provenance"],
                                                                  "peak_rss_mb": peak_rss_mb()},
                             "train_info": info, "status": "ok"})

@@ -42,9 +42,9 @@ cores at load 2-5), nDCG@10 plain / fast-scan and p50 plain / fast-scan / ``fais
 8 B 0.2409 / 0.2403, 1.87 / 0.069 / 0.069 ms; 16 B 0.4141 / 0.4141, 3.50 / 0.090 / 0.090 ms;
 32 B 0.5270 / 0.5272, 7.24 / 0.130 / 0.129 ms; 48 B 0.5646 / 0.5641, 10.7 / 0.163 / 0.162 ms.
 Fast-scan is 27-66x faster at the same codes and matches ``faiss-pq-fastscan``'s latency (same kernel, same layout);
-nDCG@10 moves by at most 0.0006. The default is still ``"plain"``, the scan of the committed reports' score-aware
-records (so their fit ids, which leave ``search="plain"`` out, stay theirs); configs that want fast-scan say
-``search = "fastscan"`` until those reports are regenerated with it as the default.
+nDCG@10 moves by at most 0.0006. The default is fast-scan (issue #27: ScaNN's own 4-bit scan is SIMD, so the plain
+scan made the method look 27-66x slower than what it is); ``search="plain"`` stays as an option for comparison.
+Records written before the default changed carry no ``search`` param and were searched plain (``legacy``).
 
 Default (``codebook_update=False``) = ScaNN's own ``score_ah``: k-means codebooks, anisotropic loss only when encoding
 ("noise shaping"; ScaNN's ``use_noise_shaped_training`` defaults to false). Given ScaNN's codebooks, this encoder
@@ -276,9 +276,8 @@ class ScoreAwarePQ(BaseMethod):
         "kmeans_init": Param("kmeans++", "k-means seeding of the initial PQ: 'kmeans++' (as ScaNN) or 'random' "
                                          "(faiss's default)", choices=tuple(KMEANS_INITS)),
         "max_train_points": Param(65536, "docs sampled (seeded) to train the codebooks", min=1),
-        # "plain" is the scan of the committed reports' records (legacy: left out of ids, so they stay resumable);
-        # the default turns to "fastscan" when those reports are regenerated (module docstring)
-        "search": Param("plain", "how the 4-bit codes are searched: 'fastscan' (faiss IndexPQFastScan, SIMD over "
+        # records without this param were searched plain (legacy: "plain" is left out of ids)
+        "search": Param("fastscan", "how the 4-bit codes are searched: 'fastscan' (faiss IndexPQFastScan, SIMD over "
                                  "8-bit quantized lookup tables, as ScaNN's LUT16; 27-66x faster on debian-desc, "
                                  "nDCG@10 within 0.001) or 'plain' (IndexPQ, float lookup tables, exact scores "
                                  "of the codes); 8-bit codes are always searched plain", choices=SEARCH_MODES,

@@ -338,20 +338,26 @@ def test_peer_rows(tmp_path):
     records = write_fixture(tmp_path, {"toy-a": SPECS["toy-a"]}, torn=False)
     peer = {"schema_version": 1, "dataset": "toy-a", "split": "test", "peer": "scann", "peer_version": "1.4.2",
             "family": "distillation", "method": "score_ah lut16", "bytes_per_vector": 16, "params": {"blocks": 32},
-            "metrics": {"nDCG@10": 0.25, "RR@10": 0.2, "R@100": 0.5}, "fidelity": {"overlap@10": 0.4}}
-    (tmp_path / "peers.jsonl").write_text(json.dumps(peer) + "\n" + '{"dataset": "toy-a"}\n')
+            "metrics": {"nDCG@10": 0.25, "RR@10": 0.2, "R@100": 0.5}, "fidelity": {"overlap@10": 0.4},
+            "latency": {"p50_ms": 0.0123, "under_load": True}}
+    untimed = {**peer, "bytes_per_vector": 8, "latency": None}   # an older peer record: no timing
+    (tmp_path / "peers.jsonl").write_text(json.dumps(peer) + "\n" + '{"dataset": "toy-a"}\n' + json.dumps(untimed)
+                                          + "\n")
     build_report(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
     table = _md_tables(_part(_part(md, "## toy-a"), "### Peers: other implementations on the same embeddings"))[0]
-    row = table.loc["scann 1.4.2: score_ah lut16"]
+    row = table[table["code B/vec"] == "16"].loc["scann 1.4.2: score_ah lut16"]
+    assert table[table["code B/vec"] == "8"]["p50 ms"].tolist() == ["—"]
     # the best distillation row at 16 B, exhaustive (nprobe 16 = nlist), is the DISTILL variant: its mean here
     best, std = _expected(records, "toy-a", "distill-vq", DISTILL, 16)
     assert row["code B/vec"] == "16" and row["nDCG@10"] == "0.250" and row["overlap@10"] == "0.400"
-    assert row["best here (same family, exhaustive)"] == f"{DISTILL_LABEL}: {best:.3f} ± {std:.3f}"
+    p50, _ = _expected(records, "toy-a", "distill-vq", DISTILL, 16, "p50_ms")
+    assert row["best here (same family, exhaustive)"] == f"{DISTILL_LABEL}: {best:.3f} ± {std:.3f}, p50 {p50:.3f} ms"
+    assert row["p50 ms"] == "0.012 ‡"  # timed by the same protocol; under load marked
     assert row["Δ nDCG@10 (here − peer)"] == f"{best - 0.25:+.3f}"
     assert "peers.jsonl:2: unreadable peer record, skipped (missing ['peer'," in _part(md, "## Problems")
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [p["Peer"] for p in summary["peers"]] == ["scann 1.4.2: score_ah lut16"]
+    assert [p["Peer"] for p in summary["peers"]] == ["scann 1.4.2: score_ah lut16"] * 2
     assert (tmp_path / "plots" / "toy-a_frontier.png").stat().st_size > 0
 
 

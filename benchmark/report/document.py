@@ -227,8 +227,9 @@ def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, poi
         split = peers[0].get("split", "eval")
         doc.add("notes", [f"Measured by another implementation on this dataset's embeddings and {split} "
                           f"split (`{rt.PEERS_FILE}`, written by `bench/peer_scann.py --out`), not by this harness's "
-                          "faiss index: no latency, no per-query test; each peer record carries its params and "
-                          "provenance."])
+                          "faiss index: no per-query test; its p50 is timed by the same protocol on the same "
+                          "queries (1 thread, warm-up, median of 3 interleaved repetitions; — when the peer record "
+                          "has no timing); each peer record carries its params and provenance."])
         summary["peers"] += table.assign(dataset=ds).to_dict(orient="records")
     written.update(_dataset_plots(doc, points, views, ds, budget, quality, out, first=False, peers=peers))
     return written

@@ -42,7 +42,8 @@ from benchmark.records import FIDELITY, MEASURES
 from benchmark.registry import FAMILIES, REFERENCE_FAMILY
 from benchmark.report.stats import ALPHA, SHORT_TESTS, TIE, competing
 
-NUMERIC = (*MEASURES, *FIDELITY, "p50_ms", "p95_ms", "qps", "spread", "under_load", "train_seconds")
+NUMERIC = (*MEASURES, *FIDELITY, "p50_ms", "p95_ms", "qps", "spread", "under_load", "train_seconds",
+           "train_cpu_seconds", "train_under_load")
 FAMILY_ORDER = {family: i for i, family in enumerate(FAMILIES)}
 DEFAULT_BUDGET_FRACTION = 0.1
 DEFAULT_NPROBE_FRACTION = 1 / 16
@@ -89,11 +90,18 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
            "label_fraction": _num(rec["params"].get("label_fraction")), "status": rec["status"],
            "error": rec.get("error") or "", "per_query": str(run_dir / sidecar) if sidecar else None,
            "train_seconds": _num(rec.get("train_seconds")),
+           "train_cpu_seconds": _num(rec.get("train_cpu_seconds")),
+           "train_under_load": _bool_num((rec.get("train_load") or {}).get("under_load")),
            "git_sha": str((rec.get("provenance") or {}).get("git_sha") or ""),
            "cpu": str((rec.get("retimed") or rec.get("provenance") or {}).get("cpu") or "")}
-    row.update({key: _num(values.get(key)) for key in NUMERIC if key not in ("train_seconds", "under_load")})
-    row["under_load"] = float(latency["under_load"]) if isinstance(latency.get("under_load"), bool) else math.nan
+    row.update({key: _num(values.get(key)) for key in NUMERIC
+                if key not in ("train_seconds", "train_cpu_seconds", "train_under_load", "under_load")})
+    row["under_load"] = _bool_num(latency.get("under_load"))
     return row
+
+
+def _bool_num(value: Any) -> float:
+    return float(value) if isinstance(value, bool) else math.nan
 
 
 def _num(value: Any) -> float:
@@ -278,6 +286,10 @@ UNDER_LOAD_NOTE = (f"{UNDER_LOAD} after a p50: timed under load (other processes
                    "load_threshold cores during its timing pass, in at least one seed); re-time it on an idle "
                    "machine with run_benchmark.py --retime DIR.")
 
+TRAIN_LOAD_NOTE = (f"{UNDER_LOAD} after train s: other processes used more than the record's load_threshold cores "
+                   "during the fit (at least one seed), so its wall time is inflated; its train_cpu_seconds (in the "
+                   "records) is this process's own CPU time.")
+
 
 class Footnotes:
     """Numbered footnotes; the same text gets the same number."""
@@ -368,6 +380,9 @@ def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> p
         cells["code B/vec"] = _int_cell(r["bytes_per_vector"], ok, DASH)
         cells["index B/vec"] = format_cell(r["index_bpv"], math.nan, 1, 1) if ok else DASH
         cells["train s"] = format_cell(r["train_seconds"], r["train_seconds_std"], n, 0) if ok else DASH
+        if ok and r.get("train_under_load", 0) > 0:
+            cells["train s"] += f" {UNDER_LOAD}"
+            notes.mark(TRAIN_LOAD_NOTE)
         cells["seeds"] = str(n) if ok else DASH
         out.append(cells)
     metrics = [c for k, _ in TRACK_METRICS for c in ((k, "tie") if k == quality else (k,))]
@@ -672,8 +687,11 @@ def peer_table(peers: list[dict[str, Any]], rows: pd.DataFrame, quality: str) ->
             quality: _cell(q), "RR@10": _cell(p["metrics"].get("RR@10", math.nan)),
             "R@100": _cell(p["metrics"].get("R@100", math.nan)),
             "overlap@10": _cell(p.get("fidelity", {}).get("overlap@10", math.nan)),
+            "p50 ms": DASH if not (p.get("latency") or {}).get("p50_ms") else
+            f"{p['latency']['p50_ms']:.3f}" + (f" {UNDER_LOAD}" if p["latency"].get("under_load") else ""),
             "best here (same family, exhaustive)": DASH if best is None else
-            f"{best['label']}: {format_cell(best[quality], best[f'{quality}_std'], int(best['n_seeds']), 3)}",
+            f"{best['label']}: {format_cell(best[quality], best[f'{quality}_std'], int(best['n_seeds']), 3)}, "
+            f"p50 {best['p50_ms']:.3f} ms",
             f"Δ {quality} (here − peer)": DASH if best is None else f"{best[quality] - q:+.3f}"})
     return pd.DataFrame(lines)
 
