@@ -172,6 +172,20 @@ def test_ste_preassigned_equals_torch_with_fresh_codes(quick, cache):
     _assert_torch_equals_faiss(vq, queries, *_faiss_top10(vq, quick, queries))
 
 
+def test_ivf_only_reencodes_residuals_to_the_moved_centroids(quick, cache):
+    """distill-vq-ivf-only moves the centroids and keeps faiss's codebooks: every doc's residual to its moved
+    centroid is encoded again (the stale faiss codes of the old residuals are not kept), and faiss == torch."""
+    vq = make_method("distill-vq-ivf-only", {**SMALL, "epochs": 0.5}).fit(_train(quick, cache))
+    assert vq.writeback == "preassigned" and vq.query_map is not None
+    residual = rotate(vq, quick.doc_emb) - vq.ivf_centroids[vq.doc_assign]
+    np.testing.assert_array_equal(vq.doc_codes, encode_pq(vq.pq_codebooks, residual))
+    assert make_method("distill-vq-ivf-only", SMALL).check_config() == []
+    assert any("train_pq=False with train_ivf" in p for p in make_method(
+        "distill-vq-ivf-only", {**SMALL, "writeback": "codes"}).check_config())
+    queries = quick.split("test").query_emb[:100]
+    _assert_torch_equals_faiss(vq, queries, *_faiss_top10(vq, quick, queries))
+
+
 # --- determinism, training moves parameters, errors, presets ---------------------------------------------------
 
 def test_same_seed_same_params_and_training_moves_them(quick, cache):
@@ -209,8 +223,8 @@ def test_candidate_specs_and_presets():
     base = get_method("distill-vq")
     assert base.family == "distillation" and base.params["queries"].default == "unlabeled"
     for name, diff in (("distill-vq-labeled", {"queries", "candidates", "label_weight", "label_scope", "lr_ivf"}),
-                       ("distill-vq-ivf-only", {"train_pq", "query_adapter"}),
-                       ("distill-vq-pq-only", {"train_ivf", "query_adapter"})):
+                       ("distill-vq-ivf-only", {"train_pq", "writeback"}),   # the adapter stays (like for like)
+                       ("distill-vq-pq-only", {"train_ivf"})):
         cls = get_method(name)
         assert issubclass(cls, base) and cls.family == "distillation"
         assert {k for k in base.params if base.params[k] != cls.params[k]} == diff
