@@ -81,6 +81,9 @@ PARAMS = {
     "M": M_PARAM, "nlist": NLIST_PARAM, "opq": Param(True, "fixed OPQ rotation (from the faiss init)"),
     "queries": Param("unlabeled", "training queries: labeled train ones, train + unlabeled ones, or sampled docs",
                      choices=QUERY_SOURCES),
+    "label_fraction": Param(1.0, "share of the train queries used (seeded; the same share JPQ takes at its "
+                                 "label_fraction, so the label-budget curve compares like with like: unlabeled, "
+                                 "their text only)", min=0, max=1, min_exclusive=True, legacy=(1.0,)),
     "candidates": Param("ib+topk", f"candidate sources joined by '+', of {'+'.join(CANDIDATE_SOURCES)}", dtype=str),
     "topk": Param(50, "exact teacher top-K mined per query (candidates 'topk')", min=1,
                   search=Space(choices=(20, 50, 100))),
@@ -184,7 +187,9 @@ class DistillVQ(BaseMethod):
         sources = parse_candidates(cfg["candidates"])
         init = init_for(train, self.factory(), cfg)
         with timed(info, "mining"):
-            qs = training_queries(train, cfg["queries"], sources, cfg["topk"], cfg["doc_queries"], self.name)
+            qs = training_queries(train, cfg["queries"], sources, cfg["topk"], cfg["doc_queries"], self.name,
+                                  cfg["label_fraction"])
+        info["train_queries_from"] = qs.origin
         train_ivf = cfg.get("train_ivf", False) and init.nlist > 0     # the flat layout has no IVF params
         lrs = {name: cfg[lr] for name, lr, on in (("codebooks", "lr_pq", cfg["train_pq"]), ("centroids", "lr_ivf",
                train_ivf), ("query_map", "lr_adapter", cfg["query_adapter"])) if on}

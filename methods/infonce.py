@@ -40,6 +40,8 @@ class InfoNCEPQ(BaseMethod):
               "hard_negatives": Param(64, "mined negatives per query (0 = plain in-batch)", min=0,
                                       search=Space(choices=(16, 64, 128))),
               "hard_k": Param(200, "negatives are sampled from the init index's top-hard_k", min=1),
+              "label_fraction": Param(1.0, "share of the labeled queries used (seeded; the same share as JPQ's)",
+                                      min=0, max=1, min_exclusive=True, legacy=(1.0,)),
               "query_adapter": Param(False, "also train a d x d query map (identity init)", legacy=(False,),
                                      search=SWITCH_SPACE),
               "lr_adapter": Param(1e-3, "learning rate of the query adapter", min=0, min_exclusive=True,
@@ -77,7 +79,8 @@ class InfoNCEPQ(BaseMethod):
 
     def fit(self, train: TrainData) -> VQParams:
         self.require_data(train)
-        cfg, pos = self.config, positives(train, self.name)
+        cfg = self.config
+        pos = positives(train, self.name).sample(cfg["label_fraction"], train.seed)
         init = init_for(train, self.factory(), cfg)
         top = index_topk(init, train.doc_emb, pos.query_emb(train), cfg["hard_k"], train.cache_dir)
         spec = train_spec(cfg)
@@ -97,7 +100,9 @@ class InfoNCEPQ(BaseMethod):
             return F.cross_entropy(scores.masked_fill(masked, float("-inf")), torch.arange(len(rows), device=dev))
 
         trainer.fit(loss, len(pos))
-        return trainer.to_params("codes")
+        return trainer.to_params("codes", train_queries_from={
+            "queries": "labeled", "labels_used": True, "n": len(pos), "fraction": cfg["label_fraction"],
+            "from": "train split, with its qrels"})
 
 
 @register

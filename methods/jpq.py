@@ -202,6 +202,8 @@ class JPQ(BaseMethod):
         cfg = self.config
         labels = labeled_queries(train, cfg["label_fraction"], train.seed)
         init, info = self.init_params(train), {}
+        info["train_queries_from"] = {"queries": "labeled", "labels_used": True, "n": len(labels.query_emb),
+                                      "fraction": cfg["label_fraction"], "from": "train split, with its qrels"}
         if cfg["negatives"] == "pool":   # each query's top-pool_size in the init index, mined once (cached)
             with timed(info, "mining"):
                 pool = index_topk(init, train.doc_emb, labels.query_emb.numpy(), cfg["pool_size"], train.cache_dir)

@@ -9,7 +9,7 @@ in-batch docs (``ib``): the other queries' teacher top-1 (``ib_docs='top1'``) or
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ class QuerySet:
     pos_off: np.ndarray | None = None
     pos: np.ndarray | None = None
     topk: np.ndarray | None = None
+    origin: dict = field(default_factory=dict)   # where the queries come from, whether labels are used
 
     def __len__(self) -> int:
         return len(self.emb)
@@ -48,27 +49,49 @@ def parse_candidates(spec: str) -> set[str]:
     return parts
 
 
-def training_queries(train: Any, source: str, sources: set[str], topk: int, doc_queries: int, who: str) -> QuerySet:
+def training_queries(train: Any, source: str, sources: set[str], topk: int, doc_queries: int, who: str,
+                     fraction: float = 1.0) -> QuerySet:
     """The training queries of ``source`` (:data:`QUERY_SOURCES`) from ``train`` (a TrainData), with their teacher
     top-``topk`` when 'topk' is a candidate source. Each query array is mined on its own, so top-K caches are shared
-    across settings."""
+    across settings. ``qs.origin`` says where they come from and whether their labels are used.
+
+    ``fraction`` < 1 (the label-budget sweep): labeled, the same seeded share of the labeled train queries that JPQ
+    and InfoNCE take at that ``label_fraction``; unlabeled, the text of that same share (labels unused) when the
+    dataset has labels, else that share of its unlabeled queries: so at every fraction the objectives see the same
+    queries and differ only in whether they read the labels."""
     if source == "labeled":
-        pos = positives(train, f"{who} queries='labeled'")
+        pos = positives(train, f"{who} queries='labeled'").sample(fraction, train.seed)
         order = np.lexsort((pos.docs, np.repeat(np.arange(len(pos)), pos.counts)))   # sorted within each query
         qs = QuerySet(pos.query_emb(train), pos.offsets, pos.docs[order])
         arrays = [qs.emb]
+        qs.origin = {"queries": "labeled", "labels_used": True, "n": len(pos), "fraction": fraction,
+                     "from": "train split, with its qrels"}
     else:
         if source == "docs":
             n = train.num_docs
             rows = np.sort(np.random.default_rng(train.seed).choice(n, min(n, doc_queries), replace=False))
             arrays = [np.asarray(train.doc_emb[rows], dtype=np.float32)]
+            origin = "sampled corpus docs as queries"
+        elif fraction < 1 and train.train_qrels is not None and train.train_query_emb is not None:
+            pos = positives(train, who).sample(fraction, train.seed)
+            arrays = [pos.query_emb(train)]
+            origin = "text of the labeled train queries' seeded share (labels unused)"
         else:
             arrays = [np.asarray(a, dtype=np.float32) for a in (train.train_query_emb, train.unlabeled_query_emb)
                       if a is not None and len(a)]
             if not arrays:
                 raise ValueError(f"{who}: queries='unlabeled' needs train or train-unlabeled queries; use "
                                  "queries='docs'")
+            if fraction < 1:
+                pool = np.concatenate(arrays)
+                keep = max(1, round(len(pool) * fraction))
+                arrays = [pool[np.sort(np.random.default_rng(train.seed).permutation(len(pool))[:keep])]]
+            labeled = train.train_qrels is not None
+            origin = ("train split text" + (" (labels unused)" if labeled else "") +
+                      (" + train-unlabeled" if train.unlabeled_query_emb is not None
+                       and len(train.unlabeled_query_emb) else ""))
         qs = QuerySet(np.concatenate(arrays))
+        qs.origin = {"queries": source, "labels_used": False, "n": len(qs), "fraction": fraction, "from": origin}
     if "topk" in sources:
         qs.topk = np.concatenate([cached_topk(train.doc_emb, a, topk, train.cache_dir,
                                               gpu=train.device.startswith("cuda")) for a in arrays])
