@@ -44,7 +44,11 @@ QUICK_PARAMS = {"nlist": 32, "opq_niter": 5, "epochs": 0.5}
 QUICK_SEARCH = {"latency_queries": 50, "warmup_queries": 5}
 
 CONFIG_KEYS = ("out", "seeds", "datasets", "search", "runs", "tune")   # [tune]: read by benchmark.tune
-RUN_KEYS = ("methods", "params", "seeds")
+RUN_KEYS = ("methods", "params", "seeds", "tuning")
+# [[runs]] tuning = {...}: how the run's params were chosen (written by benchmark.tune into best.toml), copied into
+# every record of the run as provenance (the report's *tuning* column); not part of the params or fit ids
+TUNING_KEYS = {"trace": str, "trials": int, "cpu_seconds": (int, float), "wall_seconds": (int, float),
+               "measure": str, "dev_value": (int, float), "best_trial": int, "split": str}
 DATASET_KEYS = ("name", "hint", "dev_queries", "dev_seed")  # besides the loader's own keyword arguments
 
 
@@ -64,6 +68,7 @@ class Job:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    tuning: dict[str, Any] | None = None   # how the params were chosen ([[runs]] tuning = {...}): provenance only
 
     def label(self) -> str:
         extra = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
@@ -216,6 +221,18 @@ def _runs(config: dict[str, Any], where: str, problems: list[str]) -> list[dict[
             problems.append(f"{at} params: expected a table {{key = value or [values]}}, got {params!r}")
             params = {}
         group = {"methods": methods, "params": params, "where": at}
+        if "tuning" in run:
+            tuning = run["tuning"]
+            if not isinstance(tuning, dict):
+                problems.append(f"{at} tuning: expected a table {{trials = N, cpu_seconds = S, ...}}, got {tuning!r}")
+            else:
+                for key, value in tuning.items():
+                    if key not in TUNING_KEYS:
+                        problems.append(f"{at} tuning: unknown key {key!r}{close(key, TUNING_KEYS)}; valid keys: "
+                                        f"{list(TUNING_KEYS)}")
+                    elif not isinstance(value, TUNING_KEYS[key]) or isinstance(value, bool):
+                        problems.append(f"{at} tuning.{key}: expected {TUNING_KEYS[key]}, got {value!r}")
+                group["tuning"] = tuning
         if "seeds" in run:
             if not _is_int(run["seeds"]) or run["seeds"] < 1:
                 problems.append(f"{at} seeds: expected a number of seeds >= 1, got {run['seeds']!r}")
@@ -373,7 +390,7 @@ def plan(*, datasets: str | None = None, methods: str | None = None, config: str
             for combo in _param_grid(own):
                 job_params = {**quick_params, **combo, **cli}
                 for name in names:
-                    jobs += [Job(name, method, job_params, seed) for seed in group_seeds]
+                    jobs += [Job(name, method, job_params, seed, group.get("tuning")) for seed in group_seeds]
     if not problems:   # the methods' own config rules (combinations of params), before any data is loaded
         for method, params in {(j.method, repr(sorted(j.params.items()))): (j.method, j.params) for j in jobs}.values():
             try:

@@ -224,6 +224,9 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
             if query_map is not None:
                 files[f"indexes/{fid}.query_map.npy"] = _npy_bytes(query_map)
             facts["path"] = path
+        setup = {"layout": "IVF" if ivf_nlist(index) else "no IVF",
+                 "query_side": "adapter" if query_map is not None else "none",
+                 "train_queries": info.get("train_queries_from")}
         records = []
         sweep = planned_sweep(ivf_nlist(index), settings)
         for nprobe in sweep:
@@ -234,7 +237,8 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
             files[sidecar] = json_bytes(ev.per_query)
             records.append({**header, "run_id": rid, "nprobe": nprobe, "index": facts, "metrics": ev.metrics,
                             "fidelity": ev.fidelity, "latency": None, "train_seconds": train_seconds,
-                            "train_cpu_seconds": fit_cpu, "train_load": train_load.fields(),
+                            "train_cpu_seconds": fit_cpu, "train_load": train_load.fields(), "setup": setup,
+                            **({"tuning": job.tuning} if job.tuning else {}),
                             "per_query": sidecar, "provenance": {**header["provenance"],
                                                                  "peak_rss_mb": peak_rss_mb()},
                             "train_info": info, "status": "ok"})

@@ -263,7 +263,7 @@ class Tuner:
         folder = self.trials_path.parent
         write_text(self.trials_path, "".join(json.dumps(t, sort_keys=True) + "\n" for t in trace))
         write_text(folder / "best.json", json.dumps(best_configs(trace), indent=1, sort_keys=True) + "\n")
-        write_text(folder / "best.toml", best_toml(trace))
+        write_text(folder / "best.toml", best_toml(trace, self.trials_path.as_posix()))
         write_text(folder / "tuning.md", budget_table(trace, self.settings))
 
 
@@ -274,8 +274,14 @@ def best_configs(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = (t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True))
         if t["value"] is not None and (key not in best or t["value"] > best[key]["value"]):
             best[key] = t
+    spent: dict[tuple, list[dict[str, Any]]] = {}
+    for t in trace:
+        spent.setdefault((t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True)), []).append(t)
     return [{"dataset": t["dataset"], "method": t["method"], "params": t["params"], "dev_value": t["value"],
-             "trial": t["trial"], "measure": t["measure"]} for t in best.values()]
+             "trial": t["trial"], "measure": t["measure"], "trials": len(spent[key]),
+             "cpu_seconds": round(sum(x["cpu_seconds"] or 0.0 for x in spent[key]), 1),
+             "wall_seconds": round(sum(x["wall_seconds"] or 0.0 for x in spent[key]), 1)}
+            for key, t in best.items()]
 
 
 def _toml_value(v: Any) -> str:
@@ -286,13 +292,19 @@ def _toml_value(v: Any) -> str:
     return repr(v)
 
 
-def best_toml(trace: list[dict[str, Any]]) -> str:
+def best_toml(trace: list[dict[str, Any]], trace_path: str = TRIALS_FILE) -> str:
+    """The chosen configs as [[runs]] tables of a run config; each carries ``tuning = {...}`` (the trace, the trials
+    and seconds spent, the dev value), which the runner copies into its records (the report's *tuning* column)."""
     lines = ["# Chosen on the dev split by benchmark.tune (tuning/trials.jsonl): paste into the test config.", ""]
     for b in best_configs(trace):
         # TOML has no null: a None value is the param's default (trial 0), which leaving it out also gives
         params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in sorted(b["params"].items()) if v is not None)
+        tuning = {"trace": trace_path, "split": "dev", "trials": b["trials"], "cpu_seconds": b["cpu_seconds"],
+                  "wall_seconds": b["wall_seconds"], "measure": b["measure"], "dev_value": round(b["dev_value"], 5),
+                  "best_trial": b["trial"]}
         lines += [f"[[runs]]   # {b['dataset']}: dev {b['measure']} {b['dev_value']:.4f} (trial {b['trial']})",
-                  f"methods = [\"{b['method']}\"]", f"params = {{ {params} }}", ""]
+                  f"methods = [\"{b['method']}\"]", f"params = {{ {params} }}",
+                  "tuning = { " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in tuning.items()) + " }", ""]
     return "\n".join(lines)
 
 

@@ -131,7 +131,8 @@ def test_clearly_better_row_is_alone(tmp_path):
     low, high = tie["jpq"]["ci95"]
     assert low < -0.05 < high and high - low < 0.01
     table = track_table(md)
-    assert list(table.columns[:5]) == ["Family", "nprobe", "nDCG@10", "tie", "RR@10"]
+    assert list(table.columns[:9]) == ["Family", "Layout", "Query side", "Trained on", "Tuning", "nprobe", "nDCG@10",
+                                       "tie", "RR@10"]
     assert table.loc["distill-vq", "tie"] == "◆ best" and table.loc["distill-vq", "nDCG@10"].endswith(" †")
     assert table.loc["jpq", "tie"] == table.loc["faiss-opq", "tie"] == "p<0.001"
     assert track_table(md, "pruned").loc["distill-vq", "tie"] == "◆ best"  # every row fits the budget

@@ -105,6 +105,8 @@ def test_every_method_gets_the_same_budget_and_trial_0_is_its_defaults(tuned):
     import tomllib
     runs = tomllib.loads(best)["runs"]                  # valid TOML, a None default left out
     assert len(runs) == 4 and all("adapter_lr" not in r["params"] or r["params"]["adapter_lr"] for r in runs)
+    assert all(r["tuning"]["trials"] == 3 and r["tuning"]["split"] == "dev" and r["tuning"]["cpu_seconds"] > 0
+               and r["tuning"]["trace"].endswith("tuning/trials.jsonl") for r in runs)
 
 
 def test_a_resumed_tuning_refits_nothing_and_keeps_the_trace(tuned, monkeypatch):
@@ -167,3 +169,28 @@ def test_every_learned_objective_exposes_the_same_training_knobs_and_spaces():
             assert key in declared, (name, key)
             assert declared[key].search == param.search and declared[key].choices == param.choices, (name, key)
         assert "query_adapter" in declared and declared["query_adapter"].search is not None, name
+
+
+def test_tuned_runs_carry_their_budget_into_the_records_and_the_report(tmp_path, capsys):
+    """best.toml's ``tuning = {...}`` rides along a [[runs]] table into every record of its fits (provenance, not
+    params: the fit ids stay those of the params) and shows in the report's Tuning column; a typo is refused."""
+    import tomllib
+    from benchmark.cli import main
+    run = ('[[runs]]\nmethods = ["faiss-pq"]\nparams = { M = 8 }\n'
+           'tuning = { trace = "t/trials.jsonl", split = "dev", trials = 24, cpu_seconds = 7200.0, best_trial = 3 }\n'
+           '[[runs]]\nmethods = ["faiss-opq"]\nparams = { M = 8 }\n')
+    assert tomllib.loads(run)["runs"][0]["tuning"]["trials"] == 24
+    (tmp_path / "c.toml").write_text(run)
+    out = tmp_path / "out"
+    assert main(["--config", str(tmp_path / "c.toml"), "--quick", "--out", str(out)]) == 0
+    records, _ = read_records(out / "results.jsonl")
+    tuned = {r["method"]: r.get("tuning") for r in records}
+    assert tuned["faiss-pq"] == {"trace": "t/trials.jsonl", "split": "dev", "trials": 24, "cpu_seconds": 7200.0,
+                                 "best_trial": 3}
+    assert tuned["faiss-opq"] is None
+    md = (out / "leaderboard.md").read_text()
+    assert "| 24 trials, 2.0 CPU-h |" in md and "| defaults |" in md
+    (tmp_path / "bad.toml").write_text(run.replace("trials = 24", "trails = 24"))
+    capsys.readouterr()
+    assert main(["--config", str(tmp_path / "bad.toml"), "--quick", "--out", str(tmp_path / "o2")]) == 2
+    assert "tuning: unknown key 'trails'" in capsys.readouterr().err

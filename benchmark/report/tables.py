@@ -94,10 +94,34 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
            "train_under_load": _bool_num((rec.get("train_load") or {}).get("under_load")),
            "git_sha": str((rec.get("provenance") or {}).get("git_sha") or ""),
            "cpu": str((rec.get("retimed") or rec.get("provenance") or {}).get("cpu") or "")}
+    row.update(setup_cells(rec))
     row.update({key: _num(values.get(key)) for key in NUMERIC
                 if key not in ("train_seconds", "train_cpu_seconds", "train_under_load", "under_load")})
     row["under_load"] = _bool_num(latency.get("under_load"))
     return row
+
+
+def setup_cells(rec: dict[str, Any]) -> dict[str, str]:
+    """What a row is, beside its method: ``layout`` (IVF, or no IVF: one flat scan), ``query_side`` (the linear adapter or none),
+    ``trained_on`` (the training queries and whether their labels were read) and ``tuning`` (the trials and CPU time
+    that chose its params, or "defaults"). From the record's ``setup`` / ``tuning`` fields; records written before
+    those existed: layout from nlist, query side from the ``query_adapter`` param, training queries unknown (—)."""
+    setup = rec.get("setup") or {}
+    nlist = (rec.get("index") or {}).get("nlist")
+    layout = setup.get("layout") or ("IVF" if nlist else "no IVF" if nlist == 0 else DASH)
+    query = setup.get("query_side") or ("adapter" if rec["params"].get("query_adapter") else "none")
+    origin = setup.get("train_queries") or (rec.get("train_info") or {}).get("train_queries_from")
+    if origin:
+        fraction = origin.get("fraction", 1.0)
+        share = f", {fraction:.0%}" if fraction < 1 else ""
+        trained = f"{origin['queries']} ({origin['n']:,}{share}; labels {'read' if origin['labels_used'] else 'unread'})"
+    else:
+        trained = DASH
+    tuning = rec.get("tuning")
+    tuned = (f"{tuning.get('trials', '?')} trials, {tuning['cpu_seconds'] / 3600:.1f} CPU-h"
+             if tuning and "cpu_seconds" in tuning else f"{tuning.get('trials', '?')} trials" if tuning
+             else "defaults")
+    return {"layout": layout, "query_side": query, "trained_on": trained, "tuning": tuned}
 
 
 def _bool_num(value: Any) -> float:
@@ -173,7 +197,7 @@ def aggregate_points(df: pd.DataFrame) -> pd.DataFrame:
     ``n_seeds`` and the list of per-query sidecars."""
     ok = df[df["status"] == "ok"]
     firsts = ["method", "family", "params", "nlist", "bytes_per_vector", "label_fraction", "track", "tlabel",
-              *SWEEPS]
+              "layout", "query_side", "trained_on", "tuning", *SWEEPS]
     if ok.empty:
         return pd.DataFrame(columns=[*df.columns, *(f"{c}_std" for c in NUMERIC), "n_seeds"])
     groups = ok.groupby(["dataset", "label", "nprobe"], dropna=False, sort=True)
@@ -366,7 +390,9 @@ def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> p
         ok = r["status"] == "ok"
         n = int(r["n_seeds"]) if ok else 0
         cells = {"Method": r["tlabel"] + (f" {notes.mark(r['reason'])}" if r["reason"] else ""),
-                 "Family": r["family"], "nprobe": _int_cell(r["nprobe"], ok, "n/a")}
+                 "Family": r["family"], "Layout": _text_cell(r.get("layout")),
+                 "Query side": _text_cell(r.get("query_side")), "Trained on": _text_cell(r.get("trained_on")),
+                 "Tuning": _text_cell(r.get("tuning")), "nprobe": _int_cell(r["nprobe"], ok, "n/a")}
         for key, digits in TRACK_METRICS:
             cells[key] = format_cell(r[key], r[f"{key}_std"], n, digits) if ok else DASH
             if key == quality and ok and is_true(r.get("significant")):
@@ -386,8 +412,13 @@ def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> p
         cells["seeds"] = str(n) if ok else DASH
         out.append(cells)
     metrics = [c for k, _ in TRACK_METRICS for c in ((k, "tie") if k == quality else (k,))]
-    columns = ["Method", "Family", "nprobe", *metrics, "p50 ms", "code B/vec", "index B/vec", "train s", "seeds"]
+    columns = ["Method", "Family", "Layout", "Query side", "Trained on", "Tuning", "nprobe", *metrics, "p50 ms",
+               "code B/vec", "index B/vec", "train s", "seeds"]
     return pd.DataFrame(out, columns=columns)
+
+
+def _text_cell(value: Any) -> str:
+    return value if isinstance(value, str) and value else DASH
 
 
 def p_text(p: float) -> str:
