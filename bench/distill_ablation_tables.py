@@ -32,7 +32,11 @@ TABLES = {   # title -> [(row label, method, params changed against the method's
     "What is trained (paper Table 4)": [
         ("IVF + PQ + query adapter (defaults)", *DEFAULTS),
         ("IVF + PQ, no query adapter", "distill-vq", {"query_adapter": False}),
-        ("IVF only", "distill-vq-ivf-only", {}), ("PQ only", "distill-vq-pq-only", {})],
+        ("IVF only (+ adapter, residuals re-encoded to the moved centroids)", "distill-vq-ivf-only", {}),
+        ("PQ only (+ adapter)", "distill-vq-pq-only", {}),
+        ("IVF only, no adapter, stale faiss codes (the preset before issue #26)", "distill-vq-ivf-only",
+         {"query_adapter": False, "writeback": "auto"}),
+        ("PQ only, no adapter (the preset before issue #26)", "distill-vq-pq-only", {"query_adapter": False})],
     "Similarity function (paper Table 5)": [
         ("ListNet (defaults)", *DEFAULTS), ("pairwise KL", "distill-vq", {"loss": "kl"}),
         ("RankNet", "distill-vq", {"loss": "ranknet"}), ("Margin-MSE", "distill-vq", {"loss": "margin_mse"}),
