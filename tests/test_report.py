@@ -409,12 +409,18 @@ def test_glance_and_cross_dataset(run):
     assert len(glance) == 4  # 2 datasets x 2 tracks, never one row over several tracks
     cross = _part(md, "## Across datasets")
     exhaustive = _md_tables(_part(_part(cross, "### Track 16 B/vector"), "#### exhaustive"))[0]
-    assert list(exhaustive.columns) == ["Family", "toy-a", "toy-b", "Average"]
+    assert list(exhaustive.columns) == ["Family", "toy-a", "toy-b", "Average", "Avg rank", "W / T / L vs best recon."]
     assert exhaustive.index[0] == "flat (ceiling, not ranked)"
-    a, _ = _expected(records, "toy-a", "faiss-ivfopq", IVFOPQ, 16)
-    b, _ = _expected(records, "toy-b", "faiss-ivfopq", IVFOPQ, 16)
+    a, sa = _expected(records, "toy-a", "faiss-ivfopq", IVFOPQ, 16)
+    b, sb = _expected(records, "toy-b", "faiss-ivfopq", IVFOPQ, 16)
     row = exhaustive.loc["faiss-ivfopq"]
-    assert (row["toy-a"], row["toy-b"], row["Average"]) == (f"{a:.3f}", f"{b:.3f}", f"{(a + b) / 2:.3f}")
+    assert (row["toy-a"], row["toy-b"], row["Average"]) == (f"{a:.3f} ± {sa:.3f}", f"{b:.3f} ± {sb:.3f}",
+                                                            f"{(a + b) / 2:.3f}")
+    # distill-vq is the best of both datasets' 16 B track (rank 1 on each) and beats the best baseline on both
+    assert exhaustive.loc[DISTILL_TRACK, "Avg rank"] == "1.0"
+    assert exhaustive.loc[DISTILL_TRACK, "W / T / L vs best recon."] == "2 / 0 / 0"
+    assert exhaustive.loc["jpq", "W / T / L vs best recon."] == "0 / 1 / 0"   # toy-a only, noise: a tie
+    assert exhaustive.loc["faiss-ivfopq", "W / T / L vs best recon."] == "—"  # baselines are not compared
     assert exhaustive.loc["jpq", "toy-b"] == "—" and exhaustive.loc["jpq", "Average"] == "—"
     averages = [float(v) for v in exhaustive["Average"].iloc[1:] if v != "—"]
     assert averages == sorted(averages, reverse=True)

@@ -587,14 +587,20 @@ def glance(views: dict[str, pd.DataFrame], budgets: dict[str, Budget], quality: 
 
 def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: float,
                   reference: pd.DataFrame | None = None) -> pd.DataFrame:
-    """BEIR-shaped table of one track: a row per variant, a column per dataset (mean ``quality``, † marks, ◆ for
-    the dataset's tie group, "(untested)" for a row with no tie test), and the average over datasets (— unless the
-    variant has every dataset). Rows by average, best first; the reference row, when given, comes first and is not
-    ranked."""
+    """BEIR-shaped table of one track: a row per variant, a column per dataset (mean ± std of ``quality`` over
+    seeds, † marks, ◆ for the dataset's tie group, "(untested)" for a row with no tie test), the average over datasets
+    (— unless the variant has every dataset), the average rank (per dataset the variants of the track ranked by mean
+    quality, 1 = best, ties share the mean rank; averaged over the datasets the variant has) and wins / ties / losses
+    against each dataset's best reconstruction baseline (:func:`wins_ties_losses`). Rows by average, best first; the
+    reference row, when given, comes first and is not ranked."""
     sub = rows[(rows["track"] == track)].dropna(subset=[quality])
     sub = sub[sub["fits"].map(is_true)]
     table = sub.pivot_table(index=["tlabel", "family"], columns="dataset", values=quality, aggfunc="first")
     table = table.reindex(columns=datasets)
+    std_col = f"{quality}_std"
+    stds = (sub.pivot_table(index=["tlabel", "family"], columns="dataset", values=std_col, aggfunc="first")
+            .reindex(index=table.index, columns=datasets) if std_col in sub and sub[std_col].notna().any()
+            else pd.DataFrame(math.nan, index=table.index, columns=datasets))
     significant = sub["significant"].map(is_true) if "significant" in sub else pd.Series(False, index=sub.index)
     status = sub["tie_status"] if "tie_status" in sub else pd.Series(None, index=sub.index, dtype=object)
     suffix = [(" †" if s else "") + (f" {TIE}" if _in_group(t) else " (untested)" if t == "untested" else "")
@@ -602,22 +608,56 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
     marks = sub.assign(_m=suffix).pivot_table(index=["tlabel", "family"], columns="dataset", values="_m",
                                               aggfunc="first").reindex(index=table.index, columns=datasets)
     avg = table.mean(axis=1).where(table.notna().all(axis=1))
+    ranks = table.rank(axis=0, ascending=False, method="average").mean(axis=1)
+    wtl = wins_ties_losses(sub, table.index)
     order = avg.fillna(-1.0).sort_values(ascending=False, kind="stable").index
     out = []
     if reference is not None and not reference.empty:
         ref = reference.groupby("dataset")[quality].max().reindex(datasets)
         out.append({"Method": f"{reference['label'].iloc[0]} (ceiling, not ranked)", "Family": REFERENCE_FAMILY,
                     **{d: _cell(ref[d]) for d in datasets},
-                    "Average": _cell(ref.mean() if ref.notna().all() else math.nan)})
+                    "Average": _cell(ref.mean() if ref.notna().all() else math.nan), "Avg rank": DASH,
+                    "W / T / L vs best recon.": DASH})
     for tlabel, family in order:
         cells = {"Method": tlabel, "Family": family}
         for d in datasets:
-            value = table.at[(tlabel, family), d]
+            value, spread = table.at[(tlabel, family), d], stds.at[(tlabel, family), d]
             mark = marks.at[(tlabel, family), d]
-            cells[d] = _cell(value) + (mark if isinstance(mark, str) else "")
+            cells[d] = (_cell(value) + (f" ± {spread:.3f}" if pd.notna(value) and pd.notna(spread) else "")
+                        + (mark if isinstance(mark, str) else ""))
         cells["Average"] = _cell(avg[(tlabel, family)])
+        cells["Avg rank"] = DASH if pd.isna(ranks[(tlabel, family)]) else f"{ranks[(tlabel, family)]:.1f}"
+        cells["W / T / L vs best recon."] = wtl.get((tlabel, family), DASH)
         out.append(cells)
-    return pd.DataFrame(out, columns=["Method", "Family", *datasets, "Average"])
+    return pd.DataFrame(out, columns=["Method", "Family", *datasets, "Average", "Avg rank",
+                                      "W / T / L vs best recon."])
+
+
+def wins_ties_losses(sub: pd.DataFrame, index: pd.Index) -> dict[tuple[str, str], str]:
+    """Per variant of a track with a † test (learned and score-aware rows), over the datasets: a **win** where it is
+    significantly better than the dataset's best reconstruction baseline (the † test, one-sided), a **loss** where
+    the same test in the other direction is significant (1 - p < α), else a **tie**; datasets without per-query
+    values to test are counted apart ("n untested")."""
+    out: dict[tuple[str, str], str] = {}
+    if "baseline" not in sub:
+        return out
+    for key in index:
+        here = sub[(sub["tlabel"] == key[0]) & (sub["family"] == key[1]) & sub["baseline"].notna()]
+        if here.empty:
+            continue
+        w = t = l = u = 0
+        for _, r in here.iterrows():
+            p = r.get("p_value")
+            if p is None or pd.isna(p):
+                u += 1
+            elif is_true(r.get("significant")):
+                w += 1
+            elif 1 - float(p) < ALPHA:
+                l += 1
+            else:
+                t += 1
+        out[key] = f"{w} / {t} / {l}" + (f" ({u} untested)" if u else "")
+    return out
 
 
 def _cell(value: float) -> str:
