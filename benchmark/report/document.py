@@ -31,12 +31,14 @@ from benchmark.report.stats import (CACHE_FILE, TESTS, TIE, footnote, mark_signi
                                     tie_footnote)
 
 QUALITY = ("nDCG@10", "RR@10")
+SITE_INDEX = "index.html"   # the cross-report page, one folder up (benchmark.report.site)
 TITLE = "vqbench leaderboard"
 
 
 def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float | None = None,
                  budget_fraction: float | None = None, track: float | None = None,
-                 test: str = "ttest", out_dir: str | Path | None = None) -> dict[str, Path]:
+                 test: str = "ttest", out_dir: str | Path | None = None, site: bool | None = None
+                 ) -> dict[str, Path]:
     """Write every report output of ``run_dir``'s records under ``out_dir`` (default ``run_dir``); return
     ``{relative name: path}`` of the files written.
 
@@ -77,7 +79,7 @@ def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float
         doc.add("text", "No records: `results.jsonl` is missing or empty, so there is nothing to rank yet.")
     doc.add("heading", (2, "Problems"))
     doc.add("list", summary["problems"] or ["none: every line of `results.jsonl` was readable"])
-    written.update(_write_outputs(doc, summary, out))
+    written.update(_write_outputs(doc, summary, out, site))
     return written
 
 
@@ -154,6 +156,7 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
     written.update(_paper_tables(doc, views["exhaustive"], datasets, tracks, quality, out))
     doc.add("heading", (2, "Provenance"))
     doc.add("list", provenance_lines(records))
+    summary["row_provenance"] = row_provenance(df, records)
     return written
 
 
@@ -328,6 +331,31 @@ def _paper_tables(doc: rt.Doc, rows: pd.DataFrame, datasets: list[str], tracks: 
     return written
 
 
+def row_provenance(df: pd.DataFrame, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant label (a row of the tables): what produced it, per dataset: params, seeds, fit ids, code version,
+    time span, machine, threads, encoder, setup, tuning and command lines (the HTML page links every row here)."""
+    out: dict[str, dict[str, Any]] = {}
+    for label, sub in df.groupby("label", sort=True):
+        entry: dict[str, Any] = {"method": sub["method"].iloc[0], "family": sub["family"].iloc[0],
+                                 "params": sub["params"].iloc[0], "datasets": {}}
+        for ds, part in sub.groupby("dataset", sort=True):
+            recs = [records[i] for i in part.index]
+            prov = [r.get("provenance") or {} for r in recs]
+            stamps = sorted(p["timestamp"] for p in prov if isinstance(p.get("timestamp"), str))
+            first = recs[0]
+            entry["datasets"][ds] = {
+                "seeds": sorted({int(r["seed"]) for r in recs}), "fit_ids": sorted({r["fit_id"] for r in recs}),
+                "status": sorted({r["status"] for r in recs}),
+                "git_sha": sorted({str(p.get("git_sha", ""))[:12] for p in prov}),
+                "written": [stamps[0], stamps[-1]] if stamps else None,
+                "cpu": sorted({str(p.get("cpu")) for p in prov if p.get("cpu")}),
+                "threads": prov[0].get("threads"), "encoder": first.get("encoder"), "setup": first.get("setup"),
+                "tuning": first.get("tuning"), "index": first.get("index"),
+                "command": sorted({" ".join(p.get("argv") or []) for p in prov})}
+        out[label] = entry
+    return out
+
+
 def provenance_lines(records: list[dict[str, Any]]) -> list[str]:
     """What produced the records: code version, library versions, CPU, threads, device, time span, command."""
     prov = [r.get("provenance") or {} for r in records]
@@ -392,11 +420,16 @@ def _json_value(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53 else value
 
 
-def _write_outputs(doc: rt.Doc, summary: dict[str, Any], out: Path) -> dict[str, Path]:
+def _write_outputs(doc: rt.Doc, summary: dict[str, Any], out: Path, site: bool | None = None
+                   ) -> dict[str, Path]:
+    """The markdown and HTML pages and summary.json; the HTML links back to the site's index (``../index.html``)
+    when ``site`` (None: when that index exists beside this report's folder)."""
     paths = {"leaderboard.md": out / "leaderboard.md", "leaderboard.html": out / "leaderboard.html",
              "summary.json": out / "summary.json"}
     write_text(paths["leaderboard.md"], doc.markdown())
-    write_text(paths["leaderboard.html"], render_html(doc, out, TITLE))
+    site = (out.parent / SITE_INDEX).is_file() if site is None else site
+    write_text(paths["leaderboard.html"], render_html(doc, out, TITLE, summary.get("row_provenance"),
+                                                      SITE_INDEX if site else None))
     write_text(paths["summary.json"], json.dumps(summary, indent=1, default=str, ensure_ascii=False) + "\n")
     return paths
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from pathlib import Path
 
@@ -37,11 +38,18 @@ img { max-width: 100%; height: auto; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
 nav ul.toc { columns: 3; font-size: 0.85rem; background: #f7f7f7; padding: 0.6rem 1rem 0.6rem 2rem; }
 nav li.toc3 { margin-left: 1rem; list-style: circle; }
+details.prov { font-size: 0.8rem; margin: 0.2rem 0; } details.prov pre { background: #f7f7f7; padding: 0.5rem;
+  overflow-x: auto; max-width: 100%; } details.prov:target { outline: 2px solid #e69f00; }
+p.site { font-size: 0.85rem; margin: 0 0 0.5rem; }
+@media (max-width: 700px) { nav ul.toc { columns: 1; } body { padding: 0 0.4rem; } }
 """
 
 # Click a header: sort its column (numbers by value, first click descending; text alphabetically, first click
 # ascending; "—" and empty cells always last). The leading number of "0.512 ± 0.004 †" is its value.
 SORT_JS = """
+function openTarget() { var el = document.getElementById(location.hash.slice(1));
+  if (el && el.tagName === 'DETAILS') { el.open = true; } }
+window.addEventListener('hashchange', openTarget); openTarget();
 document.querySelectorAll('table.sortable').forEach(function (table) {
   var heads = table.tHead.rows[0].cells;
   Array.prototype.forEach.call(heads, function (th, col) {
@@ -67,10 +75,14 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 """
 
 
-def render_html(doc: Doc, base_dir: Path, title: str) -> str:
+def render_html(doc: Doc, base_dir: Path, title: str, provenance: dict[str, dict] | None = None,
+                site_index: str | None = None) -> str:
     """The page for ``doc``; image paths are relative to ``base_dir`` and get inlined; a contents list of the
-    level-2 and level-3 headings follows the title."""
+    level-2 and level-3 headings follows the title. ``provenance`` (variant label -> what produced it): a table row
+    whose ``attrs["row_links"]`` names its label links to that label's entry in a "Row provenance" section at the
+    end. ``site_index``: a link back to the site's index page (``../<site_index>``)."""
     ids = _heading_ids(doc)
+    anchors = {label: f"prov-{slug(label)}" for label in provenance or {}}
     parts, contents = [], []
     for i, (kind, payload) in enumerate(doc.blocks):
         if kind == "heading" and i in ids:
@@ -79,12 +91,23 @@ def render_html(doc: Doc, base_dir: Path, title: str) -> str:
             if level in (2, 3):
                 contents.append(f'<li class="toc{level}"><a href="#{ids[i]}">{_inline(text)}</a></li>')
         else:
-            parts.append(_block(kind, payload, Path(base_dir)))
+            parts.append(_table(payload, anchors) if kind == "table" else _block(kind, payload, Path(base_dir)))
+    if provenance:
+        parts.append('<h2 id="row-provenance">Row provenance</h2><p>What produced each row of the tables (click a '
+                     'method name in any table to land here): params, seeds, fit ids, code version, machine, '
+                     'threads, encoder, layout and query side, tuning, command lines.</p>')
+        for label, entry in provenance.items():
+            text = html.escape(json.dumps(entry, indent=1, sort_keys=True, default=str))
+            parts.append(f'<details class="prov" id="{anchors[label]}"><summary>{html.escape(label)}</summary>'
+                         f'<pre>{text}</pre></details>')
+        contents.append('<li class="toc2"><a href="#row-provenance">Row provenance</a></li>')
     if contents:
         first = next((n for n, part in enumerate(parts) if not part.startswith("<h1")), len(parts))
         parts.insert(first, f'<nav><ul class="toc">{"".join(contents)}</ul></nav>')
+    if site_index:
+        parts.insert(0, f'<p class="site"><a href="../{html.escape(site_index)}">&larr; all reports</a></p>')
     body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
             f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n<script>{SORT_JS}</script>\n</body>\n</html>\n")
 
 
@@ -97,8 +120,7 @@ def _heading_ids(doc: Doc) -> dict[int, str]:
         if kind != "heading":
             continue
         level, text = payload
-        slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
-        base = "-".join(filter(None, [parents.get(level - 1, "") if level > 2 else "", slug]))
+        base = "-".join(filter(None, [parents.get(level - 1, "") if level > 2 else "", slug(text)]))
         anchor, n = base, 2
         while anchor in used:
             anchor, n = f"{base}-{n}", n + 1
@@ -125,9 +147,23 @@ def _block(kind: str, payload, base_dir: Path) -> str:
     raise ValueError(f"unknown block kind {kind!r}")
 
 
-def _table(table: pd.DataFrame) -> str:
+def slug(text: str) -> str:
+    """An anchor id from ``text`` (lower case, runs of other characters as one dash)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+
+
+def _table(table: pd.DataFrame, anchors: dict[str, str] | None = None) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    rows = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table.itertuples(index=False))
+    links = table.attrs.get("row_links") or []
+    rows = []
+    for i, row in enumerate(table.itertuples(index=False)):
+        cells = [_cell(v) for v in row]
+        target = (anchors or {}).get(links[i]) if i < len(links) and links[i] else None
+        if target and cells:
+            text = html.escape(str(row[0]))
+            cells[0] = f'<td><a href="#{target}" title="provenance of this row">{text}</a></td>'
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    rows = "".join(rows)
     return (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
             f'</table></div>')
 

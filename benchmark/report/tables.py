@@ -385,8 +385,9 @@ def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> p
     """Formatted track table: mean ± std over seeds (plain with one seed), — for failed/missing rows, † on the
     quality cell of significant rows, the *tie* column (:func:`tie_cell`) after the quality column, footnote markers
     after the method."""
-    out = []
+    out, links = [], []
     for _, r in rank_order(rows, quality).iterrows():
+        links.append(r["label"])
         ok = r["status"] == "ok"
         n = int(r["n_seeds"]) if ok else 0
         cells = {"Method": r["tlabel"] + (f" {notes.mark(r['reason'])}" if r["reason"] else ""),
@@ -414,7 +415,9 @@ def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> p
     metrics = [c for k, _ in TRACK_METRICS for c in ((k, "tie") if k == quality else (k,))]
     columns = ["Method", "Family", "Layout", "Query side", "Trained on", "Tuning", "nprobe", *metrics, "p50 ms",
                "code B/vec", "index B/vec", "train s", "seeds"]
-    return pd.DataFrame(out, columns=columns)
+    table = pd.DataFrame(out, columns=columns)
+    table.attrs["row_links"] = links   # each row's variant label: the HTML page links it to its provenance
+    return table
 
 
 def _text_cell(value: Any) -> str:
@@ -629,8 +632,11 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
         cells["Avg rank"] = DASH if pd.isna(ranks[(tlabel, family)]) else f"{ranks[(tlabel, family)]:.1f}"
         cells["W / T / L vs best recon."] = wtl.get((tlabel, family), DASH)
         out.append(cells)
-    return pd.DataFrame(out, columns=["Method", "Family", *datasets, "Average", "Avg rank",
-                                      "W / T / L vs best recon."])
+    table = pd.DataFrame(out, columns=["Method", "Family", *datasets, "Average", "Avg rank",
+                                       "W / T / L vs best recon."])
+    labels = dict(zip(sub["tlabel"], sub["label"]))
+    table.attrs["row_links"] = ([None] if len(out) > len(order) else []) + [labels.get(t) for t, _ in order]
+    return table
 
 
 def wins_ties_losses(sub: pd.DataFrame, index: pd.Index) -> dict[tuple[str, str], str]:
