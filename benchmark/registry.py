@@ -66,6 +66,7 @@ class TrainData(DocMatrix):
     seed: int = 0
     device: str = "cpu"
     cache_dir: str | None = None
+    teacher: dict | None = None   # how the dense teacher's top-K is mined (dataset option; None = exact)
 
 
 class BaseMethod:

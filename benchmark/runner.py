@@ -88,7 +88,7 @@ def train_data(ds: RetrievalDataset, seed: int, device: str, cache_dir: str | No
                      train_query_ids=None if labeled is None else labeled.query_ids,
                      train_qrels=None if labeled is None or not labeled.qrels else labeled.qrels,
                      unlabeled_query_emb=None if unlabeled is None else unlabeled.query_emb,
-                     seed=seed, device=device, cache_dir=cache_dir)
+                     seed=seed, device=device, cache_dir=cache_dir, teacher=ds.meta.get("teacher"))
 
 
 @dataclass

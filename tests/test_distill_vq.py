@@ -1,5 +1,6 @@
 """Distill-VQ: losses by hand (the paper's pairwise KL), the tempered STE, write-back equality (faiss == torch),
 determinism, rejected configs, mining, and the dev-chosen defaults against faiss-ivfopq on the synthetic default."""
+from dataclasses import replace
 import math
 
 import faiss
@@ -239,11 +240,32 @@ def test_mining_matches_brute_force_and_is_cached(tmp_path):
     want = np.argsort(-(queries @ docs.T), axis=1)[:, :20]
     _, got = exact_topk(docs, queries, 20, doc_chunk=300)          # 4 doc chunks merged
     np.testing.assert_array_equal(got, want)
-    ids = cached_topk(docs, queries, 20, str(tmp_path))
+    ids, info = cached_topk(docs, queries, 20, str(tmp_path))
     np.testing.assert_array_equal(ids, want)
+    assert info == {"kind": "exact", "k": 20}
     (path,) = tmp_path.glob("topk-*.npy")
     np.save(path, np.zeros_like(want))                              # a cache hit reads the file back
-    assert not cached_topk(docs, queries, 20, str(tmp_path)).any()
+    assert not cached_topk(docs, queries, 20, str(tmp_path))[0].any()
+
+
+def test_ivf_teacher_is_cached_and_measures_its_recall(quick, tmp_path):
+    """The approximate teacher (dataset option teacher='ivf'): an IVF-Flat index over the corpus, built once and
+    cached; its top-K recall against the exact top-K is measured on a sample and recorded with the fit."""
+    docs, queries = quick.doc_emb, quick.split("train").query_emb
+    exact = exact_topk(docs, queries, 50)[1]
+    ids, info = cached_topk(docs, queries, 50, str(tmp_path), teacher={"kind": "ivf", "nlist": 0, "nprobe": 0})
+    assert info["kind"] == "ivf" and info["nlist"] == 64 and info["nprobe"] == 32 and info["k"] == 50  # 4k docs
+    recall = np.mean([len(np.intersect1d(a, b)) / 50 for a, b in zip(ids, exact)])
+    sample = min(len(queries), 1000)
+    assert info["recall_sample"] == sample and 0.9 < info["recall_at_k"] <= 1.0
+    assert abs(info["recall_at_k"] - recall) < 0.02                   # the sample speaks for every query
+    assert len(list(tmp_path.glob("ivf-teacher-*.faiss"))) == 1
+    few, few_info = cached_topk(docs, queries, 50, str(tmp_path), teacher={"kind": "ivf", "nlist": 64, "nprobe": 1})
+    assert few_info["recall_at_k"] < info["recall_at_k"]            # fewer lists probed: a worse teacher, and it says so
+    vq = make_method("distill-vq", {**SMALL, "epochs": 0.2}).fit(
+        replace(_train(quick, str(tmp_path)), teacher={"kind": "ivf", "nlist": 0, "nprobe": 0}))
+    assert vq.info["train_queries_from"]["teacher"]["kind"] == "ivf"
+    assert vq.info["train_queries_from"]["teacher"]["recall_at_k"] > 0.9
 
 
 # --- issue #15: the paper's KL, the tempered STE, the rejected config, defaults vs faiss-ivfopq --------------------

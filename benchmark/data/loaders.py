@@ -28,6 +28,12 @@ COMMON_OPTIONS: dict[str, Param] = {
     "dev_queries": Param(0, "hold out this many labeled train queries (seeded) as split dev and evaluate on it "
                             "instead of test (0: off)", min=0),
     "dev_seed": Param(0, "seed of the dev_queries draw", min=0),
+    "teacher": Param("exact", "how the dense teacher's top-K of the training queries is mined: exact (a chunked "
+                              "scan of every doc; torch or faiss-GPU with --device cuda) or ivf (an IVF-Flat index "
+                              "over the corpus, built once and cached; its recall against exact is measured on a "
+                              "sample and recorded)", choices=("exact", "ivf")),
+    "teacher_nlist": Param(0, "lists of the ivf teacher (0: 4 * sqrt(docs), rounded to a power of two)", min=0),
+    "teacher_nprobe": Param(0, "lists the ivf teacher probes (0: nlist / 8, at least 32)", min=0),
 }
 HOW_TO_SET = ("set an option under [datasets.<alias>] in a config file (drop_unknown_qrels = true) or on the command "
               "line (--dataset-opt drop_unknown_qrels=true)")
@@ -254,7 +260,10 @@ def load_dataset(name: str, **options: Any) -> RetrievalDataset:
     values = check_dataset(name, options)
     entry, rest = resolve(name)
     ds = entry.load(name, rest, {k: v for k, v in values.items() if k in entry.options})
-    return carve_dev(ds, values["dev_queries"], values["dev_seed"]) if values["dev_queries"] else ds
+    ds = carve_dev(ds, values["dev_queries"], values["dev_seed"]) if values["dev_queries"] else ds
+    ds.meta["teacher"] = {"kind": values["teacher"], "nlist": values["teacher_nlist"],
+                          "nprobe": values["teacher_nprobe"]}
+    return ds
 
 
 def list_datasets() -> list[tuple[str, str]]:

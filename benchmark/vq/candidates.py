@@ -93,8 +93,10 @@ def training_queries(train: Any, source: str, sources: set[str], topk: int, doc_
         qs = QuerySet(np.concatenate(arrays))
         qs.origin = {"queries": source, "labels_used": False, "n": len(qs), "fraction": fraction, "from": origin}
     if "topk" in sources:
-        qs.topk = np.concatenate([cached_topk(train.doc_emb, a, topk, train.cache_dir,
-                                              gpu=train.device.startswith("cuda")) for a in arrays])
+        mined = [cached_topk(train.doc_emb, a, topk, train.cache_dir, gpu=train.device.startswith("cuda"),
+                             teacher=getattr(train, "teacher", None), seed=train.seed) for a in arrays]
+        qs.topk = np.concatenate([ids for ids, _ in mined])
+        qs.origin["teacher"] = mined[0][1] if len(mined) == 1 else {**mined[0][1], "parts": [m for _, m in mined]}
     return qs
 
 

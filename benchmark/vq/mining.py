@@ -64,11 +64,70 @@ def _cached_ids(cache_dir: str | None, key: str, compute: Callable[[], np.ndarra
     return ids
 
 
-def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None, gpu: bool = False
-                ) -> np.ndarray:
-    """Doc indices (nq, k) of each query's exact top-``k``, cached under ``cache_dir`` when given."""
-    key = f"{fingerprint(doc_emb)}|{fingerprint(queries)}|{k}|{faiss.__version__}"
-    return _cached_ids(cache_dir, key, lambda: exact_topk(doc_emb, queries, k, gpu=gpu)[1])
+def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None, gpu: bool = False,
+                teacher: dict | None = None, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Doc indices (nq, k) of each query's top-``k`` by the dense teacher, cached under ``cache_dir`` when given, and
+    what mined them. ``teacher``: ``{"kind": "exact"}`` (default) scans every doc (chunked; on a GPU with ``gpu``);
+    ``{"kind": "ivf", "nlist": n, "nprobe": p}`` searches an IVF-Flat index over the corpus (:func:`ivf_teacher`,
+    built once and cached) and measures its recall@k against exact on a seeded sample of the queries
+    (:data:`TEACHER_CHECK` of them), recorded in the returned info."""
+    teacher = teacher or {"kind": "exact"}
+    if teacher.get("kind", "exact") == "exact":
+        key = f"{fingerprint(doc_emb)}|{fingerprint(queries)}|{k}|{faiss.__version__}"
+        return (_cached_ids(cache_dir, key, lambda: exact_topk(doc_emb, queries, k, gpu=gpu)[1]),
+                {"kind": "exact", "k": int(k)})
+    nlist, nprobe = teacher_layout(doc_emb.shape[0], teacher.get("nlist", 0), teacher.get("nprobe", 0))
+    index = ivf_teacher(doc_emb, nlist, cache_dir, seed)
+    faiss.extract_index_ivf(index).nprobe = nprobe
+    k = min(k, doc_emb.shape[0])
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+
+    def search() -> np.ndarray:
+        out = np.empty((len(q), k), dtype=np.int64)
+        for start in range(0, len(q), QUERY_CHUNK):
+            out[start:start + QUERY_CHUNK] = index.search(q[start:start + QUERY_CHUNK], k)[1]
+        return out
+    key = f"ivf-teacher|{fingerprint(doc_emb)}|{fingerprint(queries)}|{k}|{nlist}|{nprobe}|{seed}|{faiss.__version__}"
+    ids = _cached_ids(cache_dir, key, search)
+    sample = np.sort(np.random.default_rng(seed).permutation(len(q))[:TEACHER_CHECK])
+    exact = exact_topk(doc_emb, q[sample], k, gpu=gpu)[1]
+    recall = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(ids[sample], exact)]))
+    return ids, {"kind": "ivf", "k": int(k), "nlist": nlist, "nprobe": nprobe, "recall_at_k": round(recall, 5),
+                 "recall_sample": int(len(sample)), "factory": f"IVF{nlist},Flat"}
+
+
+TEACHER_CHECK = 1000   # queries whose ivf-teacher top-K is compared with the exact one
+
+
+def teacher_layout(num_docs: int, nlist: int = 0, nprobe: int = 0) -> tuple[int, int]:
+    """The ivf teacher's (nlist, nprobe): 0 = defaults (4 * sqrt(docs) as a power of two; nlist / 8, at least 32),
+    both clamped to what the corpus allows."""
+    if not nlist:   # a power of two, with faiss's 39 training points per list
+        nlist = min(1 << max(0, round(np.log2(4 * np.sqrt(max(num_docs, 1))))),
+                    1 << max(0, int(np.log2(max(num_docs // 39, 1)))))
+    nlist = max(1, min(nlist, num_docs // 39 or 1))
+    nprobe = nprobe or max(32, nlist // 8)
+    return nlist, min(nprobe, nlist)
+
+
+def ivf_teacher(doc_emb: np.ndarray, nlist: int, cache_dir: str | None, seed: int = 0) -> faiss.Index:
+    """An IVF-Flat inner-product index over every doc: k-means on a seeded sample (at most 256 points per list),
+    docs added in chunks (the corpus is never copied whole); cached as a .faiss file under ``cache_dir``."""
+    key = f"{fingerprint(doc_emb)}|{nlist}|{seed}|{faiss.__version__}"
+    path = Path(cache_dir) / f"ivf-teacher-{hashlib.sha1(key.encode()).hexdigest()[:20]}.faiss" if cache_dir else None
+    if path is not None and path.exists():
+        return faiss.read_index(str(path))
+    n, d = doc_emb.shape
+    rows = np.sort(np.random.default_rng(seed).permutation(n)[:min(n, 256 * nlist)])
+    index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    faiss.extract_index_ivf(index).cp.seed = seed
+    index.train(np.ascontiguousarray(doc_emb[rows], dtype=np.float32))
+    for start in range(0, n, DOC_CHUNK):
+        index.add(np.ascontiguousarray(doc_emb[start:start + DOC_CHUNK], dtype=np.float32))
+    if path is not None:
+        with atomic_path(path) as tmp:
+            faiss.write_index(index, str(tmp))
+    return index
 
 
 def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None
