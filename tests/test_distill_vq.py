@@ -249,7 +249,7 @@ def test_mining_matches_brute_force_and_is_cached(tmp_path):
 
 
 def test_ivf_teacher_is_cached_and_measures_its_recall(quick, tmp_path):
-    """The approximate teacher (dataset option teacher='ivf'): an IVF-Flat index over the corpus, built once and
+    """The approximate teacher (dataset option teacher='ivf'): an IVF-SQ8 index over the corpus, built once and
     cached; its top-K recall against the exact top-K is measured on a sample and recorded with the fit."""
     docs, queries = quick.doc_emb, quick.split("train").query_emb
     exact = exact_topk(docs, queries, 50)[1]

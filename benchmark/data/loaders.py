@@ -29,8 +29,8 @@ COMMON_OPTIONS: dict[str, Param] = {
                             "instead of test (0: off)", min=0),
     "dev_seed": Param(0, "seed of the dev_queries draw", min=0),
     "teacher": Param("exact", "how the dense teacher's top-K of the training queries is mined: exact (a chunked "
-                              "scan of every doc; torch or faiss-GPU with --device cuda) or ivf (an IVF-Flat index "
-                              "over the corpus, built once and cached; its recall against exact is measured on a "
+                              "scan of every doc; faiss-GPU with --device cuda) or ivf (an IVF-SQ8 index over the "
+                              "corpus, d bytes per doc, built once and cached; its recall against exact is measured on a "
                               "sample and recorded)", choices=("exact", "ivf")),
     "teacher_nlist": Param(0, "lists of the ivf teacher (0: 4 * sqrt(docs), rounded to a power of two)", min=0),
     "teacher_nprobe": Param(0, "lists the ivf teacher probes (0: nlist / 8, at least 32)", min=0),

@@ -68,7 +68,7 @@ def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str
                 teacher: dict | None = None, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Doc indices (nq, k) of each query's top-``k`` by the dense teacher, cached under ``cache_dir`` when given, and
     what mined them. ``teacher``: ``{"kind": "exact"}`` (default) scans every doc (chunked; on a GPU with ``gpu``);
-    ``{"kind": "ivf", "nlist": n, "nprobe": p}`` searches an IVF-Flat index over the corpus (:func:`ivf_teacher`,
+    ``{"kind": "ivf", "nlist": n, "nprobe": p}`` searches an IVF-SQ8 index over the corpus (:func:`ivf_teacher`,
     built once and cached) and measures its recall@k against exact on a seeded sample of the queries
     (:data:`TEACHER_CHECK` of them), recorded in the returned info."""
     teacher = teacher or {"kind": "exact"}
@@ -93,7 +93,7 @@ def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str
     exact = exact_topk(doc_emb, q[sample], k, gpu=gpu)[1]
     recall = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(ids[sample], exact)]))
     return ids, {"kind": "ivf", "k": int(k), "nlist": nlist, "nprobe": nprobe, "recall_at_k": round(recall, 5),
-                 "recall_sample": int(len(sample)), "factory": f"IVF{nlist},Flat"}
+                 "recall_sample": int(len(sample)), "factory": f"IVF{nlist},SQ8"}
 
 
 TEACHER_CHECK = 1000   # queries whose ivf-teacher top-K is compared with the exact one
@@ -111,15 +111,17 @@ def teacher_layout(num_docs: int, nlist: int = 0, nprobe: int = 0) -> tuple[int,
 
 
 def ivf_teacher(doc_emb: np.ndarray, nlist: int, cache_dir: str | None, seed: int = 0) -> faiss.Index:
-    """An IVF-Flat inner-product index over every doc: k-means on a seeded sample (at most 256 points per list),
-    docs added in chunks (the corpus is never copied whole); cached as a .faiss file under ``cache_dir``."""
+    """An IVF inner-product index over every doc with 8-bit scalar-quantized vectors (``IVF{nlist},SQ8``: d bytes
+    per doc, a quarter of the float32 corpus, so no N x d float array is ever held): k-means on a seeded sample (at
+    most 256 points per list), docs added in chunks; cached as a .faiss file under ``cache_dir``. Only the top-K *set*
+    comes from it: the teacher's scores of the mined candidates are computed exactly when training."""
     key = f"{fingerprint(doc_emb)}|{nlist}|{seed}|{faiss.__version__}"
     path = Path(cache_dir) / f"ivf-teacher-{hashlib.sha1(key.encode()).hexdigest()[:20]}.faiss" if cache_dir else None
     if path is not None and path.exists():
         return faiss.read_index(str(path))
     n, d = doc_emb.shape
     rows = np.sort(np.random.default_rng(seed).permutation(n)[:min(n, 256 * nlist)])
-    index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(d, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(index).cp.seed = seed
     index.train(np.ascontiguousarray(doc_emb[rows], dtype=np.float32))
     for start in range(0, n, DOC_CHUNK):
