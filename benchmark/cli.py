@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a smoke run, seconds: synthetic:quick (4k docs), nlist=32, opq_niter=5, epochs=0.5 where "
                         "a method declares them, 50 timed queries")
     p.add_argument("--save-index", action="store_true", help="write each trained index as a .faiss file")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the grid and print the plan with each stage's estimated time (this machine and a "
+                        "GPU), memory and disk, from the datasets' sizes (headers, line counts, the catalog): no data "
+                        "is loaded, nothing trained or written")
     p.add_argument("--threads", type=int, default=0, help="faiss/torch threads for training and batch search")
     p.add_argument("--device", default="cpu",
                    help="torch device for training (cpu, cuda, cuda:N); with cuda, faiss-GPU mines when installed")
@@ -335,10 +339,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                                      specs=planned.datasets if planned else None)
         except ConfigError as exc:
             problems += exc.problems
-    if not args.repair:
+    if not args.repair and not args.dry_run:
         problems += _records_problems(out, "--out")
     if problems or planned is None:
         raise ConfigError(problems)
+    if args.dry_run:
+        from benchmark.estimate import dry_run
+        print(dry_run(planned, out, args.save_index))
+        return 0
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         # one writer per folder: held from here to the end (report included), by this process only (a Ray

@@ -97,6 +97,8 @@ def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str
 
 
 TEACHER_CHECK = 1000   # queries whose ivf-teacher top-K is compared with the exact one
+TEACHER_POINTS_PER_LIST = 64   # k-means sample of the ivf teacher (faiss asks for at least 39 per list)
+TEACHER_KMEANS_ITERS = 10
 
 
 def teacher_layout(num_docs: int, nlist: int = 0, nprobe: int = 0) -> tuple[int, int]:
@@ -112,17 +114,19 @@ def teacher_layout(num_docs: int, nlist: int = 0, nprobe: int = 0) -> tuple[int,
 
 def ivf_teacher(doc_emb: np.ndarray, nlist: int, cache_dir: str | None, seed: int = 0) -> faiss.Index:
     """An IVF inner-product index over every doc with 8-bit scalar-quantized vectors (``IVF{nlist},SQ8``: d bytes
-    per doc, a quarter of the float32 corpus, so no N x d float array is ever held): k-means on a seeded sample (at
-    most 256 points per list), docs added in chunks; cached as a .faiss file under ``cache_dir``. Only the top-K *set*
-    comes from it: the teacher's scores of the mined candidates are computed exactly when training."""
+    per doc, a quarter of the float32 corpus, so no N x d float array is ever held): k-means (10 iterations) on a
+    seeded sample (at most 64 points per list), docs added in chunks; cached as a .faiss file under ``cache_dir``.
+    Only the top-K *set* comes from it: the teacher's scores of the mined candidates are computed exactly in
+    training."""
     key = f"{fingerprint(doc_emb)}|{nlist}|{seed}|{faiss.__version__}"
     path = Path(cache_dir) / f"ivf-teacher-{hashlib.sha1(key.encode()).hexdigest()[:20]}.faiss" if cache_dir else None
     if path is not None and path.exists():
         return faiss.read_index(str(path))
     n, d = doc_emb.shape
-    rows = np.sort(np.random.default_rng(seed).permutation(n)[:min(n, 256 * nlist)])
+    rows = np.sort(np.random.default_rng(seed).permutation(n)[:min(n, TEACHER_POINTS_PER_LIST * nlist)])
     index = faiss.index_factory(d, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(index).cp.seed = seed
+    faiss.extract_index_ivf(index).cp.niter = TEACHER_KMEANS_ITERS
     index.train(np.ascontiguousarray(doc_emb[rows], dtype=np.float32))
     for start in range(0, n, DOC_CHUNK):
         index.add(np.ascontiguousarray(doc_emb[start:start + DOC_CHUNK], dtype=np.float32))

@@ -1,0 +1,288 @@
+"""What a planned run will need, before any work: ``run_benchmark.py --config C --dry-run``.
+
+Reads no vectors: a dataset's sizes come from the ``.npy`` headers (``npy:``), line counts (``beir:<folder>``), the
+BEIR catalog (``msmarco``, ``beir/<name>``) or the generator's options (``synthetic``). Per dataset and distinct
+(method, params) it prints every stage of a fit (faiss init, teacher top-K / negative mining, training, index build,
+exact reference top-k, evaluation) with its estimated seconds on this machine and on a GPU, its anonymous memory and
+its disk, then the totals for the planned seeds.
+
+The model is operation counts over a measured rate, nothing fitted: float work (matrix products: k-means, OPQ,
+exact top-k, the rotation and encodings) at this machine's measured sgemm rate (all its cores); PQ code scans (JPQ's
+and InfoNCE's negative pools, evaluation) at its measured faiss PQ scan rate (bytes of codes per second, 1 thread,
+times the cores); on a GPU, float work at :data:`GPU_FLOPS` (an H100's fp32 matrix rate, half of its peak; the
+reference when no GPU is visible) and code scans at :data:`GPU_SCAN` bytes/s. Text encodes use the encoder
+catalog's ``texts_per_second`` (measured on this project's machines). It is an estimate: ``bench/scale.py`` measures.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GPU_FLOPS = 25e12        # fp32 matrix products on one H100, half of its peak
+GPU_SCAN = 200e9         # bytes of PQ codes scanned per second on a GPU (ADC lookups)
+# a training step's fixed cost (candidate gathers, reconstruction, optimiser, Python): measured here, distill-vq on
+# debian-desc, 438 steps of 256 queries in ~55 s on 2 idle cores, jpq-ivf 1,751 steps of 32 in ~250 s
+STEP_SECONDS = 0.13
+GPU_STEP_SECONDS = 0.01
+KMEANS_ITERS = 25        # faiss's default k-means iterations
+RUN_DEPTH = 1000         # depth of the evaluated run (SearchSettings.k)
+GiB = 1024 ** 3
+
+
+@dataclass
+class Facts:
+    """A dataset's sizes, known without loading its vectors."""
+
+    docs: int
+    dim: int
+    train_queries: int
+    eval_queries: int
+    texts: bool          # its vectors are encoded from texts (unless cached)
+    encoder: str | None
+    source: str
+
+
+@dataclass
+class Machine:
+    cores: int
+    ram: float           # bytes
+    disk_free: float     # bytes, where the caches live
+    flops: float         # measured sgemm rate, all cores
+    scan: float          # measured PQ code bytes scanned per second, all cores
+    gpu: str
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
+
+
+def _qrels_queries(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    qids = set()
+    with open(path) as f:
+        for n, line in enumerate(f):
+            parts = line.split()
+            if parts and not (n == 0 and not parts[-1].lstrip("-").isdigit()):
+                qids.add(parts[0])
+    return len(qids)
+
+
+def dataset_facts(loader: str, options: dict[str, Any]) -> Facts:
+    """The sizes of dataset ``loader`` (with its options), read from headers, line counts or the catalog."""
+    from benchmark.data.catalog import load_catalog
+    from benchmark.data.encoders import encoder_info
+    from benchmark.data.synthetic import OPTIONS, SYNTHETIC_PRESETS
+
+    dev = int(options.get("dev_queries") or 0)
+    prefix, _, rest = loader.partition(":")
+    if prefix == "npy":
+        from benchmark.data.npy import _find_qrels_dir
+        folder = Path(rest)
+        docs, dim = np.load(folder / "corpus.npy", mmap_mode="r").shape
+        split = options.get("split") or "test"
+        qrels = _find_qrels_dir(folder, options.get("qrels_dir"))
+        train = _qrels_queries(qrels / "train.tsv")
+        evaluated = dev or _qrels_queries(qrels / f"{split}.tsv")
+        return Facts(docs, dim, train - dev, evaluated, False, options.get("encoder"), "npy headers, qrels")
+    if loader.startswith("synthetic"):
+        values = {k: p.default for k, p in OPTIONS.items()}
+        values.update(SYNTHETIC_PRESETS.get(rest or "default", {}))
+        values.update({k: v for k, v in options.items() if k in values})
+        return Facts(values["num_docs"], values["dim"], values["num_train"] + values["num_unlabeled"] - dev,
+                     dev or values["num_test"], False, None, "generator options")
+    model = options.get("model") or "minilm"
+    dim = encoder_info(model).get("dim") or 768
+    if prefix == "beir" and rest:
+        folder = Path(rest)
+        split = options.get("split") or "test"
+        return Facts(_count_lines(folder / "corpus.jsonl"), dim, _qrels_queries(folder / "qrels" / "train.tsv") - dev,
+                     dev or _qrels_queries(folder / "qrels" / f"{split}.tsv"), True, model, "line counts")
+    name = loader.split("/", 1)[1] if "/" in loader else loader
+    entry = load_catalog().get(name, {})
+    return Facts(int(entry.get("num_docs", 0)), dim, int(entry.get("num_train_queries", 0)) - dev,
+                 dev or int(entry.get("num_queries", 0)), True, model, "BEIR catalog")
+
+
+def measure_machine(cache: Path) -> Machine:
+    """Cores, RAM and free disk, and two rates measured now (about a second): sgemm and a faiss PQ scan."""
+    import faiss
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    probe = cache if cache.exists() else Path(".")
+    a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    flops = 3 * 2 * 1024 ** 3 / (time.perf_counter() - t0)
+    pq = faiss.IndexPQ(64, 16, 8, faiss.METRIC_INNER_PRODUCT)
+    x = np.random.default_rng(1).standard_normal((20000, 64)).astype(np.float32)
+    pq.train(x[:10000])
+    pq.add(np.tile(x, (10, 1)))
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    t0 = time.perf_counter()
+    pq.search(x[:8], 10)
+    scan = 8 * pq.ntotal * 16 / (time.perf_counter() - t0) * cores
+    faiss.omp_set_num_threads(before)
+    try:
+        import torch
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
+    except ImportError:
+        gpu = "none visible"
+    return Machine(cores, ram, float(shutil.disk_usage(probe).free), flops, scan, gpu)
+
+
+@dataclass
+class Stage:
+    name: str
+    flops: float = 0.0      # float work
+    scan: float = 0.0       # bytes of PQ codes scanned
+    ram: float = 0.0        # anonymous bytes held at this stage's peak
+    disk: float = 0.0       # bytes written to disk (caches, indexes)
+
+    steps: float = 0.0      # training steps (each with a fixed cost)
+
+    def seconds(self, flops_rate: float, scan_rate: float, step_seconds: float) -> float:
+        return self.flops / flops_rate + self.scan / scan_rate + self.steps * step_seconds
+
+
+def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False,
+               teacher: dict | None = None) -> list[Stage]:
+    """The stages of one fit of ``method`` (a built method) on ``f`` evaluated at the nprobes ``sweep`` (ignored
+    without IVF), as operation counts and bytes."""
+    from benchmark.vq.mining import TEACHER_KMEANS_ITERS, TEACHER_POINTS_PER_LIST, teacher_layout
+    cfg = method.config
+    n, d, q, e = f.docs, f.dim, max(f.train_queries, 0), f.eval_queries
+    m = int(cfg.get("M") or 0)
+    nlist = int(cfg.get("nlist") or 0) if "nlist" in cfg else 0
+    sample = min(n, int(cfg.get("max_train_points") or n))
+    code = m if m else 4 * d
+    stages = []
+    factory = method.factory() if hasattr(method, "factory") else ""
+    if m:
+        opq = int(cfg.get("opq_niter") or 20) if "OPQ" in factory else 0
+        init = (opq * (sample * d * d * 4 + sample * 256 * d * 2 * 4) + sample * 256 * d * 2 * KMEANS_ITERS
+                + sample * nlist * d * 2 * KMEANS_ITERS)
+        stages.append(Stage(f"faiss init ({factory or 'k-means'})", flops=init, ram=sample * d * 4 * 2))
+    candidates = str(cfg.get("candidates", ""))
+    epochs = float(cfg.get("epochs") or 0)
+    if "topk" in candidates.split("+"):
+        k = int(cfg.get("topk") or 50)
+        kind = (teacher or {}).get("kind", "exact")
+        if kind == "ivf":
+            tl, tp = teacher_layout(n, (teacher or {}).get("nlist", 0), (teacher or {}).get("nprobe", 0))
+            points = min(n, TEACHER_POINTS_PER_LIST * tl)
+            flops = n * tl * d * 2 + points * tl * d * 2 * TEACHER_KMEANS_ITERS + q * (tp / tl * n * d * 2 + tl * d * 2)
+            stages.append(Stage(f"teacher top-{k} (IVF{tl},SQ8, nprobe {tp})", flops=flops, ram=n * d + q * k * 8,
+                                disk=n * d + q * k * 8))
+        else:
+            stages.append(Stage(f"teacher top-{k} (exact)", flops=q * n * d * 2.0, ram=q * k * 8, disk=q * k * 8))
+    negatives = cfg.get("negatives")
+    if negatives is not None or "hard_k" in cfg:
+        pool = int(cfg.get("pool_size") or cfg.get("hard_k") or 200)
+        scans = q * n * code * (epochs if negatives == "dynamic" else 1.0)
+        stages.append(Stage(f"negatives ({negatives or 'init index'}: PQ scans of every doc)", scan=scans,
+                            ram=q * pool * 4))
+    if epochs:
+        batch = int(cfg.get("batch_size") or 32)
+        per_query = (int(cfg.get("topk") or 0) + batch + 2 + int(cfg.get("hard_negatives") or 0)) * d * 2 * 3
+        stages.append(Stage(f"training ({epochs:g} epochs, {math.ceil(epochs * q / batch):,} steps)",
+                            flops=epochs * q * per_query, steps=math.ceil(epochs * q / batch), ram=n * (code + 8)))
+    stages.append(Stage("index build (encode every doc)", flops=n * (d * d * 2 + 256 * d * 2 + nlist * d * 2),
+                        ram=n * (code + 8), disk=n * (code + 8) if save_index else 0))
+    stages.append(Stage(f"exact reference top-{RUN_DEPTH} ({e:,} queries)", flops=e * n * d * 2.0,
+                        ram=e * RUN_DEPTH * 8))
+    shares = [p / nlist for p in sweep] if nlist else [1.0]   # the share of the codes each operating point scans
+    work = e * n * sum(shares)
+    stages.append(Stage(f"evaluation ({len(shares)} operating point(s))", scan=work * code if m else 0.0,
+                        flops=0.0 if m else work * d * 2, ram=e * RUN_DEPTH * 16))
+    return stages
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds < 1:
+        return "<1 s"
+    return f"{seconds:,.0f} s" if seconds < 3600 else f"{seconds / 3600:,.1f} h"
+
+
+def _fmt_b(size: float) -> str:
+    return f"{size / GiB:,.2f} GiB" if size >= 0.1 * GiB else f"{size / 1024 ** 2:,.0f} MiB"
+
+
+def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
+    """The plan and its estimate, as text (see module doc)."""
+    from benchmark.data.encode import cache_root
+    from benchmark.data.encoders import get_encoder
+    from benchmark.harness import nprobe_sweep
+    from benchmark.registry import make_method
+
+    machine = measure_machine(cache_root())
+    lines = [f"dry run: {len(plan.jobs)} fit(s) into {out}; nothing is loaded, trained or written",
+             f"this machine: {machine.cores} cores, {_fmt_b(machine.ram)} RAM, {_fmt_b(machine.disk_free)} free "
+             f"for the caches; measured now: sgemm {machine.flops / 1e9:,.0f} GFLOP/s, PQ scan "
+             f"{machine.scan / 1e9:,.1f} GB/s; GPU: {machine.gpu} (the GPU column assumes one H100: "
+             f"{GPU_FLOPS / 1e12:g} TFLOP/s fp32 matrix work, {GPU_SCAN / 1e9:g} GB/s code scans)"]
+    totals = {"cpu": 0.0, "gpu": 0.0, "disk": 0.0, "ram": 0.0}
+    for alias, (loader, options) in plan.datasets.items():
+        f = dataset_facts(loader, options)
+        jobs = [j for j in plan.jobs if j.dataset == alias]
+        lines += ["", f"dataset {alias} ({loader}; sizes from {f.source}): {f.docs:,} docs x {f.dim}-d, "
+                      f"{f.train_queries:,} train queries, {f.eval_queries:,} evaluated queries; "
+                      f"corpus float32 {_fmt_b(f.docs * f.dim * 4.0)} (memory-mapped: file pages, not anonymous)"]
+        if f.texts:
+            rate = float(get_encoder(f.encoder).get("texts_per_second", 10.0)) if f.encoder else 10.0
+            texts = f.docs + f.train_queries + f.eval_queries
+            enc = texts / rate
+            lines.append(f"  encode {texts:,} texts with {f.encoder} (unless cached): {_fmt_s(enc)} on this machine "
+                         f"(~{rate:g} texts/s, the catalog's measurement), {_fmt_s(texts / (rate * 40))} on a GPU; "
+                         f"cache {_fmt_b(texts * f.dim * 4.0)}")
+            totals["cpu"] += enc
+            totals["gpu"] += texts / (rate * 40)
+            totals["disk"] += texts * f.dim * 4.0
+        groups: dict[str, list] = {}
+        shown: set[str] = set()
+        for job in jobs:
+            groups.setdefault(job.label().split(" ", 1)[1].rsplit(" seed=", 1)[0], []).append(job)
+        for label, group in groups.items():
+            method = make_method(group[0].method, group[0].params)
+            nlist = int(method.config.get("nlist") or 0)
+            sweep = nprobe_sweep(nlist, plan.search.get("nprobes")) if nlist else []
+            stages = fit_stages(method, f, sweep, save_index, options.get("teacher") and {
+                "kind": options.get("teacher"), "nlist": options.get("teacher_nlist", 0),
+                "nprobe": options.get("teacher_nprobe", 0)})
+            cpu = sum(s.seconds(machine.flops, machine.scan, STEP_SECONDS) for s in stages)
+            gpu = sum(s.seconds(GPU_FLOPS, GPU_SCAN, GPU_STEP_SECONDS) for s in stages)
+            ram = max(s.ram for s in stages)
+            disk = sum(s.disk for s in stages)
+            lines.append(f"  {label} x {len(group)} seed(s): {_fmt_s(cpu)} per fit here, {_fmt_s(gpu)} on a GPU; "
+                         f"peak anonymous memory ~{_fmt_b(ram)}; disk {_fmt_b(disk)}")
+            totals["cpu"] += cpu * len(group)
+            totals["gpu"] += gpu * len(group)
+            totals["disk"] += disk * len(group)
+            totals["ram"] = max(totals["ram"], ram)
+            if group[0].method in shown:   # each method's stages once per dataset; its other variants in one line
+                continue
+            shown.add(group[0].method)
+            for s in stages:
+                lines.append(f"    {s.name:<58} {_fmt_s(s.seconds(machine.flops, machine.scan, STEP_SECONDS)):>10} here "
+                             f"{_fmt_s(s.seconds(GPU_FLOPS, GPU_SCAN, GPU_STEP_SECONDS)):>10} GPU  RAM {_fmt_b(s.ram):>10}")
+    warn = []
+    if totals["ram"] > 0.8 * machine.ram:
+        warn.append(f"peak anonymous memory {_fmt_b(totals['ram'])} is over 80% of this machine's RAM")
+    if totals["disk"] > machine.disk_free:
+        warn.append(f"needs {_fmt_b(totals['disk'])} of disk, {_fmt_b(machine.disk_free)} is free")
+    lines += ["", f"total: {_fmt_s(totals['cpu'])} on this machine, {_fmt_s(totals['gpu'])} on a GPU; peak anonymous "
+                  f"memory ~{_fmt_b(totals['ram'])}; disk ~{_fmt_b(totals['disk'])}"]
+    lines += [f"warning: {w}" for w in warn]
+    return "\n".join(lines)
+

@@ -1,0 +1,59 @@
+"""run_benchmark.py --dry-run (benchmark.estimate): the plan and each stage's estimate from the datasets' sizes alone
+(npy headers, qrels, the catalog), before any work: no dataset is loaded, nothing is trained or written."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+from benchmark.estimate import Facts, dataset_facts, fit_stages
+from benchmark.registry import make_method
+
+
+@pytest.fixture()
+def npy_dir(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "qrels").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(folder / "corpus.npy", rng.standard_normal((3000, 32)).astype(np.float32))
+    np.save(folder / "queries.npy", rng.standard_normal((700, 32)).astype(np.float32))
+    (folder / "corpus_ids.txt").write_text("".join(f"d{i}\n" for i in range(3000)))
+    (folder / "queries_ids.txt").write_text("".join(f"q{i}\n" for i in range(700)))
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                                "".join(f"q{i}\td{i}\t1\n" for i in range(500)))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                               "".join(f"q{i}\td{i}\t1\nq{i}\td{i + 1}\t1\n" for i in range(500, 700)))
+    return folder
+
+
+def test_dry_run_prints_the_plan_and_loads_nothing(npy_dir, tmp_path, capsys, monkeypatch):
+    import benchmark.data as data
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("a dry run loaded a dataset"))
+    out = tmp_path / "out"
+    assert main(["--datasets", f"npy:{npy_dir}", "--methods", "distill-vq,faiss-ivfopq,jpq", "--param", "nlist=16",
+                 "--param", "M=8", "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "dry run: 3 fit(s)" in text and "nothing is loaded, trained or written" in text
+    assert "3,000 docs x 32-d, 500 train queries, 200 evaluated queries" in text
+    assert "teacher top-50 (exact)" in text and "faiss init (OPQ8,IVF16,PQ8x8)" in text
+    assert "negatives (pool: PQ scans of every doc)" in text and "GPU" in text and "total:" in text
+    assert not out.exists()
+
+
+def test_stage_counts_follow_the_sizes():
+    """Operation counts, not fitted numbers: the exact teacher's work is queries x docs x dim x 2, the ivf teacher
+    scans nprobe / nlist of it, and a bigger corpus costs proportionally more."""
+    small, big = Facts(100_000, 768, 500_000, 1000, False, None, "t"), Facts(1_000_000, 768, 500_000, 1000, False,
+                                                                              None, "t")
+    method = make_method("distill-vq", {"M": 32, "nlist": 1024})
+    teacher = {s.name: s for s in fit_stages(method, big, [1, 64, 1024])}["teacher top-50 (exact)"]
+    assert teacher.flops == 500_000 * 1_000_000 * 768 * 2
+    ivf = [s for s in fit_stages(method, big, [1024], teacher={"kind": "ivf"}) if s.name.startswith("teacher")][0]
+    assert "IVF4096,SQ8, nprobe 512" in ivf.name and ivf.flops < teacher.flops / 5
+    exact = lambda f: next(s for s in fit_stages(method, f, [1024]) if s.name.startswith("exact"))  # noqa: E731
+    assert exact(big).flops == 10 * exact(small).flops
+
+
+def test_catalog_sizes_for_a_dataset_not_downloaded():
+    f = dataset_facts("msmarco", {"model": "mpnet"})
+    assert (f.docs, f.dim, f.train_queries, f.eval_queries, f.texts) == (8_841_823, 768, 502_939, 6_980, True)
