@@ -227,9 +227,12 @@ def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
     from benchmark.registry import make_method
 
     machine = measure_machine(cache_root())
+    load = os.getloadavg()[0]
+    busy = (f" (at a 1-min load average of {load:.1f} on {machine.cores} cores: an idle machine is faster)"
+            if load > 0.5 * machine.cores else "")
     lines = [f"dry run: {len(plan.jobs)} fit(s) into {out}; nothing is loaded, trained or written",
              f"this machine: {machine.cores} cores, {_fmt_b(machine.ram)} RAM, {_fmt_b(machine.disk_free)} free "
-             f"for the caches; measured now: sgemm {machine.flops / 1e9:,.0f} GFLOP/s, PQ scan "
+             f"for the caches; measured now{busy}: sgemm {machine.flops / 1e9:,.0f} GFLOP/s, PQ scan "
              f"{machine.scan / 1e9:,.1f} GB/s; GPU: {machine.gpu} (the GPU column assumes one H100: "
              f"{GPU_FLOPS / 1e12:g} TFLOP/s fp32 matrix work, {GPU_SCAN / 1e9:g} GB/s code scans)"]
     totals = {"cpu": 0.0, "gpu": 0.0, "disk": 0.0, "ram": 0.0}
