@@ -70,8 +70,14 @@ def _cell(text: Any) -> str:
     return f'<td class="tie">{html.escape(text)}</td>' if tie else f"<td>{html.escape(text)}</td>"
 
 
+SITE_CSS = """
+table.wrap td { white-space: normal; text-align: left; max-width: 24rem; vertical-align: top; }
+p.filters { position: sticky; top: 0; background: #fff; padding: 0.4rem 0; z-index: 1; }
+"""
+
+
 def _table(columns: list[str], rows: list[list[Any]], attrs: list[dict[str, str]] | None = None,
-           links: dict[int, list[str | None]] | None = None) -> str:
+           links: dict[int, list[str | None]] | None = None, wrap: bool = False) -> str:
     """A sortable table; ``attrs[i]``: data attributes of row i; ``links[col][i]``: an href for that cell."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
@@ -83,7 +89,8 @@ def _table(columns: list[str], rows: list[list[Any]], attrs: list[dict[str, str]
                          else _cell(value))
         data = "".join(f' data-{k}="{html.escape(v)}"' for k, v in ((attrs or [{}] * len(rows))[i]).items())
         body.append(f"<tr{data}>{''.join(cells)}</tr>")
-    return (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
+    kind = "sortable wrap" if wrap else "sortable"
+    return (f'<div class="scroll"><table class="{kind}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
             f"</tbody></table></div>")
 
 
@@ -121,7 +128,7 @@ def render_index(summaries: dict[str, dict[str, Any]]) -> str:
             dataset_links.append(f"{name}/{PAGE}#{slug(str(g['Dataset']))}")
     parts += ['<h2 id="glance">At a glance</h2>',
               "<p>The best variant of every report, dataset and track (click a header to sort; the selectors "
-              "filter by track).</p>", _table(columns, rows, attrs, {0: report_links, 1: dataset_links})]
+              "filter by track).</p>", _table(columns, rows, attrs, {0: report_links, 1: dataset_links}, wrap=True)]
     # across datasets
     cross = [(name, s) for name, s in summaries.items() if s.get("cross_dataset")]
     if cross:
@@ -148,11 +155,11 @@ def render_index(summaries: dict[str, dict[str, Any]]) -> str:
         rows.append([name, ", ".join(datasets), ", ".join(sorted({str(g["Track"]) for g in s.get("glance", [])})),
                      s.get("records", 0), s.get("quality", ""), rule[:160]])
         links.append(f"{name}/{PAGE}")
-    parts += ['<h2 id="reports">Reports</h2>', _table(columns, rows, None, {0: links})]
+    parts += ['<h2 id="reports">Reports</h2>', _table(columns, rows, None, {0: links}, wrap=True)]
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(TITLE)}</title>\n'
-            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n<script>{SORT_JS}{SELECT_JS}</script>\n</body>\n</html>\n")
+            f"<style>{CSS}{SITE_CSS}</style>\n</head>\n<body>\n{body}\n<script>{SORT_JS}{SELECT_JS}</script>\n</body>\n</html>\n")
 
 
 def main(argv: list[str] | None = None) -> int:
