@@ -93,3 +93,23 @@ def test_retime_changes_latency_only(tmp_path, capsys):
 def test_retime_refuses_a_folder_without_records(tmp_path, capsys):
     assert main(["--retime", str(tmp_path / "nowhere")]) == 2
     assert "--retime" in capsys.readouterr().err
+
+
+def test_the_timing_pass_is_separate_from_quality():
+    """Quality and fidelity come from the batch search alone: with or without the timing pass, and whatever it
+    leaves the index at, the same metrics and per-query values."""
+    from benchmark.data import load_dataset
+    from benchmark.harness import ExactReference, evaluate
+    ds = load_dataset("synthetic:quick")
+    split = ds.split(ds.eval_split)
+    index = faiss.index_factory(ds.dim, "IVF32,PQ8", faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(ds.doc_emb[:3000]))
+    index.add(np.ascontiguousarray(ds.doc_emb))
+    exact = ExactReference().top_k(ds, split, 100)
+    settings = SearchSettings(latency_queries=20, warmup_queries=2)
+    plain = evaluate(index, ds, split, exact, settings, nprobe=8, timed=False)
+    timing_pass(index, split.query_emb, [1, 32], settings)             # leaves the index at nprobe 32
+    timed = evaluate(index, ds, split, exact, settings, nprobe=8, timed=True)
+    assert plain.latency == {} and timed.latency["p50_ms"] > 0
+    assert plain.metrics == timed.metrics and plain.fidelity == timed.fidelity
+    assert plain.per_query == timed.per_query
