@@ -112,13 +112,16 @@ def test_beats_plain_pq_on_inner_products_of_top_neighbours(clustered, nbits, co
 
 def test_four_bit_codes_are_what_faiss_scores(clustered):
     docs, queries = clustered
-    vq = make_method("score-aware", {"M": 4, "iterations": 1}).fit(train_of(docs))
+    vq = make_method("score-aware", {"M": 4, "iterations": 1, "search": "plain"}).fit(train_of(docs))
     assert (vq.factory, vq.bytes_per_vector, vq.writeback) == ("PQ8x4", 4, "codes")
     index = build_index(vq, docs)
     assert index.sa_code_size() == 4
     scores, ids = index.search(queries, 5)
     recon = decode(vq.pq_codebooks, vq.doc_codes.astype(np.int64))
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ recon.T, ids, axis=1), atol=1e-5)
+    # the default scan, fast-scan, holds the same codes (its scores are within the 8-bit LUT error: test_fastscan)
+    fast = make_method("score-aware", {"M": 4, "iterations": 1}).fit(train_of(docs))
+    assert fast.factory == "PQ8x4fs" and np.array_equal(fast.doc_codes, vq.doc_codes)
 
 
 def test_same_seed_same_numbers(clustered):

@@ -537,7 +537,8 @@ def test_committed_reports_regenerate(tmp_path, name):
     assert contested
     for track in contested:  # tracks holding both families (faiss-native budgets have no learned row)
         table = _md_tables(_part(_part(cross, f"### Track {track} B/vector"), "#### exhaustive"))[0]
-        assert list(table.columns) == ["Family", name, f"{name}-copy", "Average"]
+        assert list(table.columns) == ["Family", name, f"{name}-copy", "Average", "Avg rank",
+                                       "W / T / L vs best recon."]
         learned = table[table["Family"] == "contrastive"]
         assert len(learned) and set(learned[f"{name}-copy"]) == {"—"} and set(learned["Average"]) == {"—"}
         recon = table[table["Family"] == "reconstruction"]
