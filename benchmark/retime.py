@@ -1,14 +1,17 @@
 """Re-time a finished run without retraining: ``run_benchmark.py --retime DIR [--config C]``.
 
 Every fit of ``DIR/results.jsonl`` whose index was saved (``--save-index``: ``DIR/indexes/<fit_id>.faiss`` and, for a
-method with a query-side map, ``<fit_id>.query_map.npy``) is loaded and all its operating points are timed again in
-one pass of the timing protocol (:func:`benchmark.harness.timing_pass`), on the same queries the run timed. Only the
+method with a query-side map, ``<fit_id>.query_map.npy``) is loaded and all its operating points are timed again by
+the timing protocol (:func:`benchmark.harness.time_points`), on the same queries the run timed, and *together with
+the other fits of its dataset* (up to :data:`GROUP` per pass): the repetitions interleave every point of every fit,
+so a change of the machine's speed during the pass (on a shared VM it can shift by 1.5x with no process of this
+machine to show for it) hits all fits alike and fits compare fairly (``latency.timed_with`` = fits in the pass). Only the
 ``latency`` field of its records changes; the latency it replaces is kept, with when and where it was measured, in
 ``latency_history`` (oldest first), and ``retimed`` holds the new pass's provenance. Quality fields, params, run ids
 and per-query files are untouched, so a report regenerated afterwards differs only in its latency columns.
 
 Fits without a saved index keep their latency and are listed (re-run them with ``--save-index`` to make them
-re-timeable). The records file is rewritten atomically after each fit (an interruption loses at most the fit being
+re-timeable). The records file is rewritten atomically after each pass (an interruption loses at most the pass being
 timed; running the command again re-times everything once more). The folder's lock is held throughout, so a run
 and a re-time never write one folder at once.
 """
@@ -23,7 +26,7 @@ import faiss
 import numpy as np
 
 from benchmark._io import write_text
-from benchmark.harness import SearchSettings, timing_pass
+from benchmark.harness import SearchSettings, index_searchers, time_points
 from benchmark.provenance import git_sha, provenance
 from benchmark.records import read_records
 
@@ -56,25 +59,54 @@ def retime(run_dir: str | Path, load: Callable[[str], Any], settings: SearchSett
             fits.setdefault(rec["fit_id"], []).append(i)
     done, missing, datasets = [], [], {}
     stamp = {"git_sha": git_sha()}
-    for n, (fid, rows) in enumerate(fits.items(), 1):
+    groups: dict[tuple, list[tuple[str, list[int], tuple[Path, Path | None]]]] = {}
+    for fid, rows in fits.items():
         first = records[rows[0]]
-        label = f"{first['dataset']} {first['method']} seed={first['seed']} ({fid})"
         saved = _saved(run_dir, first)
         if saved is None:
-            missing.append(label)
+            missing.append(f"{first['dataset']} {first['method']} seed={first['seed']} ({fid})")
             continue
-        if first["dataset"] not in datasets:
-            datasets[first["dataset"]] = load(first["dataset"])
-        ds = datasets[first["dataset"]]
-        split = ds.split(first["split"])
-        index = faiss.read_index(str(saved[0]))
-        query_map = np.load(saved[1]) if saved[1] is not None else None
-        points = [records[i]["nprobe"] for i in rows]
         old = first["latency"]   # time as the run did: same depth, same number of timed and warm-up queries
-        same = replace(settings, latency_k=int(old.get("k", settings.latency_k)),
-                       latency_queries=int(old.get("timed_queries", settings.latency_queries)),
-                       warmup_queries=int(old.get("warmup_queries", settings.warmup_queries)))
-        timings = timing_pass(index, split.query_emb, points, same, query_map)
+        key = (first["dataset"], first["split"], int(old.get("k", settings.latency_k)),
+               int(old.get("timed_queries", settings.latency_queries)),
+               int(old.get("warmup_queries", settings.warmup_queries)))
+        groups.setdefault(key, []).append((fid, rows, saved))
+    for (alias, split_name, k, timed, warmup), members in groups.items():
+        if alias not in datasets:
+            datasets[alias] = load(alias)
+        split = datasets[alias].split(split_name)
+        same = replace(settings, latency_k=k, latency_queries=timed, warmup_queries=warmup)
+        for start in range(0, len(members), GROUP):
+            chunk = members[start:start + GROUP]
+            done += _retime_group(records, chunk, split.query_emb, same, stamp, log)
+            _write(path, records)
+    return {"retimed": done, "missing": missing}
+
+
+GROUP = 16   # fits timed together in one interleaved pass (their indexes are loaded at once)
+
+
+def _retime_group(records: list[dict[str, Any]], members: list, queries: np.ndarray, settings: SearchSettings,
+                  stamp: dict[str, Any], log: Callable[[str], None]) -> list[str]:
+    """One timing pass over every operating point of every fit in ``members``, interleaved across the fits: a
+    shift of the machine's speed during the pass hits every fit alike, so fits timed together compare fairly."""
+    threads_before = faiss.omp_get_max_threads()
+    batch_threads = settings.threads or threads_before
+    searchers, keep = {}, []
+    for fid, rows, (index_path, map_path) in members:
+        index = faiss.read_index(str(index_path))
+        keep.append(index)
+        query_map = np.load(map_path) if map_path is not None else None
+        points = [records[i]["nprobe"] for i in rows]
+        for point, s in index_searchers(index, points, settings.latency_k, batch_threads, query_map).items():
+            searchers[(fid, point)] = s
+    try:
+        timings = time_points(searchers, queries, settings, batch_threads)
+    finally:
+        faiss.omp_set_num_threads(threads_before)
+    done = []
+    for fid, rows, _ in members:
+        first = records[rows[0]]
         when = provenance(first["seed"])
         for i in rows:
             rec = records[i]
@@ -82,12 +114,13 @@ def retime(run_dir: str | Path, load: Callable[[str], Any], settings: SearchSett
             rec["latency_history"] = [*rec.get("latency_history", []),
                                       {"latency": rec["latency"], "timestamp": before.get("timestamp"),
                                        "git_sha": before.get("git_sha"), "cpu": before.get("cpu")}]
-            rec["latency"] = timings[rec["nprobe"]]
+            rec["latency"] = {**timings[(fid, rec["nprobe"])], "timed_with": len(members)}
             rec["retimed"] = {**stamp, "timestamp": when["timestamp"], "cpu": when["cpu"],
                               "threads": when["threads"], "argv": when["argv"]}
-        _write(path, records)
-        p50 = ", ".join(f"{'-' if p is None else p}: {t['p50_ms']:.3g}" for p, t in timings.items())
-        load_mark = " (under load)" if any(t["under_load"] for t in timings.values()) else ""
-        log(f"[{n}/{len(fits)}] {label}: p50 ms {p50}{load_mark}")
+        p50 = ", ".join(f"{'-' if records[i]['nprobe'] is None else records[i]['nprobe']}: "
+                        f"{records[i]['latency']['p50_ms']:.3g}" for i in rows)
+        load_mark = " (under load)" if any(records[i]["latency"]["under_load"] for i in rows) else ""
+        log(f"{first['dataset']} {first['method']} seed={first['seed']} ({fid}): p50 ms {p50}{load_mark}")
         done.append(fid)
-    return {"retimed": done, "missing": missing}
+    return done
+

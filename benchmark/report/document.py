@@ -215,7 +215,7 @@ def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, poi
             doc.add("notes", [f"big-ann-benchmarks style: each variant's highest single-thread QPS (1000 / p50 ms) "
                               f"among its operating points whose mean {rt.QPS_FIDELITY} (agreement with the exact "
                               f"top-10) is at least {rt.QPS_TARGET:g}; hardware: {hardware}, 1 search thread "
-                              "(the timing protocol: warm-up, median of 3 interleaved repetitions)."])
+                              "(the timing protocol: warm-up, best of 5 interleaved repetitions)."])
             summary.setdefault("qps_ranking", {}).setdefault(ds, {})[f"{track:g}"] = ranking.to_dict(
                 orient="records")
     unplaced = rt.unplaced_failures(df, ds)
@@ -231,7 +231,7 @@ def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, poi
         doc.add("notes", [f"Measured by another implementation on this dataset's embeddings and {split} "
                           f"split (`{rt.PEERS_FILE}`, written by `bench/peer_scann.py --out`), not by this harness's "
                           "faiss index: no per-query test; its p50 is timed by the same protocol on the same "
-                          "queries (1 thread, warm-up, median of 3 interleaved repetitions; — when the peer record "
+                          "queries (1 thread, warm-up, best of 5 interleaved repetitions; — when the peer record "
                           "has no timing); each peer record carries its params and provenance."])
         summary["peers"] += table.assign(dataset=ds).to_dict(orient="records")
     written.update(_dataset_plots(doc, points, views, ds, budget, quality, out, first=False, peers=peers))
