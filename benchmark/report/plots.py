@@ -136,6 +136,23 @@ def _aids(reference: float | None, budget: float | None, front: bool) -> list[tu
     return out
 
 
+def _track_panels(points: pd.DataFrame, x: str, y: str) -> tuple[Figure, dict[str, Style], list]:
+    """A panel per track with each variant's operating points drawn as a line (sorted by ``x``) in its style;
+    returns the figure, the styles and ``(axis, track, the track's points)`` per panel, for the caller's extras."""
+    tracks = sorted(points["track"].unique())
+    style = styles(points)
+    fig, axes = _panels(len(tracks))
+    panels = []
+    for ax, track in zip(axes, tracks):
+        sub = points[points["track"] == track]
+        for tlabel, s in style.items():
+            line = sub[sub["tlabel"] == tlabel].sort_values(x)
+            if not line.empty:
+                ax.plot(line[x], line[y], color=s.colour, marker=s.marker, ls=s.linestyle, markersize=5, lw=1.3)
+        panels.append((ax, track, sub))
+    return fig, style, panels
+
+
 def tracks_vs_latency(points: pd.DataFrame, quality: str, budget: float, reference: float | None, title: str,
                       path: Path) -> Path | None:
     """Small multiples: a panel per track; each variant's nprobe sweep (x = p50 ms, log), the panel's Pareto
@@ -143,16 +160,8 @@ def tracks_vs_latency(points: pd.DataFrame, quality: str, budget: float, referen
     points = points.dropna(subset=["track", "p50_ms", quality])
     if points.empty:
         return None
-    tracks = sorted(points["track"].unique())
-    style = styles(points)
-    fig, axes = _panels(len(tracks))
-    for ax, track in zip(axes, tracks):
-        sub = points[points["track"] == track]
-        for tlabel, s in style.items():
-            line = sub[sub["tlabel"] == tlabel].sort_values("p50_ms")
-            if not line.empty:
-                ax.plot(line["p50_ms"], line[quality], color=s.colour, marker=s.marker, ls=s.linestyle,
-                        markersize=5, lw=1.3)
+    fig, style, panels = _track_panels(points, "p50_ms", quality)
+    for ax, track, sub in panels:
         front = pareto_front(sub, "p50_ms", quality)
         ax.step(front["p50_ms"], front[quality], where="post", ls="--", lw=1.6, color="black", alpha=0.6, zorder=5)
         if math.isfinite(budget):
@@ -162,7 +171,7 @@ def tracks_vs_latency(points: pd.DataFrame, quality: str, budget: float, referen
         _log_x(ax)
         ax.set_title(f"{track_name(track)}/vector")
         ax.set_xlabel("p50 latency per query (ms, log)")
-    axes[0].set_ylabel(f"{quality} (mean over seeds)")
+    panels[0][0].set_ylabel(f"{quality} (mean over seeds)")
     _legend(fig, points, style, _aids(reference, budget if math.isfinite(budget) else None, True))
     fig.suptitle(title)
     return _save(fig, path)
@@ -176,23 +185,15 @@ def tracks_recall_qps(points: pd.DataFrame, fidelity: str, target: float, title:
     points = points[points["family"] != REFERENCE_FAMILY].assign(qps1=lambda d: 1e3 / d["p50_ms"])
     if points.empty:
         return None
-    tracks = sorted(points["track"].unique())
-    style = styles(points)
-    fig, axes = _panels(len(tracks))
-    for ax, track in zip(axes, tracks):
-        sub = points[points["track"] == track]
-        for tlabel, s in style.items():
-            line = sub[sub["tlabel"] == tlabel].sort_values(fidelity)
-            if not line.empty:
-                ax.plot(line[fidelity], line["qps1"], color=s.colour, marker=s.marker, ls=s.linestyle,
-                        markersize=5, lw=1.3)
+    fig, style, panels = _track_panels(points, fidelity, "qps1")
+    for ax, track, sub in panels:
         front = qps_front(sub, fidelity)
         ax.step(front[fidelity], front["qps1"], where="pre", ls="--", lw=1.6, color="black", alpha=0.6, zorder=5)
         ax.axvline(target, color="grey", ls=":", lw=1.4)
         ax.set_yscale("log")
         ax.set_title(f"{track_name(track)}/vector")
         ax.set_xlabel(f"{fidelity} (agreement with the exact top-k)")
-    axes[0].set_ylabel("queries per second, 1 thread (log)")
+    panels[0][0].set_ylabel("queries per second, 1 thread (log)")
     _legend(fig, points, style, [(Line2D([], [], color="black", ls="--", lw=1.6, alpha=0.6),
                                   "Pareto front of the panel"),
                                  (Line2D([], [], color="grey", ls=":", lw=1.4), f"target {fidelity} ≥ {target:g}")])
