@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help=f"output folder (default: {DEFAULT_OUT.relative_to(REPO)})")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run, seconds: synthetic:quick (4k docs), nlist=32, opq_niter=5, epochs=0.5 where "
-                        "a method declares them, 50 timed queries")
+                        "a method declares them, 50 timed queries in 2 repetitions")
     p.add_argument("--save-index", action="store_true", help="write each trained index as a .faiss file")
     p.add_argument("--dry-run", action="store_true",
                    help="check the grid and print the plan with each stage's estimated time (this machine and a "

@@ -41,7 +41,7 @@ from benchmark.registry import MethodError, available, make_method
 # nlist=32 (three OPQ inits at 20 iterations ~10 s each), 31.4 CPU s with these; bench/suite_time.py times it.
 QUICK_DATASET = "synthetic:quick"
 QUICK_PARAMS = {"nlist": 32, "opq_niter": 5, "epochs": 0.5}
-QUICK_SEARCH = {"latency_queries": 50, "warmup_queries": 5}
+QUICK_SEARCH = {"latency_queries": 50, "warmup_queries": 5, "timing_repeats": 2}   # a smoke run
 
 CONFIG_KEYS = ("out", "seeds", "datasets", "search", "runs", "tune")   # [tune]: read by benchmark.tune
 RUN_KEYS = ("methods", "params", "seeds", "tuning")
