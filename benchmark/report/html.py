@@ -157,7 +157,7 @@ def _table(table: pd.DataFrame, anchors: dict[str, str] | None = None) -> str:
     links = table.attrs.get("row_links") or []
     rows = []
     for i, row in enumerate(table.itertuples(index=False)):
-        cells = [_cell(v) for v in row]
+        cells = [table_cell(v) for v in row]
         target = (anchors or {}).get(links[i]) if i < len(links) and links[i] else None
         if target and cells:
             text = html.escape(str(row[0]))
@@ -168,10 +168,11 @@ def _table(table: pd.DataFrame, anchors: dict[str, str] | None = None) -> str:
             f'</table></div>')
 
 
-def _cell(value) -> str:
-    """A table cell; a cell of the tie group (◆ ...) or an untested one gets a class that colours it."""
-    text = str(value)
-    kind = "tie" if text.startswith(TIE) or text.endswith(f" {TIE}") else \
+def table_cell(value) -> str:
+    """A table cell; a cell of the tie group (◆ before, after or inside its text) or an untested one gets a class
+    that colours it; ``None`` is an empty cell."""
+    text = "" if value is None else str(value)
+    kind = "tie" if text.startswith(TIE) or text.endswith(f" {TIE}") or f" {TIE} " in text else \
         "untested" if text == "untested" or text.endswith("(untested)") else ""
     return f'<td class="{kind}">{html.escape(text)}</td>' if kind else f"<td>{html.escape(text)}</td>"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmark._io import write_text
 from benchmark.report.document import SITE_INDEX, TITLE, build_report
-from benchmark.report.html import CSS, SORT_JS, slug
+from benchmark.report.html import CSS, SORT_JS, slug, table_cell
 from benchmark.report.stats import TIE
 
 PAGE = "leaderboard.html"
@@ -64,12 +64,6 @@ def build_site(root: str | Path, rebuild: bool = True) -> Path:
     return index
 
 
-def _cell(text: Any) -> str:
-    text = "" if text is None else str(text)
-    tie = text.startswith(TIE) or text.endswith(f" {TIE}") or f" {TIE} " in text
-    return f'<td class="tie">{html.escape(text)}</td>' if tie else f"<td>{html.escape(text)}</td>"
-
-
 SITE_CSS = """
 table.wrap td { white-space: normal; text-align: left; max-width: 24rem; vertical-align: top; }
 p.filters { position: sticky; top: 0; background: #fff; padding: 0.4rem 0; z-index: 1; }
@@ -86,7 +80,7 @@ def _table(columns: list[str], rows: list[list[Any]], attrs: list[dict[str, str]
         for j, value in enumerate(row):
             href = (links or {}).get(j, [None] * len(rows))[i]
             cells.append(f'<td><a href="{html.escape(href)}">{html.escape(str(value))}</a></td>' if href
-                         else _cell(value))
+                         else table_cell(value))
         data = "".join(f' data-{k}="{html.escape(v)}"' for k, v in ((attrs or [{}] * len(rows))[i]).items())
         body.append(f"<tr{data}>{''.join(cells)}</tr>")
     kind = "sortable wrap" if wrap else "sortable"
