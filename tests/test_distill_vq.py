@@ -11,6 +11,7 @@ import torch
 from benchmark.data import load_dataset
 from benchmark.vq.faiss_init import trained_params
 from benchmark.harness import SearchSettings, evaluate, prepare_queries
+from benchmark.vq import mining
 from benchmark.vq.mining import cached_topk, exact_topk
 from benchmark.registry import MethodError, TrainData, get_method, make_method
 from benchmark.runner import train_data
@@ -248,7 +249,7 @@ def test_mining_matches_brute_force_and_is_cached(tmp_path):
     assert not cached_topk(docs, queries, 20, str(tmp_path))[0].any()
 
 
-def test_ivf_teacher_is_cached_and_measures_its_recall(quick, tmp_path):
+def test_ivf_teacher_is_cached_and_measures_its_recall(quick, tmp_path, monkeypatch):
     """The approximate teacher (dataset option teacher='ivf'): an IVF-SQ8 index over the corpus, built once and
     cached; its top-K recall against the exact top-K is measured on a sample and recorded with the fit."""
     docs, queries = quick.doc_emb, quick.split("train").query_emb
@@ -262,6 +263,13 @@ def test_ivf_teacher_is_cached_and_measures_its_recall(quick, tmp_path):
     assert len(list(tmp_path.glob("ivf-teacher-*.faiss"))) == 1
     few, few_info = cached_topk(docs, queries, 50, str(tmp_path), teacher={"kind": "ivf", "nlist": 64, "nprobe": 1})
     assert few_info["recall_at_k"] < info["recall_at_k"]            # fewer lists probed: a worse teacher, and it says so
+    # a cache hit reads the ids and their measured recall back: neither the teacher index nor an exact scan is redone
+    monkeypatch.setattr(mining, "ivf_teacher", lambda *a, **k: pytest.fail("cache hit rebuilt the teacher"))
+    monkeypatch.setattr(mining, "exact_topk", lambda *a, **k: pytest.fail("cache hit re-measured the recall"))
+    again, again_info = cached_topk(docs, queries, 50, str(tmp_path), teacher={"kind": "ivf", "nlist": 0, "nprobe": 0})
+    np.testing.assert_array_equal(again, ids)
+    assert again_info == info
+    monkeypatch.undo()
     vq = make_method("distill-vq", {**SMALL, "epochs": 0.2}).fit(
         replace(_train(quick, str(tmp_path)), teacher={"kind": "ivf", "nlist": 0, "nprobe": 0}))
     assert vq.info["train_queries_from"]["teacher"]["kind"] == "ivf"

@@ -7,6 +7,7 @@ scan the corpus: per-step cost does not grow with the number of docs.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -51,17 +52,22 @@ def exact_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, doc_chunk: int 
     return scores, ids
 
 
-def _cached_ids(cache_dir: str | None, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """``compute()`` once per ``key`` under ``cache_dir`` (atomic write), else straight through."""
+def _cached_ids(cache_dir: str | None, key: str,
+                compute: Callable[[], tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
+    """``compute() -> (ids, info)`` once per ``key`` under ``cache_dir`` (ids as .npy, info as .json beside it, both
+    written atomically, the .json last, so a hit needs both), else straight through."""
     if not cache_dir:
         return compute()
-    path = Path(cache_dir) / f"topk-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npy"
-    if path.exists():
-        return np.load(path)
-    ids = compute()
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    stem = Path(cache_dir) / f"topk-{hashlib.sha1(key.encode()).hexdigest()[:20]}"
+    ids_path, info_path = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    if ids_path.exists() and info_path.exists():
+        return np.load(ids_path), json.loads(info_path.read_text())
+    ids, info = compute()
+    with atomic_path(ids_path) as tmp, open(tmp, "wb") as f:
         np.save(f, ids)
-    return ids
+    with atomic_path(info_path) as tmp:
+        Path(tmp).write_text(json.dumps(info, sort_keys=True))
+    return ids, info
 
 
 def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None, gpu: bool = False,
@@ -70,30 +76,30 @@ def cached_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str
     what mined them. ``teacher``: ``{"kind": "exact"}`` (default) scans every doc (chunked; on a GPU with ``gpu``);
     ``{"kind": "ivf", "nlist": n, "nprobe": p}`` searches an IVF-SQ8 index over the corpus (:func:`ivf_teacher`,
     built once and cached) and measures its recall@k against exact on a seeded sample of the queries
-    (:data:`TEACHER_CHECK` of them), recorded in the returned info."""
+    (:data:`TEACHER_CHECK` of them), recorded in the returned info. A cache hit loads neither the teacher index nor
+    the corpus scan again: the ids and their info (the measured recall included) are cached together."""
     teacher = teacher or {"kind": "exact"}
     if teacher.get("kind", "exact") == "exact":
         key = f"{fingerprint(doc_emb)}|{fingerprint(queries)}|{k}|{faiss.__version__}"
-        return (_cached_ids(cache_dir, key, lambda: exact_topk(doc_emb, queries, k, gpu=gpu)[1]),
-                {"kind": "exact", "k": int(k)})
+        return _cached_ids(cache_dir, key,
+                           lambda: (exact_topk(doc_emb, queries, k, gpu=gpu)[1], {"kind": "exact", "k": int(k)}))
     nlist, nprobe = teacher_layout(doc_emb.shape[0], teacher.get("nlist", 0), teacher.get("nprobe", 0))
-    index = ivf_teacher(doc_emb, nlist, cache_dir, seed)
-    faiss.extract_index_ivf(index).nprobe = nprobe
     k = min(k, doc_emb.shape[0])
     q = np.ascontiguousarray(queries, dtype=np.float32)
 
-    def search() -> np.ndarray:
-        out = np.empty((len(q), k), dtype=np.int64)
+    def search() -> tuple[np.ndarray, dict]:
+        index = ivf_teacher(doc_emb, nlist, cache_dir, seed)
+        faiss.extract_index_ivf(index).nprobe = nprobe
+        ids = np.empty((len(q), k), dtype=np.int64)
         for start in range(0, len(q), QUERY_CHUNK):
-            out[start:start + QUERY_CHUNK] = index.search(q[start:start + QUERY_CHUNK], k)[1]
-        return out
+            ids[start:start + QUERY_CHUNK] = index.search(q[start:start + QUERY_CHUNK], k)[1]
+        sample = np.sort(np.random.default_rng(seed).permutation(len(q))[:TEACHER_CHECK])
+        exact = exact_topk(doc_emb, q[sample], k, gpu=gpu)[1]
+        recall = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(ids[sample], exact)]))
+        return ids, {"kind": "ivf", "k": int(k), "nlist": nlist, "nprobe": nprobe, "recall_at_k": round(recall, 5),
+                     "recall_sample": int(len(sample)), "factory": f"IVF{nlist},SQ8"}
     key = f"ivf-teacher|{fingerprint(doc_emb)}|{fingerprint(queries)}|{k}|{nlist}|{nprobe}|{seed}|{faiss.__version__}"
-    ids = _cached_ids(cache_dir, key, search)
-    sample = np.sort(np.random.default_rng(seed).permutation(len(q))[:TEACHER_CHECK])
-    exact = exact_topk(doc_emb, q[sample], k, gpu=gpu)[1]
-    recall = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(ids[sample], exact)]))
-    return ids, {"kind": "ivf", "k": int(k), "nlist": nlist, "nprobe": nprobe, "recall_at_k": round(recall, 5),
-                 "recall_sample": int(len(sample)), "factory": f"IVF{nlist},SQ8"}
+    return _cached_ids(cache_dir, key, search)
 
 
 TEACHER_CHECK = 1000   # queries whose ivf-teacher top-K is compared with the exact one
@@ -140,7 +146,7 @@ def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, c
                ) -> np.ndarray:
     """Doc indices (nq, k) int32 of each query's top-``k`` in the faiss index of ``vq`` (every IVF list probed, as
     an exhaustive scan of the codes), searched in query chunks and cached under ``cache_dir`` when given."""
-    def search() -> np.ndarray:
+    def search() -> tuple[np.ndarray, dict]:
         index = build_index(vq, doc_emb)
         if vq.nlist:
             faiss.extract_index_ivf(index).nprobe = vq.nlist
@@ -151,10 +157,10 @@ def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, c
         for start in range(0, len(q), QUERY_CHUNK):
             out[start:start + QUERY_CHUNK] = index.search(np.ascontiguousarray(q[start:start + QUERY_CHUNK]),
                                                           out.shape[1])[1]
-        return out
+        return out, {"kind": "index", "k": int(out.shape[1])}
     model = hashlib.sha1()
     for part in (vq.pq_codebooks, vq.ivf_centroids, vq.rotation, vq.query_map, vq.doc_codes, vq.doc_assign):
         model.update(b"-" if part is None else np.ascontiguousarray(part))   # hashed in place, no bytes copy
     # the thread count: an OPQ rotation applied with another one may round a near-tie the other way (faiss_init)
     key = f"index|{model.hexdigest()}|{fingerprint(queries)}|{k}|{faiss.__version__}|{faiss.omp_get_max_threads()}"
-    return _cached_ids(cache_dir, key, search)
+    return _cached_ids(cache_dir, key, search)[0]
