@@ -65,15 +65,9 @@ def _count_lines(path: Path) -> int:
 
 
 def _qrels_queries(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    qids = set()
-    with open(path) as f:
-        for n, line in enumerate(f):
-            parts = line.split()
-            if parts and not (n == 0 and not parts[-1].lstrip("-").isdigit()):
-                qids.add(parts[0])
-    return len(qids)
+    """How many queries ``path`` judges (0 when the split has no file), read by the loaders' own qrels parser."""
+    from benchmark.data.npy import read_qrels
+    return len(read_qrels(path)) if path.is_file() else 0
 
 
 def dataset_facts(loader: str, options: dict[str, Any]) -> Facts:
