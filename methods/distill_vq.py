@@ -70,13 +70,16 @@ from benchmark.vq.candidates import (CANDIDATE_SOURCES, IB_DOCS, QUERY_SOURCES, 
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.torch_vq import TorchVQ, ste_temperature
 from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer,
-                                timed, train_params, train_spec, with_defaults, with_search)
+                                query_side_params, timed, train_params, train_spec, with_defaults,
+                                with_search)
 from methods._distill_losses import LOSSES, combined_loss, label_term
 
 CODE_MODES = ("ste", "fixed")
 LABEL_SCOPES = ("all", "topk")
 
 
+QUERY_SIDE = query_side_params(adapter=True, lr=1e-3)   # its two params keep their places in PARAMS (the tuner's
+# sampler draws in declaration order: a resumed tuning must ask for the same trials)
 PARAMS = {
     "M": M_PARAM, "nlist": NLIST_PARAM, "opq": Param(True, "fixed OPQ rotation (from the faiss init)"),
     "queries": Param("unlabeled", "training queries: labeled train ones, train + unlabeled ones, or sampled docs",
@@ -108,10 +111,10 @@ PARAMS = {
                              "nearest-vs-2nd squared-distance gap of sampled doc residuals", dtype=float, min=0,
                              min_exclusive=True, special=("auto",)),
     "train_ivf": Param(True, "train the IVF centroids"), "train_pq": Param(True, "train the PQ codebooks"),
-    "query_adapter": Param(True, "also train a d x d query map (identity init)", search=SWITCH_SPACE),
+    "query_adapter": QUERY_SIDE["query_adapter"],
     "lr_pq": Param(1e-3, "learning rate of the PQ codebooks", min=0, min_exclusive=True, search=LR_SPACE),
     "lr_ivf": Param(3e-4, "learning rate of the IVF centroids", min=0, min_exclusive=True, search=LR_SPACE),
-    "lr_adapter": Param(1e-3, "learning rate of the query adapter", min=0, min_exclusive=True, search=LR_SPACE),
+    "lr_adapter": QUERY_SIDE["lr_adapter"],
     **train_params(epochs=2.0, batch_size=256, warmup=0.0, schedule="constant", optimizer="adam"),
     "writeback": Param("auto", "how the index stores docs; auto = codes for trained fixed codes, else preassigned "
                        "(each doc in its training-time list, its residual to the trained centroid encoded: STE "

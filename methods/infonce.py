@@ -22,7 +22,7 @@ from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
 from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer,
-                                positives, train_params, train_spec)
+                                positives, query_side_params, train_params, train_spec)
 
 
 @register
@@ -42,10 +42,7 @@ class InfoNCEPQ(BaseMethod):
               "hard_k": Param(200, "negatives are sampled from the init index's top-hard_k", min=1),
               "label_fraction": Param(1.0, "share of the labeled queries used (seeded; the same share as JPQ's)",
                                       min=0, max=1, min_exclusive=True, legacy=(1.0,)),
-              "query_adapter": Param(False, "also train a d x d query map (identity init)", legacy=(False,),
-                                     search=SWITCH_SPACE),
-              "lr_adapter": Param(1e-3, "learning rate of the query adapter", min=0, min_exclusive=True,
-                                  legacy=(1e-3,), search=LR_SPACE)}
+              **query_side_params(adapter=False, lr=1e-3, legacy=True)}
     ivf = False
 
     def factory(self) -> str:

@@ -47,7 +47,7 @@ from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
 from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, WRITEBACK_PARAM,
-                                Step, Trainer, positives, timed, train_params, train_spec)
+                                Step, Trainer, positives, query_side_params, timed, train_params, train_spec)
 
 LOSSES = ("lambda", "softmax")
 NEGATIVES = ("pool", "dynamic")
@@ -159,9 +159,8 @@ class JPQ(BaseMethod):
                            search=Space(choices=NEGATIVES)),
         "pool_size": Param(1000, "per-query pool mined from the init index (negatives='pool'), >= top_k", min=1),
         "label_fraction": Param(1.0, "share of the labeled queries used (seeded)", min=0, max=1, min_exclusive=True),
-        "query_adapter": Param(False, "also train a d x d query map (identity init)", search=SWITCH_SPACE),
-        "adapter_lr": _lr(f"query adapter lr; None = {DEFAULT_ADAPTER_LR:g}, 'reference' = JPQ's encoder lr 5e-6",
-                          search=LR_SPACE),
+        **query_side_params(lr_key="adapter_lr", lr_param=_lr(
+            f"query adapter lr; None = {DEFAULT_ADAPTER_LR:g}, 'reference' = JPQ's encoder lr 5e-6", search=LR_SPACE)),
         "writeback": WRITEBACK_PARAM,
         **INIT_PARAMS,
     }

@@ -157,8 +157,9 @@ def test_a_folder_being_tuned_is_not_written_by_a_second_tuner(tmp_path, capsys)
 def test_every_learned_objective_exposes_the_same_training_knobs_and_spaces():
     """Declared once (benchmark.vq.train.train_params): the tuner sees the same knobs over the same spaces."""
     from benchmark.registry import available
-    from benchmark.vq.train import train_params
+    from benchmark.vq.train import query_side_params, train_params
     shared = train_params()
+    side = query_side_params()
     for name, cls in available().items():
         if cls.family not in ("contrastive", "distillation") or not cls.__module__.startswith("methods."):
             continue
@@ -168,7 +169,11 @@ def test_every_learned_objective_exposes_the_same_training_knobs_and_spaces():
             key = warmup if key == "warmup" else key
             assert key in declared, (name, key)
             assert declared[key].search == param.search and declared[key].choices == param.choices, (name, key)
-        assert "query_adapter" in declared and declared["query_adapter"].search is not None, name
+        # the query side, declared once too (query_side_params): the same switch and the same adapter-lr space
+        lr_key = "adapter_lr" if "adapter_lr" in declared else "lr_adapter"
+        assert declared["query_adapter"].search == side["query_adapter"].search is not None, name
+        assert declared["query_adapter"].type is bool, name
+        assert declared[lr_key].search == side["lr_adapter"].search is not None, name
 
 
 def test_tuned_runs_carry_their_budget_into_the_records_and_the_report(tmp_path, capsys):

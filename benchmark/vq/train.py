@@ -66,6 +66,22 @@ def train_params(*, epochs: float = 1.0, batch_size: int = 32, warmup: float = 0
     }
 
 
+def query_side_params(*, adapter: bool = False, lr: float = 1e-3, legacy: bool = False, lr_key: str = "lr_adapter",
+                      lr_param: Param | None = None) -> dict[str, Param]:
+    """The query side, declared once for every learned objective: none, or the linear adapter — a d x d query map
+    (identity init) trained with the codebooks (:class:`~benchmark.vq.torch_vq.TorchVQ` ``query_adapter``; written
+    back as ``VQParams.query_map`` and applied to queries before the faiss search), with its own learning rate. Same
+    names, types and search spaces everywhere; a method picks its defaults. ``legacy``: both params came after the
+    method's records (left out of them at their defaults). ``lr_key`` / ``lr_param``: JPQ's older name
+    (``adapter_lr``) and its declaration with the 'reference' rate."""
+    return {
+        "query_adapter": Param(adapter, "query side: False = none, True = also train a d x d query map (identity "
+                               "init)", search=SWITCH_SPACE, legacy=(adapter,) if legacy else ()),
+        lr_key: lr_param or Param(lr, "learning rate of the query adapter", min=0, min_exclusive=True,
+                                  search=LR_SPACE, legacy=(lr,) if legacy else ()),
+    }
+
+
 def train_spec(cfg: dict[str, Any], warmup_key: str = "warmup", **extra: Any) -> TrainSpec:
     """The :class:`TrainSpec` of a method's config declared with :func:`train_params`."""
     return TrainSpec(cfg["epochs"], cfg["batch_size"], warmup=cfg[warmup_key], schedule=cfg["schedule"],
