@@ -184,9 +184,11 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
     negatives = cfg.get("negatives")
     if negatives is not None or "hard_k" in cfg:
         pool = int(cfg.get("pool_size") or cfg.get("hard_k") or 200)
-        scans = q * n * code * (epochs if negatives == "dynamic" else 1.0)
-        stages.append(Stage(f"negatives ({negatives or 'init index'}: PQ scans of every doc)", scan=scans,
-                            ram=q * pool * 4))
+        probe = cfg.get("mine_nprobe")
+        share = min(1.0, probe / nlist) if probe and nlist and negatives != "dynamic" else 1.0
+        scans = q * n * code * share * (epochs if negatives == "dynamic" else 1.0)
+        what = f"{probe} of {nlist} lists probed" if share < 1.0 else "PQ scans of every doc"
+        stages.append(Stage(f"negatives ({negatives or 'init index'}: {what})", scan=scans, ram=q * pool * 4))
     if epochs:
         batch = int(cfg.get("batch_size") or 32)
         per_query = (int(cfg.get("topk") or 0) + batch + 2 + int(cfg.get("hard_negatives") or 0)) * d * 2 * 3

@@ -1,7 +1,8 @@
 """InfoNCE on the PQ codebooks (LibVQ's contrastive loss), written on the shared training core.
 
 Each labeled query's positive (its highest-graded relevant doc) is scored against the batch's other positives and
-``hard_negatives`` docs per query sampled from its top-``hard_k`` in the init index (mined once, cached), all
+``hard_negatives`` docs per query sampled from its top-``hard_k`` in the init index (mined once, cached; every
+IVF list, or ``mine_nprobe`` of them in ``infonce-pq-ivf``: the scale knob shared with JPQ), all
 shared in the batch; the query's own relevant docs are masked out. Loss: cross-entropy of softmax(<q, PQ(d)> /
 temperature). The faiss-opq init (same cache entry) fixes the rotation and every doc's codes; only codewords move
 (``infonce-pq-ivf``: the faiss-ivfopq init, whose centroids move too, each doc keeping its list; the query adapter,
@@ -21,8 +22,9 @@ from benchmark.vq import VQParams, factory_string
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
-from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer,
-                                positives, query_side_params, train_params, train_spec)
+from benchmark.vq.train import (LR_SPACE, M_PARAM, MINE_NPROBE_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE,
+                                Step, Trainer, mine_nprobe_problems, positives, query_side_params, train_params,
+                                train_spec)
 
 
 @register
@@ -40,6 +42,7 @@ class InfoNCEPQ(BaseMethod):
               "hard_negatives": Param(64, "mined negatives per query (0 = plain in-batch)", min=0,
                                       search=Space(choices=(16, 64, 128))),
               "hard_k": Param(200, "negatives are sampled from the init index's top-hard_k", min=1),
+              "mine_nprobe": MINE_NPROBE_PARAM,
               "label_fraction": Param(1.0, "share of the labeled queries used (seeded; the same share as JPQ's)",
                                       min=0, max=1, min_exclusive=True, legacy=(1.0,)),
               **query_side_params(adapter=False, lr=1e-3, legacy=True)}
@@ -65,7 +68,8 @@ class InfoNCEPQ(BaseMethod):
         if self.config["batch_size"] < 2:
             problems.append(f"batch_size must be >= 2 (the other queries' positives are the in-batch negatives), got "
                             f"{self.config['batch_size']}")
-        return problems
+        return problems + mine_nprobe_problems(self.config, self.ivf,
+                                               "hard_negatives > 0" if self.config["hard_negatives"] else None)
 
     def check_data(self, data: DataFacts) -> list[str]:
         cfg, problems = self.config, super().check_data(data)
@@ -79,7 +83,8 @@ class InfoNCEPQ(BaseMethod):
         cfg = self.config
         pos = positives(train, self.name).sample(cfg["label_fraction"], train.seed)
         init = init_for(train, self.factory(), cfg)
-        top = index_topk(init, train.doc_emb, pos.query_emb(train), cfg["hard_k"], train.cache_dir)
+        top, mining = index_topk(init, train.doc_emb, pos.query_emb(train), cfg["hard_k"], train.cache_dir,
+                                 cfg["mine_nprobe"])
         spec = train_spec(cfg)
         trainer = Trainer(TorchVQ(init, query_adapter=cfg["query_adapter"]), self.learning_rates(), spec, train.seed,
                           train.device, self.name)
@@ -97,7 +102,7 @@ class InfoNCEPQ(BaseMethod):
             return F.cross_entropy(scores.masked_fill(masked, float("-inf")), torch.arange(len(rows), device=dev))
 
         trainer.fit(loss, len(pos))
-        return trainer.to_params("codes", train_queries_from={
+        return trainer.to_params("codes", negative_mining=mining, train_queries_from={
             "queries": "labeled", "labels_used": True, "n": len(pos), "fraction": cfg["label_fraction"],
             "from": "train split, with its qrels"})
 

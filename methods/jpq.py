@@ -6,7 +6,9 @@ built from the result scores exactly as the trained model did (``writeback='code
 
 Each step retrieves the batch's top-``top_k`` from the *current* index, appends the relevant docs not retrieved and
 ranks them. ``negatives='pool'`` (default): each query's top-``pool_size`` in the *initial* index is mined once
-(faiss, every list, cached) and re-scored each step with the current codebooks (lookup tables, as faiss scores), so
+(faiss, every list, cached; ``mine_nprobe`` probes that many lists instead — not in the paper, a scale knob: at MS
+MARCO size an every-list pool is a PQ scan of 8.8M codes per train query, hours on 2 cores, so
+``configs/msmarco*.toml`` mine from nlist/16 of the lists; the default stays every list) and re-scored each step with the current codebooks (lookup tables, as faiss scores), so
 per-step cost is independent of the corpus; ``info['pool_recall']`` is the share of the exhaustive current
 top-``top_k`` inside the pool (256 queries, after training). ``'dynamic'``: exhaustive torch scores every step, as in
 JPQ (per-step cost linear in the corpus).
@@ -46,8 +48,9 @@ from benchmark.vq import VQParams, factory_string, fold_single_centroid
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
-from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, WRITEBACK_PARAM,
-                                Step, Trainer, positives, query_side_params, timed, train_params, train_spec)
+from benchmark.vq.train import (LR_SPACE, M_PARAM, MINE_NPROBE_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE,
+                                WRITEBACK_PARAM, Step, Trainer, mine_nprobe_problems, positives, query_side_params,
+                                timed, train_params, train_spec)
 
 LOSSES = ("lambda", "softmax")
 NEGATIVES = ("pool", "dynamic")
@@ -158,6 +161,7 @@ class JPQ(BaseMethod):
         "negatives": Param("pool", "where the top_k come from (module doc)", choices=NEGATIVES,
                            search=Space(choices=NEGATIVES)),
         "pool_size": Param(1000, "per-query pool mined from the init index (negatives='pool'), >= top_k", min=1),
+        "mine_nprobe": MINE_NPROBE_PARAM,
         "label_fraction": Param(1.0, "share of the labeled queries used (seeded)", min=0, max=1, min_exclusive=True),
         **query_side_params(lr_key="adapter_lr", lr_param=_lr(
             f"query adapter lr; None = {DEFAULT_ADAPTER_LR:g}, 'reference' = JPQ's encoder lr 5e-6", search=LR_SPACE)),
@@ -176,6 +180,7 @@ class JPQ(BaseMethod):
         problems = super().check_config()
         if cfg["negatives"] == "pool" and not cfg["top_k"] <= cfg["pool_size"]:
             problems.append(f"pool_size must be >= top_k ({cfg['top_k']}), got {cfg['pool_size']}")
+        problems += mine_nprobe_problems(cfg, self.ivf, "negatives='pool'" if cfg["negatives"] == "pool" else None)
         return problems
 
     def check_data(self, data: DataFacts) -> list[str]:
@@ -205,7 +210,8 @@ class JPQ(BaseMethod):
                                       "fraction": cfg["label_fraction"], "from": "train split, with its qrels"}
         if cfg["negatives"] == "pool":   # each query's top-pool_size in the init index, mined once (cached)
             with timed(info, "mining"):
-                pool = index_topk(init, train.doc_emb, labels.query_emb.numpy(), cfg["pool_size"], train.cache_dir)
+                pool, info["negative_mining"] = index_topk(init, train.doc_emb, labels.query_emb.numpy(),
+                                                           cfg["pool_size"], train.cache_dir, cfg["mine_nprobe"])
             labels = replace(labels, pool=torch.from_numpy(pool))
         spec = train_spec(cfg, warmup_key="warmup_ratio", shuffle="torch")
         trainer = Trainer(TorchVQ(init, query_adapter=cfg["query_adapter"]), self.learning_rates(), spec,

@@ -52,6 +52,12 @@ def test_stage_counts_follow_the_sizes():
     assert "IVF4096,SQ8, nprobe 512" in ivf.name and ivf.flops < teacher.flops / 5
     exact = lambda f: next(s for s in fit_stages(method, f, [1024]) if s.name.startswith("exact"))  # noqa: E731
     assert exact(big).flops == 10 * exact(small).flops
+    # JPQ's pool: a PQ scan of every doc per train query, or of mine_nprobe / nlist of them
+    neg = lambda p: next(s for s in fit_stages(make_method("jpq-ivf", p), big, [1024])  # noqa: E731
+                         if s.name.startswith("negatives"))
+    every, pruned = neg({"M": 32, "nlist": 1024}), neg({"M": 32, "nlist": 1024, "mine_nprobe": 64})
+    assert every.scan == 500_000 * 1_000_000 * 32 and pruned.scan == every.scan / 16
+    assert "64 of 1024 lists probed" in pruned.name and "every doc" in every.name
 
 
 def test_catalog_sizes_for_a_dataset_not_downloaded():

@@ -169,14 +169,50 @@ def test_lookup_scores_equal_reconstruction_scores(train: TrainData) -> None:
 def test_negative_pool_is_the_init_index_top(train: TrainData) -> None:
     vq = make_method("jpq-ivf", FAST_IVF).init_params(train)
     queries = np.asarray(train.train_query_emb[:50], dtype=np.float32)
-    pool = index_topk(vq, train.doc_emb, queries, 40, cache_dir=train.cache_dir)
+    pool, info = index_topk(vq, train.doc_emb, queries, 40, cache_dir=train.cache_dir)
+    assert info == {"kind": "index", "k": 40, "nprobe": 16, "nlist": 16, "refilled": 0}
     assert pool.dtype == np.int32 and pool.shape == (50, 40)
     model = TorchVQ(vq)
     scores = model.all_doc_scores(model.encode_queries(torch.from_numpy(queries)))
     # the pool is the faiss top-40 of the init index: its scores are the 40 largest of the exhaustive torch scores
     np.testing.assert_allclose(scores.gather(1, torch.from_numpy(pool).long()).numpy(),
                                scores.topk(40, dim=1).values.numpy(), atol=1e-5)
-    np.testing.assert_array_equal(index_topk(vq, train.doc_emb, queries, 40, cache_dir=train.cache_dir), pool)
+    np.testing.assert_array_equal(index_topk(vq, train.doc_emb, queries, 40, cache_dir=train.cache_dir)[0], pool)
+
+
+def test_pool_mined_from_a_few_lists(train: TrainData) -> None:
+    """mine_nprobe (issue #29): the pool comes from the probed lists only (the cost bounded at scale), every row
+    full (a query whose probed lists hold fewer than k docs is searched over every list), the same as the
+    exhaustive pool at mine_nprobe = nlist; a flat layout or a value above nlist is refused before any work."""
+    vq = make_method("jpq-ivf", FAST_IVF).init_params(train)
+    queries = np.asarray(train.train_query_emb[:200], dtype=np.float32)
+    full, _ = index_topk(vq, train.doc_emb, queries, 100, cache_dir=train.cache_dir)
+    same, info = index_topk(vq, train.doc_emb, queries, 100, cache_dir=train.cache_dir, nprobe=16)
+    np.testing.assert_array_equal(same, full)
+    assert info["nprobe"] == 16 and info["refilled"] == 0
+    few, info = index_topk(vq, train.doc_emb, queries, 100, cache_dir=train.cache_dir, nprobe=2)
+    assert info["nprobe"] == 2 and (few >= 0).all() and few.shape == (200, 100)
+    lists = vq.doc_assign                               # each doc's IVF list
+    q_rot = queries @ vq.rotation.T if vq.rotation is not None else queries
+    probed = np.argsort(-(q_rot @ vq.ivf_centroids.T), axis=1)[:, :2]
+    in_probed = np.array([np.isin(lists[row], p).all() for row, p in zip(few, probed)])
+    # the rows mined from two lists hold only their docs; the refilled ones (lists too small) come from every list
+    assert in_probed.sum() == 200 - info["refilled"] and info["refilled"] < 200
+    overlap = np.mean([len(np.intersect1d(a, b)) / 100 for a, b in zip(few, full)])
+    assert 0.3 < overlap < 1.0                          # pruned, but mostly the same top (0.71 here)
+    sizes = np.bincount(lists, minlength=16)
+    deep, deep_info = index_topk(vq, train.doc_emb, queries, 300, cache_dir=train.cache_dir, nprobe=1)
+    short = sizes[probed[:, 0]] < 300                   # a single list holds fewer than 300 docs
+    assert short.any() and deep_info["refilled"] == short.sum() and (deep >= 0).all()
+    assert all(len(set(row)) == 300 for row in deep)
+    fit = make_method("jpq-ivf", {**FAST_IVF, "epochs": 0.2, "mine_nprobe": 2}).fit(train)
+    assert fit.info["negative_mining"]["nprobe"] == 2 and 0.0 < fit.info["pool_recall"] <= 1.0
+    with pytest.raises(MethodError, match="mine_nprobe=2 needs an IVF layout"):
+        make_method("jpq", {**FAST, "mine_nprobe": 2}).fit(train)
+    with pytest.raises(MethodError, match=r"mine_nprobe must be <= nlist \(16\), got 17"):
+        make_method("jpq-ivf", {**FAST_IVF, "mine_nprobe": 17}).fit(train)
+    with pytest.raises(MethodError, match="nothing to mine"):
+        make_method("jpq-ivf", {**FAST_IVF, "negatives": "dynamic", "mine_nprobe": 2}).fit(train)
 
 
 def test_pool_of_every_doc_trains_like_dynamic_negatives(train: TrainData) -> None:

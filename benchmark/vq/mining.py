@@ -142,14 +142,19 @@ def ivf_teacher(doc_emb: np.ndarray, nlist: int, cache_dir: str | None, seed: in
     return index
 
 
-def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None
-               ) -> np.ndarray:
-    """Doc indices (nq, k) int32 of each query's top-``k`` in the faiss index of ``vq`` (every IVF list probed, as
-    an exhaustive scan of the codes), searched in query chunks and cached under ``cache_dir`` when given."""
+def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, cache_dir: str | None = None,
+               nprobe: int | None = None) -> tuple[np.ndarray, dict]:
+    """Doc indices (nq, k) int32 of each query's top-``k`` in the faiss index of ``vq``, searched in query chunks and
+    cached under ``cache_dir`` when given, and what mined them. ``nprobe``: IVF lists probed; None = every list (an
+    exhaustive scan of the codes: exact for this index, a cost linear in the corpus per query). With fewer lists
+    probed, a query whose probed lists hold fewer than ``k`` docs is searched again over every list, so every row
+    is full; the info counts them (``refilled``)."""
     def search() -> tuple[np.ndarray, dict]:
         index = build_index(vq, doc_emb)
-        if vq.nlist:
-            faiss.extract_index_ivf(index).nprobe = vq.nlist
+        ivf = faiss.extract_index_ivf(index) if vq.nlist else None
+        probe = vq.nlist if ivf is None or nprobe is None else min(nprobe, vq.nlist)
+        if ivf is not None:
+            ivf.nprobe = probe
         q = np.asarray(queries, dtype=np.float32)
         if vq.query_map is not None:
             q = q @ vq.query_map.T
@@ -157,10 +162,19 @@ def index_topk(vq: VQParams, doc_emb: np.ndarray, queries: np.ndarray, k: int, c
         for start in range(0, len(q), QUERY_CHUNK):
             out[start:start + QUERY_CHUNK] = index.search(np.ascontiguousarray(q[start:start + QUERY_CHUNK]),
                                                           out.shape[1])[1]
-        return out, {"kind": "index", "k": int(out.shape[1])}
+        short = np.flatnonzero((out < 0).any(axis=1))
+        if len(short):   # their probed lists held fewer than k docs: every list for them
+            ivf.nprobe = vq.nlist
+            for start in range(0, len(short), QUERY_CHUNK):
+                rows = short[start:start + QUERY_CHUNK]
+                out[rows] = index.search(np.ascontiguousarray(q[rows]), out.shape[1])[1]
+        return out, {"kind": "index", "k": int(out.shape[1]), "nprobe": int(probe), "nlist": int(vq.nlist or 0),
+                     "refilled": int(len(short))}
     model = hashlib.sha1()
     for part in (vq.pq_codebooks, vq.ivf_centroids, vq.rotation, vq.query_map, vq.doc_codes, vq.doc_assign):
         model.update(b"-" if part is None else np.ascontiguousarray(part))   # hashed in place, no bytes copy
     # the thread count: an OPQ rotation applied with another one may round a near-tie the other way (faiss_init)
     key = f"index|{model.hexdigest()}|{fingerprint(queries)}|{k}|{faiss.__version__}|{faiss.omp_get_max_threads()}"
-    return _cached_ids(cache_dir, key, search)[0]
+    if nprobe is not None and vq.nlist and nprobe < vq.nlist:
+        key += f"|nprobe={nprobe}"
+    return _cached_ids(cache_dir, key, search)

@@ -43,6 +43,9 @@ SWITCH_SPACE = Space(choices=(False, True))
 
 M_PARAM = Param(16, "PQ sub-vectors = bytes per vector at 8 bits; must divide the embedding dim", min=1)
 NLIST_PARAM = Param(256, "IVF lists", min=1)
+MINE_NPROBE_PARAM = Param(None, "IVF lists probed when mining negatives from the init index; None = every list "
+                          "(exhaustive: per query a scan of the whole corpus's codes). Fewer lists bound the cost at "
+                          "scale (issue #29); IVF layouts only", dtype=int, min=1, special=(None,), legacy=(None,))
 WRITEBACK_PARAM = Param("codes", "how the index stores docs (benchmark.vq.build_index)", choices=WRITEBACK_MODES)
 
 
@@ -80,6 +83,20 @@ def query_side_params(*, adapter: bool = False, lr: float = 1e-3, legacy: bool =
         lr_key: lr_param or Param(lr, "learning rate of the query adapter", min=0, min_exclusive=True,
                                   search=LR_SPACE, legacy=(lr,) if legacy else ()),
     }
+
+
+def mine_nprobe_problems(cfg: dict[str, Any], ivf: bool, mining: str | None) -> list[str]:
+    """The checks of :data:`MINE_NPROBE_PARAM`: an IVF layout, a mining step that uses it, at most ``nlist``."""
+    nprobe = cfg.get("mine_nprobe")
+    if nprobe is None:
+        return []
+    if not ivf:
+        return [f"mine_nprobe={nprobe} needs an IVF layout (the -ivf variant); the flat layout has no lists to probe"]
+    if mining is None:
+        return [f"mine_nprobe={nprobe} has nothing to mine (no negatives are mined from the init index)"]
+    if nprobe > cfg["nlist"]:
+        return [f"mine_nprobe must be <= nlist ({cfg['nlist']}), got {nprobe}"]
+    return []
 
 
 def train_spec(cfg: dict[str, Any], warmup_key: str = "warmup", **extra: Any) -> TrainSpec:
