@@ -133,7 +133,7 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
     from benchmark.registry import make_method
     from benchmark.runner import train_data
     from benchmark.data.synthetic import make_synthetic
-    from benchmark.vq import build_index
+    from benchmark.vq import build_index, fold_query_map
 
     size_dir = Path(args.workdir) / f"n{n}"
     shutil.rmtree(size_dir, ignore_errors=True)
@@ -204,7 +204,8 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
     with stage("exact"):
         exact_top = ExactReference().top_k(ds, split, max(100, settings.latency_k))
     with stage("eval"):
-        ev = evaluate(index, ds, split, exact_top, settings, probe if vq.nlist else None, vq.query_map)
+        ev = evaluate(fold_query_map(index, vq.query_map), ds, split, exact_top, settings,
+                      probe if vq.nlist else None)
     result["metrics"], result["fidelity"], result["latency"] = ev.metrics, ev.fidelity, ev.latency
     sampler.stop()
     result["maxrss_mb"] = maxrss_mb()

@@ -58,7 +58,9 @@ def ivf_nlist(index: faiss.Index) -> int:
         return 0
 
 
-def prepare_queries(emb: np.ndarray, query_map: np.ndarray | None) -> np.ndarray:
+def prepare_queries(emb: np.ndarray, query_map: np.ndarray | None = None) -> np.ndarray:
+    """Queries as faiss takes them (contiguous float32), optionally through a query-side map ``q @ M.T`` (the
+    reference that :func:`benchmark.vq.fold_query_map`'s folded index must agree with)."""
     q = np.ascontiguousarray(emb, dtype=np.float32)
     return q if query_map is None else np.ascontiguousarray(q @ query_map.T, dtype=np.float32)
 
@@ -165,8 +167,8 @@ def time_points(searchers: dict[Any, Searcher], queries: np.ndarray, settings: S
     return out
 
 
-def timing_pass(index: faiss.Index, queries: np.ndarray, points: Sequence[int | None], settings: SearchSettings,
-                query_map: np.ndarray | None = None) -> dict[int | None, dict[str, Any]]:
+def timing_pass(index: faiss.Index, queries: np.ndarray, points: Sequence[int | None], settings: SearchSettings
+                ) -> dict[int | None, dict[str, Any]]:
     """Time every operating point (nprobe; None = no IVF) of one index in one pass: the timing protocol.
 
     Single-query latency runs on 1 thread: first ``warmup_queries`` searches at every point, then
@@ -184,40 +186,40 @@ def timing_pass(index: faiss.Index, queries: np.ndarray, points: Sequence[int | 
     threads_before = faiss.omp_get_max_threads()
     batch_threads = settings.threads or threads_before
     try:
-        return time_points(index_searchers(index, points, settings.latency_k, batch_threads, query_map), queries,
+        return time_points(index_searchers(index, points, settings.latency_k, batch_threads), queries,
                            settings, batch_threads)
     finally:
         faiss.omp_set_num_threads(threads_before)
 
 
-def index_searchers(index: faiss.Index, points: Sequence[int | None], k: int, batch_threads: int,
-                    query_map: np.ndarray | None = None) -> dict[int | None, Searcher]:
+def index_searchers(index: faiss.Index, points: Sequence[int | None], k: int, batch_threads: int
+                    ) -> dict[int | None, Searcher]:
     """The operating points (nprobe; None = no IVF) of one faiss index as :class:`Searcher` s for
-    :func:`time_points` (the caller restores faiss's thread count afterwards)."""
+    :func:`time_points` (the caller restores faiss's thread count afterwards). A query-side map is part of the
+    index (:func:`benchmark.vq.fold_query_map`), so what is timed is one faiss search per query and nothing else."""
     def searcher(p: int | None) -> Searcher:
         def prepare() -> None:   # the point's nprobe, and 1 thread for the single queries (set once, not per query)
             set_nprobe(index, p)
             faiss.omp_set_num_threads(1)
 
         def one(q: np.ndarray) -> Any:
-            return index.search(prepare_queries(q, query_map), k)
+            return index.search(q, k)
 
         def batch(q: np.ndarray) -> Any:
             faiss.omp_set_num_threads(batch_threads)
             try:
-                return index.search(prepare_queries(q, query_map), k)
+                return index.search(q, k)
             finally:
                 faiss.omp_set_num_threads(1)
         return Searcher(prepare, one, batch)
     return {p: searcher(p) for p in points}
 
 
-def time_search(index: faiss.Index, queries: np.ndarray, settings: SearchSettings,
-                query_map: np.ndarray | None = None) -> dict[str, Any]:
+def time_search(index: faiss.Index, queries: np.ndarray, settings: SearchSettings) -> dict[str, Any]:
     """The timing protocol (:func:`timing_pass`) at the index's current nprobe only."""
     ivf = ivf_nlist(index)
-    return timing_pass(index, queries, [faiss.extract_index_ivf(index).nprobe if ivf else None], settings,
-                       query_map).popitem()[1]
+    return timing_pass(index, queries, [faiss.extract_index_ivf(index).nprobe if ivf else None],
+                       settings).popitem()[1]
 
 
 class ExactReference:
@@ -242,15 +244,15 @@ class ExactReference:
 
 
 def evaluate(index: faiss.Index, ds: RetrievalDataset, split: Split, exact_top: np.ndarray,
-             settings: SearchSettings, nprobe: int | None = None, query_map: np.ndarray | None = None,
-             timed: bool = True) -> Evaluation:
+             settings: SearchSettings, nprobe: int | None = None, timed: bool = True) -> Evaluation:
     """Search ``split``'s queries at ``nprobe``; per-query IR measures, overlap with exact top-k, and (``timed``)
     the timing protocol at that point alone. A fit's runner passes ``timed=False`` and times all its points in one
-    :func:`timing_pass` (interleaved repetitions), then fills ``latency``."""
+    :func:`timing_pass` (interleaved repetitions), then fills ``latency``. A method's query-side map is folded into
+    ``index`` first (:func:`benchmark.vq.fold_query_map`)."""
     set_nprobe(index, nprobe)
     extra = 1 if ds.ignore_identical_ids else 0
     k = min(settings.k + extra, ds.num_docs)
-    scores, indices = index.search(prepare_queries(split.query_emb, query_map), k)
+    scores, indices = index.search(prepare_queries(split.query_emb), k)
     run = ranked_run(split.query_ids, np.asarray(ds.doc_ids, dtype=object), scores, indices,
                      ds.ignore_identical_ids, depth=settings.k)
     per_query = per_query_measures(run, split.qrels) if split.qrels else {}
@@ -259,5 +261,5 @@ def evaluate(index: faiss.Index, ds: RetrievalDataset, split: Split, exact_top: 
         per_query[f"overlap@{kk}"] = dict(zip(split.query_ids, values.tolist()))
     metrics = {name: mean(per_query[name]) for name in MEASURES if name in per_query}
     fidelity = {f"overlap@{kk}": mean(per_query[f"overlap@{kk}"]) for kk in FIDELITY_KS}
-    latency = (timing_pass(index, split.query_emb, [nprobe], settings, query_map)[nprobe] if timed else {})
+    latency = (timing_pass(index, split.query_emb, [nprobe], settings)[nprobe] if timed else {})
     return Evaluation(nprobe, metrics, fidelity, latency, per_query)

@@ -1,7 +1,8 @@
 """Re-time a finished run without retraining: ``run_benchmark.py --retime DIR [--config C]``.
 
-Every fit of ``DIR/results.jsonl`` whose index was saved (``--save-index``: ``DIR/indexes/<fit_id>.faiss`` and, for a
-method with a query-side map, ``<fit_id>.query_map.npy``) is loaded and all its operating points are timed again by
+Every fit of ``DIR/results.jsonl`` whose index was saved (``--save-index``: ``DIR/indexes/<fit_id>.faiss``, a query-side
+map folded into it; one saved before that has a ``<fit_id>.query_map.npy`` beside it, folded in at load:
+:func:`benchmark.vq.fold_query_map`) is loaded and all its operating points are timed again by
 the timing protocol (:func:`benchmark.harness.time_points`), on the same queries the run timed, and *together with
 the other fits of its dataset* (up to :data:`GROUP` per pass): the repetitions interleave every point of every fit,
 so a change of the machine's speed during the pass (on a shared VM it can shift by 1.5x with no process of this
@@ -28,6 +29,7 @@ import numpy as np
 from benchmark._io import write_text
 from benchmark.harness import SearchSettings, index_searchers, time_points
 from benchmark.provenance import git_sha, provenance
+from benchmark.vq import fold_query_map
 from benchmark.records import read_records
 
 
@@ -96,9 +98,11 @@ def _retime_group(records: list[dict[str, Any]], members: list, queries: np.ndar
     for fid, rows, (index_path, map_path) in members:
         index = faiss.read_index(str(index_path))
         keep.append(index)
-        query_map = np.load(map_path) if map_path is not None else None
+        # an index saved before query maps were folded in has its map beside it: folded now, as a fit does today
+        index = fold_query_map(index, np.load(map_path) if map_path is not None else None)
+        keep.append(index)
         points = [records[i]["nprobe"] for i in rows]
-        for point, s in index_searchers(index, points, settings.latency_k, batch_threads, query_map).items():
+        for point, s in index_searchers(index, points, settings.latency_k, batch_threads).items():
             searchers[(fid, point)] = s
     try:
         timings = time_points(searchers, queries, settings, batch_threads)

@@ -13,7 +13,6 @@ with status ok (:func:`is_complete`); a fit killed anywhere, even mid-write, is 
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 import traceback
@@ -35,7 +34,7 @@ from benchmark.provenance import peak_rss_mb, provenance, thread_policy
 from benchmark.records import SCHEMA_VERSION, append_records, read_records, run_id
 from benchmark.registry import BaseMethod, DataFacts, MethodError, TrainData, make_method
 from benchmark._io import write_bytes
-from benchmark.vq import BuiltIndex, VQParams, build_index
+from benchmark.vq import BuiltIndex, VQParams, build_index, fold_query_map
 
 __all__ = ["FitContext", "FitResult", "Job", "RunSummary", "Runner", "default_cache_dir", "execute_fit", "fit_id",
            "is_complete", "planned_sweep", "train_data", "write_fit"]
@@ -165,12 +164,6 @@ def dataset_encoder(ds: RetrievalDataset) -> dict[str, Any]:
     return encoder_info(model, ds.meta.get("max_length"), ds.meta.get("normalize"))
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
 def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, device: str = "cpu",
                 cache_dir: str | Path | None = None, exact: ExactReference | None = None,
                 save_index: bool = False, method: BaseMethod | None = None, threads: int = 0,
@@ -211,6 +204,9 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
             vq, index, info, query_map = out, build_index(out, ds.doc_emb), dict(out.info), out.query_map
         if index.ntotal != ds.num_docs:
             raise MethodError(f"{job.method}: the index holds {index.ntotal} docs, the corpus {ds.num_docs}")
+        # a query-side map is folded into the index's query transform (one d x d product per query, inside faiss):
+        # what is evaluated, timed and saved is the index a user deploys, with nothing applied around it
+        index, query_side = fold_query_map(index, query_map), "adapter" if query_map is not None else "none"
         train_seconds = fit_seconds + float(info.get("cached_init_seconds", 0.0))
         stage("exact top-k")
         exact_top = exact_top_k(ds, settings, exact)
@@ -221,17 +217,15 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
         if save_index:
             path = f"indexes/{fid}.faiss"
             files[path] = faiss.serialize_index(index).tobytes()
-            if query_map is not None:
-                files[f"indexes/{fid}.query_map.npy"] = _npy_bytes(query_map)
             facts["path"] = path
         setup = {"layout": "IVF" if ivf_nlist(index) else "no IVF",
-                 "query_side": "adapter" if query_map is not None else "none",
+                 "query_side": query_side,
                  "train_queries": info.get("train_queries_from")}
         records = []
         sweep = planned_sweep(ivf_nlist(index), settings)
         for nprobe in sweep:
             stage(f"search nprobe={nprobe}" if nprobe is not None else "search")
-            ev = evaluate(index, ds, split, exact_top, settings, nprobe, query_map, timed=False)
+            ev = evaluate(index, ds, split, exact_top, settings, nprobe, timed=False)
             rid = run_id(job.dataset, split.name, job.method, header["params"], job.seed, nprobe)
             sidecar = f"per_query/{rid}.json"
             files[sidecar] = json_bytes(ev.per_query)
@@ -243,7 +237,7 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
                                                                  "peak_rss_mb": peak_rss_mb()},
                             "train_info": info, "status": "ok"})
         stage("timing")
-        timings = timing_pass(index, split.query_emb, sweep, settings, query_map)
+        timings = timing_pass(index, split.query_emb, sweep, settings)
         for rec in records:
             rec["latency"] = timings[rec["nprobe"]]
         return FitResult(job, fid, records, files)

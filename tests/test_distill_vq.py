@@ -15,7 +15,7 @@ from benchmark.vq import mining
 from benchmark.vq.mining import cached_topk, exact_topk
 from benchmark.registry import MethodError, TrainData, get_method, make_method
 from benchmark.runner import train_data
-from benchmark.vq import build_index, encode_pq, rotate
+from benchmark.vq import build_index, encode_pq, fold_query_map, rotate
 from benchmark.vq.torch_vq import TorchVQ
 from benchmark.vq.candidates import Candidates, candidate_scores, parse_candidates, repeats
 from benchmark.vq.torch_vq import ste_quantize, ste_temperature, tempered_ste
@@ -138,9 +138,9 @@ def test_student_gradients_reach_codebooks_and_centroids(quick, cache):
 # --- write-back: faiss scores == torch scores -----------------------------------------------------------------
 
 def _faiss_top10(vq, ds, queries):
-    index = build_index(vq, ds.doc_emb)
+    index = fold_query_map(build_index(vq, ds.doc_emb), vq.query_map)   # the index as deployed
     faiss.extract_index_ivf(index).nprobe = vq.nlist
-    return index.search(prepare_queries(queries, vq.query_map), 10)
+    return index.search(prepare_queries(queries), 10)
 
 
 def _assert_torch_equals_faiss(vq, queries, d_faiss, i_faiss):
@@ -372,9 +372,8 @@ def test_defaults_beat_faiss_ivfopq_on_synthetic(tmp_path):
     ndcg = {}
     for name in ("faiss-ivfopq", "distill-vq"):
         result = make_method(name, {}).fit(td)
-        index = build_index(result, ds.doc_emb)
-        ndcg[name] = evaluate(index, ds, test, exact, settings, nprobe=16,
-                              query_map=result.query_map).metrics["nDCG@10"]
+        index = fold_query_map(build_index(result, ds.doc_emb), result.query_map)
+        ndcg[name] = evaluate(index, ds, test, exact, settings, nprobe=16).metrics["nDCG@10"]
     assert ndcg["distill-vq"] > ndcg["faiss-ivfopq"] + 0.005, ndcg
 
 

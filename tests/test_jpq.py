@@ -14,7 +14,7 @@ from benchmark.vq.faiss_init import trained_params
 from benchmark.harness import prepare_queries
 from benchmark.registry import MethodError, TrainData, make_method
 from benchmark.runner import train_data
-from benchmark.vq import build_index, reconstruct
+from benchmark.vq import build_index, fold_query_map, reconstruct
 from benchmark.vq.torch_vq import TorchVQ
 from benchmark.vq.mining import index_topk
 from methods.jpq import build_candidates, labeled_queries, lambda_loss, softmax_loss
@@ -113,11 +113,11 @@ def test_fold_single_centroid_keeps_reconstructions(train: TrainData) -> None:
 def test_faiss_search_equals_torch_scores(quick, train: TrainData, name: str, params: dict) -> None:
     vq = make_method(name, params).fit(train)
     assert vq.writeback == "codes" and vq.info["steps"] == 25
-    index = build_index(vq, quick.doc_emb)
+    index = fold_query_map(build_index(vq, quick.doc_emb), vq.query_map)   # the index as deployed
     if vq.nlist:
         faiss.extract_index_ivf(index).nprobe = vq.nlist      # exhaustive, like the training-time retrieval
     queries = quick.split("test").query_emb[:100]
-    faiss_scores, faiss_ids = index.search(prepare_queries(queries, vq.query_map), 10)
+    faiss_scores, faiss_ids = index.search(prepare_queries(queries), 10)
     model = TorchVQ(vq, query_adapter=vq.query_map is not None)
     top = model.all_doc_scores(model.encode_queries(torch.from_numpy(queries))).topk(10, dim=1)
     np.testing.assert_allclose(faiss_scores, top.values.numpy(), atol=1e-4)

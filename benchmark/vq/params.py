@@ -140,6 +140,38 @@ def empty_index(vq: VQParams) -> faiss.Index:
     return index
 
 
+def fold_query_map(index: faiss.Index, query_map: np.ndarray | None) -> faiss.Index:
+    """The populated ``index`` with a query-side map ``M`` (queries searched as ``q @ M.T``) folded into the
+    transform faiss applies to queries: into the OPQ matrix ``A`` (one ``A @ M`` matrix, so a query pays one d x d
+    product, not two) or, without a pre-transform, a new linear one in front. Scores are those of ``M`` then the
+    index (float32 rounding aside). Search-only: the docs are already encoded and ``add`` would send new docs through
+    the map too, so add every doc first (``build_index``), then fold. ``None``: the index itself."""
+    if query_map is None:
+        return index
+    m = np.asarray(query_map, dtype=np.float64)
+    if isinstance(index, faiss.IndexPreTransform) and index.chain.size() >= 1:
+        chain = [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
+        first = chain[0]
+        if isinstance(first, faiss.LinearTransform):
+            a = faiss.vector_to_array(first.A).reshape(first.d_out, first.d_in).astype(np.float64)
+            folded = faiss.LinearTransform(first.d_in, first.d_out, bool(first.have_bias))
+            faiss.copy_array_to_vector(np.ascontiguousarray(a @ m, dtype=np.float32).ravel(), folded.A)
+            if first.have_bias:
+                faiss.copy_array_to_vector(faiss.vector_to_array(first.b), folded.b)
+            folded.is_trained = True
+            out = faiss.IndexPreTransform(folded, index.index)
+            for vt in chain[1:]:               # the rest of the chain, in its order, after the folded one
+                out.chain.push_back(vt)
+            out.referenced_objects = [index, folded, *chain[1:]]   # keep what the new index points into alive
+            return out
+    lt = faiss.LinearTransform(m.shape[1], m.shape[0], False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(m, dtype=np.float32).ravel(), lt.A)
+    lt.is_trained = True
+    out = faiss.IndexPreTransform(lt, index)
+    out.referenced_objects = [index, lt]
+    return out
+
+
 def _base(index: faiss.Index) -> faiss.Index:
     return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
 
