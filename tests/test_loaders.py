@@ -313,11 +313,12 @@ def make_npy(root: Path, dtype=np.float32, trec: bool = False, dim: int = 8) -> 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("trec", [False, True])
-def test_npy_loader(tmp_path, dtype, trec):
+def test_npy_loader(tmp_path, dtype, trec, data_dir):
     root = make_npy(tmp_path / "emb", dtype, trec)
     ds = load_dataset(f"npy:{root}")
     assert ds.doc_emb.dtype == np.float32 and ds.eval_split == "test" and sorted(ds.splits) == ["test", "train"]
-    assert isinstance(ds.doc_emb, np.memmap) == (dtype == np.float32)  # float32 stays memory-mapped
+    assert isinstance(ds.doc_emb, np.memmap)   # float32 stays memory-mapped, float16 is mapped from its float32 file
+    assert len(list(data_dir.glob("float32/corpus-*.npy"))) == (dtype == np.float16)
     np.testing.assert_array_equal(ds.doc_emb, np.load(root / "corpus.npy").astype(np.float32))
     test = ds.split("test")
     assert test.query_ids == ["q0", "q1"] and test.qrels == {"q0": {"d0": 1}, "q1": {"d1": 2, "d2": 0}}
@@ -656,3 +657,31 @@ def test_bad_option_fails_before_reading_or_encoding(tmp_path, data_dir, fake_mo
     with pytest.raises(DatasetError, match=r"^dataset 'beir:\S+beir_tiny' option include_unlabeled: expected bool"):
         load_dataset(f"beir:{BEIR_TINY}", include_unlabeled=1)
     assert read == [] and fake_model.loads == []
+
+
+def test_a_float16_corpus_is_converted_by_blocks_never_whole(tmp_path, data_dir, monkeypatch):
+    """Issue #29: a float16 corpus becomes a float32 file in the cache, written block by block (the largest numpy
+    allocation is a block, not the N x d float32 matrix), converted once, again when the source changes."""
+    import tracemalloc
+
+    from benchmark.data import npy as npy_mod
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((100_000, 64)).astype(np.float16)     # 25.6 MB as float32
+    np.save(tmp_path / "corpus.npy", docs)
+    monkeypatch.setattr(npy_mod, "CONVERT_BLOCK", 2000)
+    src = np.load(tmp_path / "corpus.npy", mmap_mode="r")
+    tracemalloc.start()
+    out = npy_mod.as_float32(src)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2_000_000, peak                                       # a 2000-row block is 0.5 MB as float32
+    assert isinstance(out, np.memmap) and out.dtype == np.float32 and not out.flags.writeable
+    np.testing.assert_array_equal(out, docs.astype(np.float32))
+    (made,) = data_dir.glob("float32/corpus-*.npy")
+    stamp = made.stat().st_mtime_ns
+    assert npy_mod.as_float32(np.load(tmp_path / "corpus.npy", mmap_mode="r")).filename == out.filename
+    assert made.stat().st_mtime_ns == stamp                              # converted once
+    np.save(tmp_path / "corpus.npy", docs[:10])                          # the source changed: a new conversion
+    assert npy_mod.as_float32(np.load(tmp_path / "corpus.npy", mmap_mode="r")).shape == (10, 64)
+    assert len(list(data_dir.glob("float32/corpus-*.npy"))) == 2
+    assert not list(data_dir.glob("float32/.*.tmp"))                     # nothing half-written left behind

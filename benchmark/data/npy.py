@@ -12,11 +12,13 @@ Layout of ``<dir>``::
 ``qrels/`` is looked up in ``<dir>`` and then in its parent (so ``npy:data/minilm`` finds ``data/qrels``), unless
 ``qrels_dir`` is given. Every ``qrels/<split>.tsv`` is a split holding the queries judged in it; a per-split query
 file without a qrels file is an unlabeled split. Memory: a float32 doc matrix stays memory-mapped (read-only, pages
-loaded on demand); a float16 one is upcast to an in-memory float32 copy (4 bytes x num_docs x dim of RAM). Query
-rows are always copied to memory as float32.
+loaded on demand); a float16 one is converted once, by blocks, into a float32 file in the cache and memory-mapped
+from there (:func:`float32_file`: twice its size on disk, no N x d float32 array in RAM). Query rows are always
+copied to memory as float32.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +74,42 @@ def open_matrix(npy: Path, ids_file: Path) -> tuple[list[str], np.ndarray]:
 
 
 def as_float32(arr: np.ndarray) -> np.ndarray:
-    """The array itself when it is native float32 (a memmap stays a memmap), else a float32 copy."""
-    return arr if arr.dtype == np.float32 else np.asarray(arr, dtype=np.float32)
+    """``arr`` as float32 without ever holding an N x d float32 copy of a file in RAM: the array itself when it is
+    float32 (a memmap stays a memmap); a memory-mapped file of another dtype (float16 embeddings) converted once, by
+    blocks, into a float32 ``.npy`` in the cache (:func:`float32_file`) and memory-mapped read-only; an in-memory
+    array of another dtype copied."""
+    if arr.dtype == np.float32:
+        return arr
+    if isinstance(arr, np.memmap) and arr.filename:
+        return float32_file(arr)
+    return np.asarray(arr, dtype=np.float32)
+
+
+CONVERT_BLOCK = 65536   # rows converted at a time by float32_file
+
+
+def float32_file(arr: np.memmap) -> np.memmap:
+    """A read-only float32 memmap of memory-mapped ``arr``, written once to ``<cache>/float32/`` (keyed by the source
+    file's path, size and mtime, so an edited file is converted again) block by block with a progress bar; the write
+    is atomic, so an interrupted conversion leaves nothing half-written behind."""
+    from tqdm.auto import tqdm
+
+    from benchmark._io import atomic_path
+    from benchmark.data.encode import cache_root
+
+    src = Path(arr.filename).resolve()
+    stat = src.stat()
+    key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{arr.shape}|{arr.dtype}|{arr.offset}".encode())
+    path = cache_root() / "float32" / f"{src.stem}-{key.hexdigest()[:16]}.npy"
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=arr.shape)
+            for start in tqdm(range(0, arr.shape[0], CONVERT_BLOCK), desc=f"{src.name} -> float32 (cached once)",
+                              unit="block", disable=arr.shape[0] < 16 * CONVERT_BLOCK):
+                out[start:start + CONVERT_BLOCK] = arr[start:start + CONVERT_BLOCK]
+            out.flush()
+            del out
+    return np.load(path, mmap_mode="r")
 
 
 def read_qrels(path: Path) -> Qrels:
