@@ -16,6 +16,7 @@ Config file keys (``configs/*.toml``)::
                                # line, --dataset-opt KEY=VALUE sets one for every selected dataset)
     [search]                   # SearchSettings fields: nprobes, k, latency_k, latency_queries, warmup_queries, threads
     [[runs]]                   # methods = [...], params = {key = value or [grid values]}, seeds = N (first N)
+                               # tuned = "<best.toml>": each method's params chosen by benchmark.tune, params on top
 """
 from __future__ import annotations
 
@@ -44,11 +45,13 @@ QUICK_PARAMS = {"nlist": 32, "opq_niter": 5, "epochs": 0.5}
 QUICK_SEARCH = {"latency_queries": 50, "warmup_queries": 5, "timing_repeats": 2}   # a smoke run
 
 CONFIG_KEYS = ("out", "seeds", "datasets", "search", "runs", "tune")   # [tune]: read by benchmark.tune
-RUN_KEYS = ("methods", "params", "seeds", "tuning")
+RUN_KEYS = ("methods", "params", "seeds", "tuning", "tuned")
 # [[runs]] tuning = {...}: how the run's params were chosen (written by benchmark.tune into best.toml), copied into
 # every record of the run as provenance (the report's *tuning* column); not part of the params or fit ids
 TUNING_KEYS = {"trace": str, "trials": int, "cpu_seconds": (int, float), "wall_seconds": (int, float),
                "measure": str, "dev_value": (int, float), "best_trial": int, "split": str}
+# [[runs]] tuned = "<best.toml>": each listed method takes the params benchmark.tune chose for it (and their tuning
+# provenance), the run's own params on top (e.g. M = [16, 32]): the test config follows the tuning, nothing is pasted
 DATASET_KEYS = ("name", "hint", "dev_queries", "dev_seed")  # besides the loader's own keyword arguments
 
 
@@ -221,23 +224,68 @@ def _runs(config: dict[str, Any], where: str, problems: list[str]) -> list[dict[
             problems.append(f"{at} params: expected a table {{key = value or [values]}}, got {params!r}")
             params = {}
         group = {"methods": methods, "params": params, "where": at}
-        if "tuning" in run:
-            tuning = run["tuning"]
-            if not isinstance(tuning, dict):
-                problems.append(f"{at} tuning: expected a table {{trials = N, cpu_seconds = S, ...}}, got {tuning!r}")
-            else:
-                for key, value in tuning.items():
-                    if key not in TUNING_KEYS:
-                        problems.append(f"{at} tuning: unknown key {key!r}{close(key, TUNING_KEYS)}; valid keys: "
-                                        f"{list(TUNING_KEYS)}")
-                    elif not isinstance(value, TUNING_KEYS[key]) or isinstance(value, bool):
-                        problems.append(f"{at} tuning.{key}: expected {TUNING_KEYS[key]}, got {value!r}")
-                group["tuning"] = tuning
         if "seeds" in run:
             if not _is_int(run["seeds"]) or run["seeds"] < 1:
                 problems.append(f"{at} seeds: expected a number of seeds >= 1, got {run['seeds']!r}")
             else:
                 group["seeds"] = run["seeds"]
+        if "tuned" in run:
+            if "tuning" in run:
+                problems.append(f"{at}: give either tuned = \"<best.toml>\" (params and provenance from the tuner) or "
+                                f"tuning = {{...}}, not both")
+            groups += [{**group, **tuned} for tuned in _tuned_groups(run["tuned"], methods, params, at, problems)]
+            continue
+        if "tuning" in run and _check_tuning(run["tuning"], at, problems):
+            group["tuning"] = run["tuning"]
+        groups.append(group)
+    return groups
+
+
+def _check_tuning(tuning: Any, at: str, problems: list[str]) -> bool:
+    """A ``tuning = {...}`` table against :data:`TUNING_KEYS`; False (and problem lines) when it is not one."""
+    if not isinstance(tuning, dict):
+        problems.append(f"{at} tuning: expected a table {{trials = N, cpu_seconds = S, ...}}, got {tuning!r}")
+        return False
+    ok = True
+    for key, value in tuning.items():
+        if key not in TUNING_KEYS:
+            problems.append(f"{at} tuning: unknown key {key!r}{close(key, TUNING_KEYS)}; valid keys: "
+                            f"{list(TUNING_KEYS)}")
+            ok = False
+        elif not isinstance(value, TUNING_KEYS[key]) or isinstance(value, bool):
+            problems.append(f"{at} tuning.{key}: expected {TUNING_KEYS[key]}, got {value!r}")
+            ok = False
+    return ok
+
+
+def _tuned_groups(path: Any, methods: list[str], params: dict[str, Any], at: str,
+                  problems: list[str]) -> list[dict[str, Any]]:
+    """One group per method of a ``tuned = "<best.toml>"`` run: the tuner's chosen params for that method under the
+    run's own (which win, e.g. ``M``), and the chosen run's ``tuning`` provenance."""
+    if not isinstance(path, str) or not path:
+        problems.append(f"{at} tuned: expected the path of a tuner's best.toml, got {path!r}")
+        return []
+    file = Path(expand_env(path))
+    try:
+        chosen = tomllib.loads(file.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        problems.append(f"{at} tuned: cannot read {file} ({type(exc).__name__}: {exc}); write it with "
+                        f"python -m benchmark.tune --config <tune config>")
+        return []
+    by_method = {}
+    for entry in chosen.get("runs", []):
+        for name in entry.get("methods", []) if isinstance(entry, dict) else []:
+            by_method[name] = entry
+    groups = []
+    for name in methods:
+        entry = by_method.get(name)
+        if entry is None:
+            problems.append(f"{at} tuned: {file} has no chosen params for {name!r}{close(name, list(by_method))}; "
+                            f"tuned methods: {sorted(by_method)}")
+            continue
+        group = {"methods": [name], "params": {**entry.get("params", {}), **params}}
+        if "tuning" in entry and _check_tuning(entry["tuning"], f"{at} tuned ({file}, {name})", problems):
+            group["tuning"] = entry["tuning"]
         groups.append(group)
     return groups
 

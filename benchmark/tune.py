@@ -295,7 +295,8 @@ def _toml_value(v: Any) -> str:
 def best_toml(trace: list[dict[str, Any]], trace_path: str = TRIALS_FILE) -> str:
     """The chosen configs as [[runs]] tables of a run config; each carries ``tuning = {...}`` (the trace, the trials
     and seconds spent, the dev value), which the runner copies into its records (the report's *tuning* column)."""
-    lines = ["# Chosen on the dev split by benchmark.tune (tuning/trials.jsonl): paste into the test config.", ""]
+    lines = ["# Chosen on the dev split by benchmark.tune (tuning/trials.jsonl): a test config reads them with "
+             "[[runs]] tuned = \"<this file>\".", ""]
     for b in best_configs(trace):
         # TOML has no null: a None value is the param's default (trial 0), which leaving it out also gives
         params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in sorted(b["params"].items()) if v is not None)

@@ -199,3 +199,32 @@ def test_tuned_runs_carry_their_budget_into_the_records_and_the_report(tmp_path,
     capsys.readouterr()
     assert main(["--config", str(tmp_path / "bad.toml"), "--quick", "--out", str(tmp_path / "o2")]) == 2
     assert "tuning: unknown key 'trails'" in capsys.readouterr().err
+
+
+def test_a_test_config_takes_the_tuned_params_from_best_toml(tmp_path):
+    """[[runs]] tuned = "<best.toml>": each method gets the tuner's chosen params (the run's own on top, e.g. M) and
+    the tuning provenance; a method the file does not hold, a missing file, or tuned + tuning are refused."""
+    from benchmark.config import ConfigError, plan
+    best = tmp_path / "best.toml"
+    best.write_text(
+        '[[runs]]\nmethods = ["faiss-ivfpq"]\nparams = { M = 16, nlist = 32, max_train_points = 3000 }\n'
+        'tuning = { trace = "t.jsonl", split = "dev", trials = 24, cpu_seconds = 10.0, best_trial = 5 }\n'
+        '[[runs]]\nmethods = ["faiss-ivfopq"]\nparams = { M = 16, nlist = 64 }\n')
+    config = tmp_path / "c.toml"
+    config.write_text(f'seeds = 3\n[[runs]]\ntuned = "{best}"\nmethods = ["faiss-ivfpq", "faiss-ivfopq"]\n'
+                      'params = { M = [8, 4] }\nseeds = 2\n')             # the run's seeds: the first 2 of 3
+    jobs = plan(config=str(config), quick=True).jobs
+    got = sorted((j.method, j.params["M"], j.params["nlist"], j.seed, (j.tuning or {}).get("trials")) for j in jobs)
+    assert got == [("faiss-ivfopq", 4, 64, 0, None), ("faiss-ivfopq", 4, 64, 1, None),
+                   ("faiss-ivfopq", 8, 64, 0, None), ("faiss-ivfopq", 8, 64, 1, None),
+                   ("faiss-ivfpq", 4, 32, 0, 24), ("faiss-ivfpq", 4, 32, 1, 24),
+                   ("faiss-ivfpq", 8, 32, 0, 24), ("faiss-ivfpq", 8, 32, 1, 24)]
+    assert all(j.params.get("max_train_points") == 3000 for j in jobs if j.method == "faiss-ivfpq")
+    config.write_text(f'[[runs]]\ntuned = "{best}"\nmethods = ["faiss-ivfpqq"]\n'
+                      f'[[runs]]\ntuned = "{tmp_path / "none.toml"}"\nmethods = ["faiss-pq"]\n'
+                      f'[[runs]]\ntuned = "{best}"\nmethods = ["faiss-ivfpq"]\ntuning = {{ trials = 1 }}\n')
+    with pytest.raises(ConfigError) as err:
+        plan(config=str(config), quick=True)
+    text = str(err.value)
+    assert "has no chosen params for 'faiss-ivfpqq' (did you mean 'faiss-ivfpq'" in text
+    assert "none.toml (FileNotFoundError" in text and "give either tuned" in text
