@@ -59,3 +59,31 @@ def test_scale_choices():
                for n in (1000, 10_000, 100_000)]
     exps = scale.exponents(results)
     assert abs(exps["fit"] - 1.0) < 1e-9 and abs(exps["train/epoch"]) < 1e-9 and abs(exps["peak_rss"]) < 1e-9
+
+
+def test_synthetic_spills_big_parent_offsets_to_disk_with_the_same_values(tmp_path, monkeypatch):
+    """At MS MARCO size the per-parent nuisance offsets are 6.4 GB: with out_path they live in a temporary file beside
+    the docs (issue #29) and the generated docs and queries are exactly those of the in-RAM generator."""
+    import tracemalloc
+
+    from benchmark.data import synthetic
+    monkeypatch.setattr(synthetic, "CHUNK", 1024)            # small doc chunks, so the offsets dominate the peak
+    opts = dict(num_docs=80_000, dim=64, num_train=50, num_unlabeled=0, num_test=20, seed=3)
+    offsets = 20_000 * 56 * 4                                # parents x nuisance dims, float32: 4.5 MB
+
+    def generate(**extra):
+        tracemalloc.start()
+        ds = synthetic.make_synthetic(**opts, **extra)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return ds, peak
+    ram, ram_peak = generate()
+    monkeypatch.setattr(synthetic, "SPILL_BYTES", 64 * 1024)
+    disk, disk_peak = generate(out_path=str(tmp_path / "docs.npy"))
+    np.testing.assert_array_equal(np.asarray(disk.doc_emb), ram.doc_emb)
+    for name in ram.splits:
+        np.testing.assert_array_equal(disk.split(name).query_emb, ram.split(name).query_emb)
+        assert disk.split(name).qrels == ram.split(name).qrels
+    # the docs themselves (20 MB) are in RAM only in the first run; the offsets are in RAM only in the first run too
+    assert ram_peak - disk_peak > 80_000 * 64 * 4 + 0.8 * offsets, (ram_peak, disk_peak)
+    assert [p.name for p in tmp_path.iterdir()] == ["docs.npy"]   # the spill folder is gone

@@ -19,7 +19,10 @@ All embeddings are L2-normalised float32. The same seed gives bit-identical arra
 """
 from __future__ import annotations
 
+import tempfile
+from contextlib import ExitStack
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +30,7 @@ from benchmark.data.dataset import DatasetError, RetrievalDataset, Split
 from benchmark.params import Param
 
 CHUNK = 65536
+SPILL_BYTES = 256 * 2 ** 20   # with out_path, a parent-offset array larger than this lives in a file beside it
 SYNTHETIC_PRESETS: dict[str, dict] = {
     "default": {},
     "quick": {"num_docs": 4000, "dim": 64, "num_topics": 32, "num_train": 800, "num_unlabeled": 800,
@@ -79,8 +83,21 @@ def make_synthetic(num_docs: int = 50_000, dim: int = 128, num_topics: int = 256
                    name: str | None = None, out_path: str | None = None) -> RetrievalDataset:
     """Generate the synthetic dataset (see the module docstring for the design).
 
-    Docs are generated in chunks; with ``out_path`` they are written to a memory-mapped ``.npy`` (large sizes).
+    Docs are generated in chunks; with ``out_path`` they are written to a memory-mapped ``.npy`` (large sizes), and
+    the per-parent offsets, when larger than :data:`SPILL_BYTES` (8.8M docs x 768-d: 6.4 GB of nuisance offsets),
+    are kept in a temporary memory-mapped file beside it instead of RAM (same values; removed when done).
     """
+    with ExitStack() as stack:
+        spill = (Path(stack.enter_context(tempfile.TemporaryDirectory(dir=Path(out_path).parent,
+                                                                       prefix=".synthetic-")))
+                 if out_path else None)
+        return _make(num_docs, dim, num_topics, docs_per_parent, num_train, num_unlabeled, num_test, signal_dim,
+                     nuisance_energy, query_noise, seed, name, out_path, spill)
+
+
+def _make(num_docs: int, dim: int, num_topics: int, docs_per_parent: int, num_train: int, num_unlabeled: int,
+          num_test: int, signal_dim: int, nuisance_energy: float, query_noise: float, seed: int, name: str | None,
+          out_path: str | None, spill: Path | None) -> RetrievalDataset:
     rng = np.random.default_rng(seed)
     basis = _orthonormal(rng, dim)
     sig, nui = basis[:, :signal_dim], basis[:, signal_dim:]
@@ -96,7 +113,9 @@ def make_synthetic(num_docs: int = 50_000, dim: int = 128, num_topics: int = 256
         rows in order, so the values are those of one (n, k) draw, without its float64 copy: 0.7 GB at 1M docs)."""
         out = []
         for k, scale in ((signal_dim, s_std * s_amp), (nui_dim, nui_scale * n_std * n_amp)):
-            arr = np.empty((n, k), dtype=np.float32)
+            big = spill is not None and n * k * 4 > SPILL_BYTES
+            arr = (np.lib.format.open_memmap(spill / f"offsets-{n}x{k}.npy", mode="w+", dtype=np.float32,
+                                             shape=(n, k)) if big else np.empty((n, k), dtype=np.float32))
             for start in range(0, n, CHUNK):
                 stop = min(n, start + CHUNK)
                 arr[start:stop] = rng.standard_normal((stop - start, k)) * scale
