@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import faiss
@@ -87,3 +88,23 @@ def test_synthetic_spills_big_parent_offsets_to_disk_with_the_same_values(tmp_pa
     # the docs themselves (20 MB) are in RAM only in the first run; the offsets are in RAM only in the first run too
     assert ram_peak - disk_peak > 80_000 * 64 * 4 + 0.8 * offsets, (ram_peak, disk_peak)
     assert [p.name for p in tmp_path.iterdir()] == ["docs.npy"]   # the spill folder is gone
+
+
+def test_scale_sweep_shares_a_size_between_methods_and_resumes(tmp_path):
+    """bench/scale.py (issue #29): the methods of a size share its generated data and faiss init (the second method
+    reads the init from the cache, marked as such), and --resume reads finished (size, method) results back instead
+    of running them again."""
+    scale = _scale()
+    argv = ["--sizes", "2000", "--dim", "64", "--M", "8", "--methods", "faiss-ivfopq,jpq-ivf", "--train-queries",
+            "200", "--test-queries", "50", "--K", "10", "--epochs", "0.1", "--mine-nprobe", "0", "--threads", "1",
+            "--workdir", str(tmp_path / "w"), "--resume"]
+    scale.main(argv)
+    first = json.loads((tmp_path / "w" / "scale-results.json").read_text())["results"]
+    assert [(r["method"], r["status"]) for r in first] == [("faiss-ivfopq", "ok"), ("jpq-ivf", "ok")]
+    assert "cached" not in first[0]["stages"]["init"] and first[1]["stages"]["init"]["cached"]
+    assert first[1]["params"]["mine_nprobe"] == max(1, first[1]["nlist"] // 16)   # 0 = nlist/16
+    assert first[1]["stages"]["generate"] == {**first[0]["stages"]["generate"], "cached": True}
+    scale.main(argv)                                                  # everything done: read back, nothing run
+    again = json.loads((tmp_path / "w" / "scale-results.json").read_text())["results"]
+    assert all(r["resumed"] for r in again)
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in first]
