@@ -28,15 +28,25 @@ def _ours() -> dict[str, type]:
     return {name: cls for name, cls in available().items() if cls.__module__.startswith("methods.")}
 
 
-def _run(tmp: Path, name: str, threads: int, env: dict[str, str], methods: list[str]) -> dict[str, dict]:
+def _runs(tmp: Path, methods: list[str], *sides: tuple[str, int, dict[str, str]]) -> list[dict[str, dict]]:
+    """One fresh ``--quick`` process per side ``(name, threads, env)``, all at once (independent processes: the
+    metrics may not depend on what else the machine runs, so running them side by side also halves the wait)."""
     base = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
-    proc = subprocess.run([sys.executable, "run_benchmark.py", "--quick", "--methods", ",".join(methods),
-                           "--threads", str(threads), "--out", str(tmp / name)], cwd=REPO, capture_output=True,
-                          text=True, timeout=900, env={**base, "VQBENCH_DATA_DIR": str(tmp / f"cache-{name}"), **env})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records, problems = read_records(tmp / name / "results.jsonl")
-    assert not problems
-    return {r["run_id"]: r for r in records}
+    procs = []
+    for name, threads, env in sides:   # stderr (progress bars) to a file: a full pipe would stall a side
+        with open(tmp / f"{name}.err", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "run_benchmark.py", "--quick", "--methods",
+                                           ",".join(methods), "--threads", str(threads), "--out", str(tmp / name)],
+                                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+                                          env={**base, "VQBENCH_DATA_DIR": str(tmp / f"cache-{name}"), **env}))
+    out = []
+    for proc, (name, _, _) in zip(procs, sides):
+        proc.wait(timeout=900)
+        assert proc.returncode == 0, (tmp / f"{name}.err").read_text()[-3000:]
+        records, problems = read_records(tmp / name / "results.jsonl")
+        assert not problems
+        out.append({r["run_id"]: r for r in records})
+    return out
 
 
 def _numbers(rec: dict) -> dict[str, float]:
@@ -47,9 +57,9 @@ def test_the_same_threads_in_other_thread_environments_give_identical_numbers(tm
     """Every method, two fresh processes whose environments ask for other thread counts (as Ray's workers' do):
     ``--threads 1`` decides, and every metric of every fit is bit-identical."""
     methods = sorted(_ours())
-    a = _run(tmp_path, "a", 1, {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"},
-             methods)
-    b = _run(tmp_path, "b", 1, {"OMP_NUM_THREADS": "1"}, methods)
+    a, b = _runs(tmp_path, methods,
+                 ("a", 1, {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}),
+                 ("b", 1, {"OMP_NUM_THREADS": "1"}))
     assert sorted(a) == sorted(b) and {r["method"] for r in a.values()} == set(methods)
     for rid, rec in a.items():
         assert _numbers(rec) == _numbers(b[rid]), (rec["method"], rec["nprobe"])
@@ -63,8 +73,7 @@ def test_the_same_threads_in_other_thread_environments_give_identical_numbers(tm
 def test_methods_declared_exact_give_identical_numbers_at_one_and_two_threads(tmp_path):
     exact = sorted(name for name, cls in _ours().items() if cls.reproducibility == "exact")
     assert {"flat", "faiss-pq", "faiss-ivfpq", "score-aware"} <= set(exact)
-    one = _run(tmp_path, "one", 1, {}, exact)
-    two = _run(tmp_path, "two", 2, {}, exact)
+    one, two = _runs(tmp_path, exact, ("one", 1, {}), ("two", 2, {}))
     assert sorted(one) == sorted(two)
     for rid, rec in one.items():
         assert _numbers(rec) == _numbers(two[rid]), (rec["method"], rec["nprobe"])
