@@ -240,8 +240,9 @@ class Tuner:
             before = previous.get((st.dataset, st.method, fid))
             wall, cpu = (before["wall_seconds"], before["cpu_seconds"]) if before else (None, None)
         train_s = next((r["train_seconds"] for r in records if r["fit_id"] == fid and r["status"] == "ok"), None)
+        machine = next((r["provenance"].get("cpu") for r in records if r["fit_id"] == fid), None)
         trace.append(self._record(st, number, params, fid, value, "ok" if value is not None else "failed",
-                                  wall, cpu, train_s, None, nprobe))
+                                  wall, cpu, train_s, None, nprobe, machine))
         self.log(f"{st.label} trial {number + 1}/{self.settings.trials}: {self.settings.measure} "
                  f"{'failed' if value is None else f'{value:.4f}'}")
         seen = {(t["dataset"], t["method"], t["fit_id"]) for t in trace}
@@ -250,8 +251,11 @@ class Tuner:
 
     def _record(self, st: Study, number: int, params: dict[str, Any], fid: str | None, value: float | None,
                 state: str, wall: float | None, cpu: float | None, train_s: float | None, error: str | None,
-                nprobe: Any = None) -> dict[str, Any]:
+                nprobe: Any = None, machine: str | None = None) -> dict[str, Any]:
+        """One trial of the trace; ``machine``: the CPU its fit ran on (its record's provenance), as the same
+        params can score a little differently on another CPU (OPQ's BLAS rounding)."""
         return {"dataset": st.dataset, "method": st.method, "fixed": dict(st.fixed), "seed": st.seed,
+                "machine": machine,
                 "trial": number, "params": params, "fit_id": fid, "value": value, "state": state,
                 "measure": self.settings.measure, "nprobe": nprobe,
                 "wall_seconds": None if wall is None else round(wall, 3),
@@ -295,8 +299,8 @@ def _toml_value(v: Any) -> str:
 def best_toml(trace: list[dict[str, Any]], trace_path: str = TRIALS_FILE) -> str:
     """The chosen configs as [[runs]] tables of a run config; each carries ``tuning = {...}`` (the trace, the trials
     and seconds spent, the dev value), which the runner copies into its records (the report's *tuning* column)."""
-    lines = ["# Chosen on the dev split by benchmark.tune (tuning/trials.jsonl): a test config reads them with "
-             "[[runs]] tuned = \"<this file>\".", ""]
+    lines = ["# Chosen on the dev split by benchmark.tune (tuning/trials.jsonl): a test config's runs table "
+             "reads them with tuned = \"<this file>\".", ""]
     for b in best_configs(trace):
         # TOML has no null: a None value is the param's default (trial 0), which leaving it out also gives
         params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in sorted(b["params"].items()) if v is not None)
@@ -333,6 +337,15 @@ def budget_table(trace: list[dict[str, Any]], settings: TuneSettings) -> str:
                      f"{_seconds(ts, 'cpu_seconds')} | {_seconds(ts, 'wall_seconds')} | "
                      f"{fmt(first['value'] if first else None)} | {fmt(best['value'] if best else None)} | "
                      f"{best['trial'] if best else '—'} |")
+    machines: dict[str, list[int]] = {}
+    for t in trace:
+        if t.get("machine"):
+            machines.setdefault(t["machine"], []).append(t["trial"])
+    if len(machines) > 1:   # a tuning resumed on another machine type: say which trials ran where
+        lines += ["", "Trials ran on " + "; ".join(f"{m}: trials {min(ts)}-{max(ts)} ({len(ts)} fits)"
+                                                   for m, ts in machines.items())
+                  + ". OPQ-based fits of the same params differ a little between CPUs (BLAS rounding), about as "
+                    "much as between seeds; every study got the same trials on each machine."]
     return "\n".join(lines) + "\n"
 
 

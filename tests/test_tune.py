@@ -89,6 +89,8 @@ def test_every_method_gets_the_same_budget_and_trial_0_is_its_defaults(tuned):
         per_study.setdefault((t["method"], json.dumps(t["fixed"], sort_keys=True)), []).append(t)
     assert len(per_study) == 4 and {len(v) for v in per_study.values()} == {3}
     assert [t["trial"] for t in trials] == [0] * 4 + [1] * 4 + [2] * 4     # round robin: equal budget so far
+    from benchmark.provenance import cpu
+    assert {t["machine"] for t in trials} == {cpu()}                        # where each trial's fit ran
     for (method, _), ts in per_study.items():
         assert [t["trial"] for t in ts] == [0, 1, 2]
         assert all(t["value"] is not None and 0 < t["value"] <= 1 for t in ts)
