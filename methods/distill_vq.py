@@ -69,7 +69,7 @@ from benchmark.vq.candidates import (CANDIDATE_SOURCES, IB_DOCS, QUERY_SOURCES, 
                                      sample_candidates, training_queries)
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.torch_vq import TorchVQ, ste_temperature
-from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE, Step, Trainer,
+from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, TEMPERATURE_SPACE, Step, Trainer,
                                 query_side_params, timed, train_params, train_spec, with_defaults,
                                 with_search)
 from methods._distill_losses import LOSSES, combined_loss, label_term

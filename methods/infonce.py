@@ -22,7 +22,7 @@ from benchmark.vq import VQParams, factory_string
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.mining import index_topk
 from benchmark.vq.torch_vq import TorchVQ
-from benchmark.vq.train import (LR_SPACE, M_PARAM, MINE_NPROBE_PARAM, NLIST_PARAM, SWITCH_SPACE, TEMPERATURE_SPACE,
+from benchmark.vq.train import (LR_SPACE, M_PARAM, MINE_NPROBE_PARAM, NLIST_PARAM, TEMPERATURE_SPACE,
                                 Step, Trainer, mine_nprobe_problems, positives, query_side_params, train_params,
                                 train_spec)
 
