@@ -190,12 +190,13 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
     nlist = args.nlist or nlist_for(n)
     probe = args.nprobe or max(1, nlist // 16)
     probe = min(probe, nlist)
-    cls_params = make_method(method_name).params
+    plain = make_method(method_name)
+    cls_params = plain.params
     wanted = {"nlist": nlist, "M": args.M, "epochs": args.epochs, "topk": args.K,
               "max_train_points": args.max_train_points or train_points_for(n, nlist),
               "mine_nprobe": max(1, nlist // 16) if args.mine_nprobe == -1 else args.mine_nprobe}
     params = {k: v for k, v in wanted.items() if k in cls_params and v is not None
-              and not (k == "mine_nprobe" and not getattr(make_method(method_name), "ivf", False))}
+              and not (k == "mine_nprobe" and not getattr(plain, "ivf", False))}
     method = make_method(method_name, params)
     cfg = method.config
     result: dict = {"n": n, "dim": args.dim, "method": method_name, "params": params, "nlist": nlist,

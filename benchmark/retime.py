@@ -96,10 +96,9 @@ def _retime_group(records: list[dict[str, Any]], members: list, queries: np.ndar
     batch_threads = settings.threads or threads_before
     searchers, keep = {}, []
     for fid, rows, (index_path, map_path) in members:
-        index = faiss.read_index(str(index_path))
-        keep.append(index)
         # an index saved before query maps were folded in has its map beside it: folded now, as a fit does today
-        index = fold_query_map(index, np.load(map_path) if map_path is not None else None)
+        # (the folded index keeps the one it wraps alive)
+        index = fold_query_map(faiss.read_index(str(index_path)), np.load(map_path) if map_path is not None else None)
         keep.append(index)
         points = [records[i]["nprobe"] for i in rows]
         for point, s in index_searchers(index, points, settings.latency_k, batch_threads).items():
