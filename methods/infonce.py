@@ -68,8 +68,7 @@ class InfoNCEPQ(BaseMethod):
         if self.config["batch_size"] < 2:
             problems.append(f"batch_size must be >= 2 (the other queries' positives are the in-batch negatives), got "
                             f"{self.config['batch_size']}")
-        return problems + mine_nprobe_problems(self.config, self.ivf,
-                                               "hard_negatives > 0" if self.config["hard_negatives"] else None)
+        return problems + mine_nprobe_problems(self.config, self.ivf, self.config["hard_negatives"] > 0)
 
     def check_data(self, data: DataFacts) -> list[str]:
         cfg, problems = self.config, super().check_data(data)

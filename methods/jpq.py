@@ -8,7 +8,8 @@ Each step retrieves the batch's top-``top_k`` from the *current* index, appends 
 ranks them. ``negatives='pool'`` (default): each query's top-``pool_size`` in the *initial* index is mined once
 (faiss, every list, cached; ``mine_nprobe`` probes that many lists instead — not in the paper, a scale knob: at MS
 MARCO size an every-list pool is a PQ scan of 8.8M codes per train query, hours on 2 cores, so
-``configs/msmarco*.toml`` mine from nlist/16 of the lists; the default stays every list) and re-scored each step with the current codebooks (lookup tables, as faiss scores), so
+``configs/msmarco*.toml`` mine from nlist/16 of the lists; the default stays every list) and re-scored each step
+with the current codebooks (lookup tables, as faiss scores), so
 per-step cost is independent of the corpus; ``info['pool_recall']`` is the share of the exhaustive current
 top-``top_k`` inside the pool (256 queries, after training). ``'dynamic'``: exhaustive torch scores every step, as in
 JPQ (per-step cost linear in the corpus).
@@ -180,7 +181,7 @@ class JPQ(BaseMethod):
         problems = super().check_config()
         if cfg["negatives"] == "pool" and not cfg["top_k"] <= cfg["pool_size"]:
             problems.append(f"pool_size must be >= top_k ({cfg['top_k']}), got {cfg['pool_size']}")
-        problems += mine_nprobe_problems(cfg, self.ivf, "negatives='pool'" if cfg["negatives"] == "pool" else None)
+        problems += mine_nprobe_problems(cfg, self.ivf, cfg["negatives"] == "pool")
         return problems
 
     def check_data(self, data: DataFacts) -> list[str]:

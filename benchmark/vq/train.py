@@ -73,7 +73,8 @@ def query_side_params(*, adapter: bool = False, lr: float = 1e-3, legacy: bool =
                       lr_param: Param | None = None) -> dict[str, Param]:
     """The query side, declared once for every learned objective: none, or the linear adapter — a d x d query map
     (identity init) trained with the codebooks (:class:`~benchmark.vq.torch_vq.TorchVQ` ``query_adapter``; written
-    back as ``VQParams.query_map`` and applied to queries before the faiss search), with its own learning rate. Same
+    back as ``VQParams.query_map`` and folded into the deployed index, :func:`benchmark.vq.fold_query_map`), with its
+    own learning rate. Same
     names, types and search spaces everywhere; a method picks its defaults. ``legacy``: both params came after the
     method's records (left out of them at their defaults). ``lr_key`` / ``lr_param``: JPQ's older name
     (``adapter_lr``) and its declaration with the 'reference' rate."""
@@ -85,14 +86,15 @@ def query_side_params(*, adapter: bool = False, lr: float = 1e-3, legacy: bool =
     }
 
 
-def mine_nprobe_problems(cfg: dict[str, Any], ivf: bool, mining: str | None) -> list[str]:
-    """The checks of :data:`MINE_NPROBE_PARAM`: an IVF layout, a mining step that uses it, at most ``nlist``."""
+def mine_nprobe_problems(cfg: dict[str, Any], ivf: bool, mines: bool) -> list[str]:
+    """The checks of :data:`MINE_NPROBE_PARAM`: an IVF layout, a mining step that uses it (``mines``), at most
+    ``nlist``."""
     nprobe = cfg.get("mine_nprobe")
     if nprobe is None:
         return []
     if not ivf:
         return [f"mine_nprobe={nprobe} needs an IVF layout (the -ivf variant); the flat layout has no lists to probe"]
-    if mining is None:
+    if not mines:
         return [f"mine_nprobe={nprobe} has nothing to mine (no negatives are mined from the init index)"]
     if nprobe > cfg["nlist"]:
         return [f"mine_nprobe must be <= nlist ({cfg['nlist']}), got {nprobe}"]
