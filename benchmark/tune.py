@@ -345,7 +345,8 @@ def budget_table(trace: list[dict[str, Any]], settings: TuneSettings) -> str:
         lines += ["", "Trials ran on " + "; ".join(f"{m}: trials {min(ts)}-{max(ts)} ({len(ts)} fits)"
                                                    for m, ts in machines.items())
                   + ". OPQ-based fits of the same params differ a little between CPUs (BLAS rounding), about as "
-                    "much as between seeds; every study got the same trials on each machine."]
+                    "much as between seeds; round robin gave every study the same trials on each machine (give or "
+                    "take the one in progress at a stop)."]
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ All embeddings are L2-normalised float32. The same seed gives bit-identical arra
 from __future__ import annotations
 
 import tempfile
-from contextlib import ExitStack
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,12 +87,10 @@ def make_synthetic(num_docs: int = 50_000, dim: int = 128, num_topics: int = 256
     the per-parent offsets, when larger than :data:`SPILL_BYTES` (8.8M docs x 768-d: 6.4 GB of nuisance offsets),
     are kept in a temporary memory-mapped file beside it instead of RAM (same values; removed when done).
     """
-    with ExitStack() as stack:
-        spill = (Path(stack.enter_context(tempfile.TemporaryDirectory(dir=Path(out_path).parent,
-                                                                       prefix=".synthetic-")))
-                 if out_path else None)
+    with (tempfile.TemporaryDirectory(dir=Path(out_path).parent, prefix=".synthetic-") if out_path
+          else nullcontext()) as spill:
         return _make(num_docs, dim, num_topics, docs_per_parent, num_train, num_unlabeled, num_test, signal_dim,
-                     nuisance_energy, query_noise, seed, name, out_path, spill)
+                     nuisance_energy, query_noise, seed, name, out_path, Path(spill) if spill else None)
 
 
 def _make(num_docs: int, dim: int, num_topics: int, docs_per_parent: int, num_train: int, num_unlabeled: int,
