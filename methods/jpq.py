@@ -112,14 +112,25 @@ def build_candidates(top: torch.Tensor, rel_idx: torch.Tensor, rel_grade: torch.
 def lambda_loss(scores: torch.Tensor, grade: torch.Tensor, valid: torch.Tensor, lambda_cut: int,
                 temperature: float = 1.0) -> torch.Tensor:
     """JPQ's rank-weighted pairwise logistic loss on ``scores / temperature``; rows are candidates in retrieval
-    order (rank = position + 1)."""
+    order (rank = position + 1).
+
+    Only a candidate graded above the row's lowest valid grade can be the upper one of a pair, and there are at most
+    the query's relevant docs of those: the pairs are formed from those rows only, (B, U, K) with U the batch's most
+    (1-3 here) instead of all (B, K, K) — the same sums (up to float summation order), ~27x cheaper at K = 201."""
     rank = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype, device=scores.device)
     weight = (1.0 / rank).expand_as(scores)
     if lambda_cut > 0:
         weight = weight * (rank <= lambda_cut)
-    pairs = (grade[:, :, None] > grade[:, None, :]) & valid[:, :, None] & valid[:, None, :]   # i above j
-    pair_weight = (weight[:, :, None] - weight[:, None, :]).abs()
-    pair_loss = F.softplus((scores[:, None, :] - scores[:, :, None]) / temperature) * pair_weight * pairs
+    floor = grade.masked_fill(~valid, float("inf")).amin(1, keepdim=True)   # grades are float
+    upper = valid & (grade > floor)
+    n_upper = int(upper.sum(1).max()) if upper.numel() else 0
+    if n_upper == 0:                         # no pair anywhere: zero, still on the graph
+        return scores.sum() * 0.0
+    rows = torch.sort((~upper).to(torch.int8), dim=1, stable=True).indices[:, :n_upper]     # (B, U) uppers first
+    g_up, s_up, w_up = grade.gather(1, rows), scores.gather(1, rows), weight.gather(1, rows)
+    pairs = (g_up[:, :, None] > grade[:, None, :]) & upper.gather(1, rows)[:, :, None] & valid[:, None, :]
+    pair_weight = (w_up[:, :, None] - weight[:, None, :]).abs()
+    pair_loss = F.softplus((scores[:, None, :] - s_up[:, :, None]) / temperature) * pair_weight * pairs
     return (pair_loss.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).mean()
 
 

@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmark.data import load_dataset
 from benchmark.vq.faiss_init import trained_params
@@ -225,3 +226,35 @@ def test_pool_of_every_doc_trains_like_dynamic_negatives(train: TrainData) -> No
     assert 0.5 < small.info["pool_recall"] < 1.0
     with pytest.raises(MethodError, match="pool_size must be >= top_k"):
         make_method("jpq", {**params, "pool_size": 10}).fit(train)
+
+
+def dense_lambda_loss(scores, grade, valid, lambda_cut, temperature):
+    """The loss's definition over all (K x K) candidate pairs, as it was first written: the reference."""
+    rank = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype)
+    weight = (1.0 / rank).expand_as(scores) * ((rank <= lambda_cut) if lambda_cut > 0 else 1)
+    pairs = (grade[:, :, None] > grade[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    pair_weight = (weight[:, :, None] - weight[:, None, :]).abs()
+    pair_loss = F.softplus((scores[:, None, :] - scores[:, :, None]) / temperature) * pair_weight * pairs
+    return (pair_loss.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).mean()
+
+
+@pytest.mark.parametrize("lambda_cut", [0, 50])
+def test_lambda_loss_equals_all_pairs_definition(lambda_cut: int) -> None:
+    """The loss forms pairs from the graded rows only: value and gradient equal the all-pairs definition, with
+    graded qrels (pairs between grades), invalid slots, a row without any relevant candidate."""
+    gen = torch.Generator().manual_seed(3)
+    B, K = 16, 120
+    scores = torch.randn(B, K, generator=gen, dtype=torch.float64, requires_grad=True)
+    grade = torch.zeros(B, K, dtype=torch.float64)
+    for b in range(1, B):                               # row 0 has no relevant candidate
+        hits = torch.randint(0, K, (1 + b % 4,), generator=gen)
+        grade[b, hits] = torch.randint(1, 4, (len(hits),), generator=gen).double()
+    valid = torch.rand(B, K, generator=gen) > 0.1
+    got = lambda_loss(scores, grade, valid, lambda_cut, 0.05)
+    want = dense_lambda_loss(scores, grade, valid, lambda_cut, 0.05)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12) and want.item() > 0.1
+    g_got, = torch.autograd.grad(got, scores)
+    g_want, = torch.autograd.grad(want, scores)
+    assert torch.allclose(g_got, g_want, rtol=1e-10, atol=1e-14) and g_want.abs().max() > 1e-3
+    none = lambda_loss(scores, torch.zeros_like(grade), valid, lambda_cut, 0.05)
+    assert none.item() == 0.0 and none.requires_grad
