@@ -33,6 +33,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import signal
@@ -342,12 +343,21 @@ def budget_table(trace: list[dict[str, Any]], settings: TuneSettings) -> str:
         if t.get("machine"):
             machines.setdefault(t["machine"], []).append(t["trial"])
     if len(machines) > 1:   # a tuning resumed on another machine type: say which trials ran where
-        lines += ["", "Trials ran on " + "; ".join(f"{m}: trials {min(ts)}-{max(ts)} ({len(ts)} fits)"
+        lines += ["", "Trials ran on " + "; ".join(f"{m}: trials {_runs(ts)} ({len(ts)} fits)"
                                                    for m, ts in machines.items())
                   + ". OPQ-based fits of the same params differ a little between CPUs (BLAS rounding), about as "
                     "much as between seeds; round robin gave every study the same trials on each machine (give or "
                     "take the one in progress at a stop)."]
     return "\n".join(lines) + "\n"
+
+
+def _runs(numbers: list[int]) -> str:
+    """Trial numbers as runs of consecutive ones: [0, 1, 2, 3, 6, 7, 9] -> '0-3, 6-7, 9'."""
+    out: list[str] = []
+    for _, run in itertools.groupby(enumerate(sorted(set(numbers))), key=lambda p: p[1] - p[0]):
+        nums = [n for _, n in run]
+        out.append(str(nums[0]) if len(nums) == 1 else f"{nums[0]}-{nums[-1]}")
+    return ", ".join(out)
 
 
 def _seconds(trials: list[dict[str, Any]], key: str) -> str:

@@ -158,13 +158,30 @@ def test_label_fraction_subsamples(train: TrainData) -> None:
     assert vq.info["train_queries"] == round(n * 0.25) and vq.info["steps"] == math.ceil(n * 0.25 / 32)
 
 
-def test_lookup_scores_equal_reconstruction_scores(train: TrainData) -> None:
+def test_table_scores_equal_reconstruction_scores_with_gradients(train: TrainData) -> None:
+    # TorchVQ.scores sums per-query lookup tables (as faiss does); the definition is <q, o(d) + PQ(d)> over the
+    # reconstructed docs. Same values and the same gradients (float64, so rounding cannot hide a wrong term).
     vq = make_method("jpq-ivf", FAST_IVF).init_params(train)
-    model = TorchVQ(vq, query_adapter=False)
-    q_rot = model.encode_queries(torch.from_numpy(np.asarray(train.train_query_emb[:8], dtype=np.float32)))
+    models = [TorchVQ(vq, query_adapter=True).double() for _ in range(2)]
+    for m in models:
+        m.query_map.data += 0.01 * torch.randn(m.query_map.shape, generator=torch.Generator().manual_seed(1),
+                                               dtype=torch.float64)
+    models[1].load_state_dict(models[0].state_dict())
+    q = torch.from_numpy(np.asarray(train.train_query_emb[:8], dtype=np.float64))
     idx = torch.randint(0, train.num_docs, (8, 30), generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(model.lookup_scores(q_rot, idx).numpy(), model.scores(q_rot, idx).detach().numpy(),
-                               atol=1e-5)
+    table = models[0].scores(models[0].encode_queries(q), idx)
+    q_rot = models[1].encode_queries(q)
+    reference = torch.einsum("bd,bkd->bk", q_rot, models[1].reconstruct(idx))
+    torch.testing.assert_close(table, reference, rtol=0, atol=1e-10)
+    weights = torch.randn(table.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (table * weights).sum().backward()
+    (reference * weights).sum().backward()
+    for name in ("codebooks", "centroids", "query_map"):
+        g0, g1 = getattr(models[0], name).grad, getattr(models[1], name).grad
+        assert g0 is not None and g0.abs().max() > 0, name
+        torch.testing.assert_close(g0, g1, rtol=0, atol=1e-10, msg=name)
+    np.testing.assert_array_equal(models[0].lookup_scores(models[0].encode_queries(q), idx).numpy(),
+                                  table.detach().numpy())
 
 
 def test_negative_pool_is_the_init_index_top(train: TrainData) -> None:

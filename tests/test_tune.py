@@ -230,3 +230,14 @@ def test_a_test_config_takes_the_tuned_params_from_best_toml(tmp_path):
     text = str(err.value)
     assert "has no chosen params for 'faiss-ivfpqq' (did you mean 'faiss-ivfpq'" in text
     assert "none.toml (FileNotFoundError" in text and "give either tuned" in text
+
+
+def test_the_budget_table_says_which_trials_ran_on_which_machine():
+    # a tuning resumed across machines: the trials of each are listed as runs, not as a min-max span that overlaps
+    def trial(n: int, machine: str) -> dict:
+        return {"dataset": "d", "method": "m", "fixed": {}, "trial": n, "value": 0.5 + n / 100, "state": "ok",
+                "cpu_seconds": 10.0, "wall_seconds": 8.0, "machine": machine}
+    trace = [trial(n, "AMD x2" if n not in (4, 5, 9) else "Intel x2") for n in range(12)]
+    table = tune.budget_table(trace, tune.TuneSettings(trials=12))
+    assert "AMD x2: trials 0-3, 6-8, 10-11 (9 fits); Intel x2: trials 4-5, 9 (3 fits)" in table
+    assert "| d | m | {} | 12 | 12 | 0 | 0 | 0 | 120 | 96 | 0.5000 | 0.6100 | 11 |" in table
