@@ -13,7 +13,6 @@ with status ok (:func:`is_complete`); a fit killed anywhere, even mid-write, is 
 """
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from benchmark.data.encoders import encoder_info
 from benchmark.harness import (ExactReference, LoadWatch, SearchSettings, evaluate, ivf_nlist, nprobe_sweep,
                                timing_pass)
 from benchmark.provenance import peak_rss_mb, provenance, thread_policy
-from benchmark.records import SCHEMA_VERSION, append_records, read_records, run_id
+from benchmark.records import SCHEMA_VERSION, append_records, read_records, run_id, sidecar_bytes
 from benchmark.registry import BaseMethod, DataFacts, MethodError, TrainData, make_method
 from benchmark._io import write_bytes
 from benchmark.vq import BuiltIndex, VQParams, build_index, fold_query_map
@@ -227,8 +226,8 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
             stage(f"search nprobe={nprobe}" if nprobe is not None else "search")
             ev = evaluate(index, ds, split, exact_top, settings, nprobe, timed=False)
             rid = run_id(job.dataset, split.name, job.method, header["params"], job.seed, nprobe)
-            sidecar = f"per_query/{rid}.json"
-            files[sidecar] = json_bytes(ev.per_query)
+            sidecar = f"per_query/{rid}.json.gz"
+            files[sidecar] = sidecar_bytes(ev.per_query)
             records.append({**header, "run_id": rid, "nprobe": nprobe, "index": facts, "metrics": ev.metrics,
                             "fidelity": ev.fidelity, "latency": None, "train_seconds": train_seconds,
                             "train_cpu_seconds": fit_cpu, "train_load": train_load.fields(), "setup": setup,
@@ -254,10 +253,6 @@ def failed_result(job: Job, method: BaseMethod, ds: RetrievalDataset, device: st
            "nprobe": None, "index": {}, "metrics": None, "fidelity": None, "latency": None, "train_seconds": None,
            "per_query": None, "status": "failed", "error": error, **extra}
     return FitResult(job, header["fit_id"], [rec])
-
-
-def json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True).encode()
 
 
 def write_fit(out_dir: str | Path, result: FitResult) -> None:

@@ -1,5 +1,4 @@
 """End to end: run_benchmark.py --quick, resume, --save-index, sharding, plug-in methods (bad input: test_bad_input)."""
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 from benchmark import registry
 from benchmark.data import load_dataset
 from benchmark.harness import ExactReference, SearchSettings, evaluate
-from benchmark.records import read_records, validate_record
+from benchmark.records import read_records, read_sidecar, validate_record
 from benchmark.registry import BaseMethod, TrainData, register
 from benchmark.runner import Job, Runner
 from benchmark.vq import VQParams, encode_pq
@@ -39,7 +38,7 @@ def test_quick_run_writes_schema_valid_records_for_every_method(quick_run):
     for rec in records:
         validate_record(rec)
         assert rec["status"] == "ok", rec.get("error")
-        sidecar = json.loads((out / rec["per_query"]).read_text())
+        sidecar = read_sidecar(out / rec["per_query"])
         assert set(sidecar) >= {"nDCG@10", "RR@10", "overlap@10"}
         assert np.mean(list(sidecar["RR@10"].values())) == pytest.approx(rec["metrics"]["RR@10"])
     assert {r["method"] for r in records} == {m for m in registry.available() if not m.startswith("test-")}

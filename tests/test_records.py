@@ -4,10 +4,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmark.records import (SCHEMA_VERSION, RecordError, append_record, append_records, merge_results,
-                               read_records, run_id, validate_record)
+                               read_records, read_sidecar, run_id, sidecar_bytes, validate_record)
 
 RECORD = {
     "run_id": "r1", "fit_id": "0123456789abcdef", "schema_version": SCHEMA_VERSION, "dataset": "synthetic",
@@ -181,3 +182,18 @@ def test_merge_refuses_a_missing_shard_before_writing(tmp_path):
         merge_results([tmp_path / "s0" / "results.jsonl", tmp_path / "nope" / "results.jsonl"],
                       tmp_path / "all" / "results.jsonl")
     assert not (tmp_path / "all").exists()
+
+
+def test_sidecars_are_compact_lossless_and_the_old_keyed_form_still_reads(tmp_path):
+    rng = np.random.default_rng(0)
+    queries = [f"q{i}" for i in rng.permutation(2000)]
+    per_query = {"nDCG@10": dict(zip(queries, rng.choice([0.0, 0.5, 0.6309297535714575, 1.0], 2000).tolist())),
+                 "R@100": dict(zip(queries, rng.integers(0, 2, 2000).astype(float).tolist()))}
+    data = sidecar_bytes(per_query)
+    assert data == sidecar_bytes({k: dict(reversed(v.items())) for k, v in per_query.items()})   # same bytes
+    assert len(data) < 12_000 < len(json.dumps(per_query))
+    (tmp_path / "a.json.gz").write_bytes(data)
+    (tmp_path / "b.json").write_text(json.dumps(per_query))
+    assert read_sidecar(tmp_path / "a.json.gz") == per_query == read_sidecar(tmp_path / "b.json")   # exact floats
+    with pytest.raises(ValueError, match="'R@100' covers other queries"):
+        sidecar_bytes({"nDCG@10": per_query["nDCG@10"], "R@100": {"q1": 1.0}})

@@ -137,8 +137,9 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
         notes.append(f"{TIE} no tie test anywhere in this report: no two competing rows of a track both have "
                      f"per-query values (sidecars or `{CACHE_FILE}`), so every row but each track's best is untested.")
     if not tested:
-        notes.append("† not tested anywhere in this report: no per-query sidecar is in this folder (they are not "
-                     "committed, for size); re-run the records' configs to get the marks.")
+        notes.append("† not tested anywhere in this report: no per-query sidecar is in this folder (records "
+                     "written before sidecars were committed, as `per_query/*.json.gz`, kept theirs out of git); "
+                     "re-run the records' configs to get the marks.")
     summary["sidecars"] = tested
     summary["verdicts"] = {}
     glance = rt.glance(views, budgets, quality)

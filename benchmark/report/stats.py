@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from benchmark.records import read_sidecar
 from benchmark.registry import FAMILIES, REFERENCE_FAMILY
 
 ALPHA = 0.05
@@ -119,16 +120,12 @@ def _run_test(a: np.ndarray, b: np.ndarray, test: str, alternative: str) -> tupl
     return statistic, 1.0 if math.isnan(p_value) else p_value
 
 
-def _sidecar(path: str) -> dict[str, dict[str, float]]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def seed_mean(paths: list[str], measure: str) -> pd.Series | None:
     """Per-query ``measure`` averaged over the seeds' sidecars (index = query id); None when none is readable."""
     columns = []
     for path in paths:
         try:
-            columns.append(pd.Series(_sidecar(path)[measure], dtype=float))
+            columns.append(pd.Series(read_sidecar(path)[measure], dtype=float))
         except (OSError, KeyError, ValueError):
             continue
     return pd.concat(columns, axis=1).mean(axis=1) if columns else None
