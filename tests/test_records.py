@@ -139,6 +139,20 @@ def test_committed_reports_still_load():
         assert not problems and len(records) == lines, path
 
 
+def test_committed_records_have_their_per_query_sidecars():
+    # sidecars written as per_query/*.json.gz are committed with their report (the paired tests rebuild from them)
+    reports = sorted(Path(__file__).resolve().parent.parent.glob("reports/**/results.jsonl"))
+    checked = 0
+    for path in reports:
+        records, _ = read_records(path)
+        for rec in records:
+            if str(rec.get("per_query") or "").endswith(".json.gz"):
+                values = read_sidecar(path.parent / rec["per_query"])["nDCG@10"]
+                assert np.mean(list(values.values())) == pytest.approx(rec["metrics"]["nDCG@10"]), rec["per_query"]
+                checked += 1
+    assert checked > 0
+
+
 def test_append_records_writes_a_fit_in_one_write_and_refuses_any_invalid_one(tmp_path, monkeypatch):
     import os
     path = tmp_path / "results.jsonl"
