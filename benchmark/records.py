@@ -70,11 +70,12 @@ def sidecar_bytes(per_query: dict[str, dict[str, float]]) -> bytes:
     (``{"queries": [ids...], "<measure>": [values in that order], ...}``), lossless and byte-identical for the same
     values (gzip mtime 0). ~14 KB for 2,000 queries x 7 measures (a keyed plain-JSON sidecar was ~220 KB), small
     enough to commit beside the records, so the paired tests of a report rebuild from a clean checkout."""
-    queries = sorted(next(iter(per_query.values()), {}))
+    first = min(per_query, default=None)                      # the measure whose queries every other must cover
+    queries = sorted(per_query[first]) if first is not None else []
     columns = {"queries": queries}
     for measure, values in sorted(per_query.items()):
         if set(values) != set(queries):
-            raise ValueError(f"per-query measure {measure!r} covers other queries than {sorted(per_query)[0]!r}")
+            raise ValueError(f"per-query measure {measure!r} covers other queries than {first!r}")
         columns[measure] = [values[q] for q in queries]
     return gzip.compress(json.dumps(columns, separators=(",", ":")).encode(), compresslevel=9, mtime=0)
 

@@ -163,9 +163,8 @@ def test_table_scores_equal_reconstruction_scores_with_gradients(train: TrainDat
     # reconstructed docs. Same values and the same gradients (float64, so rounding cannot hide a wrong term).
     vq = make_method("jpq-ivf", FAST_IVF).init_params(train)
     models = [TorchVQ(vq, query_adapter=True).double() for _ in range(2)]
-    for m in models:
-        m.query_map.data += 0.01 * torch.randn(m.query_map.shape, generator=torch.Generator().manual_seed(1),
-                                               dtype=torch.float64)
+    models[0].query_map.data += 0.01 * torch.randn(models[0].query_map.shape, dtype=torch.float64,
+                                                   generator=torch.Generator().manual_seed(1))
     models[1].load_state_dict(models[0].state_dict())
     q = torch.from_numpy(np.asarray(train.train_query_emb[:8], dtype=np.float64))
     idx = torch.randint(0, train.num_docs, (8, 30), generator=torch.Generator().manual_seed(0))

@@ -209,5 +209,5 @@ def test_sidecars_are_compact_lossless_and_the_old_keyed_form_still_reads(tmp_pa
     (tmp_path / "a.json.gz").write_bytes(data)
     (tmp_path / "b.json").write_text(json.dumps(per_query))
     assert read_sidecar(tmp_path / "a.json.gz") == per_query == read_sidecar(tmp_path / "b.json")   # exact floats
-    with pytest.raises(ValueError, match="'R@100' covers other queries"):
+    with pytest.raises(ValueError, match="'nDCG@10' covers other queries than 'R@100'"):
         sidecar_bytes({"nDCG@10": per_query["nDCG@10"], "R@100": {"q1": 1.0}})
