@@ -20,11 +20,10 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from benchmark.vq.params import VQParams  # noqa: E402
 from benchmark.vq.torch_vq import TorchVQ  # noqa: E402
-from methods.jpq import lambda_loss  # noqa: E402
+from methods.jpq import lambda_loss, lambda_loss_all_pairs  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -35,16 +34,6 @@ def median_ms(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
-
-
-def all_pairs_lambda_loss(scores: torch.Tensor, grade: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """The (B, K, K) definition: every valid pair (i graded above j), weight |1/rank_i - 1/rank_j|, per-row mean."""
-    rank = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype)
-    weight = 1.0 / rank
-    pairs = (grade[:, :, None] > grade[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-    pair_weight = (weight[None, :, None] - weight[None, None, :]).abs()
-    pair_loss = F.softplus(scores[:, None, :] - scores[:, :, None]) * pair_weight * pairs
-    return (pair_loss.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).mean()
 
 
 def main() -> None:
@@ -91,9 +80,9 @@ def main() -> None:
     grade = torch.zeros(B, K)
     grade[:, 0] = 1                                                 # one positive per row, as JPQ's batches
     valid = torch.ones(B, K, dtype=torch.bool)
-    new, ref = lambda_loss(s, grade, valid, 0).item(), all_pairs_lambda_loss(s, grade, valid).item()
+    new, ref = lambda_loss(s, grade, valid, 0).item(), lambda_loss_all_pairs(s, grade, valid, 0).item()
     t_new = median_ms(lambda: lambda_loss(s, grade, valid, 0).backward(), args.repeats)
-    t_ref = median_ms(lambda: all_pairs_lambda_loss(s, grade, valid).backward(), args.repeats)
+    t_ref = median_ms(lambda: lambda_loss_all_pairs(s, grade, valid, 0).backward(), args.repeats)
     print(f"lambda loss: graded rows {t_new:.2f} ms, all pairs {t_ref:.2f} ms ({t_ref / t_new:.1f}x); "
           f"values {new:.6f} vs {ref:.6f}")
 

@@ -134,6 +134,18 @@ def lambda_loss(scores: torch.Tensor, grade: torch.Tensor, valid: torch.Tensor, 
     return (pair_loss.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).mean()
 
 
+def lambda_loss_all_pairs(scores: torch.Tensor, grade: torch.Tensor, valid: torch.Tensor, lambda_cut: int,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """:func:`lambda_loss` as first written, over all (B, K, K) candidate pairs: the definition it is tested against
+    (tests/test_jpq.py) and timed against (bench/train_step.py); not used in training."""
+    rank = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype, device=scores.device)
+    weight = (1.0 / rank).expand_as(scores) * ((rank <= lambda_cut) if lambda_cut > 0 else 1)
+    pairs = (grade[:, :, None] > grade[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    pair_weight = (weight[:, :, None] - weight[:, None, :]).abs()
+    pair_loss = F.softplus((scores[:, None, :] - scores[:, :, None]) / temperature) * pair_weight * pairs
+    return (pair_loss.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).mean()
+
+
 def softmax_loss(scores: torch.Tensor, grade: torch.Tensor, valid: torch.Tensor, temperature: float
                  ) -> torch.Tensor:
     """Cross-entropy of softmax(scores / temperature) over valid candidates against grade-proportional targets."""

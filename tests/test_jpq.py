@@ -8,7 +8,6 @@ import faiss
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmark.data import load_dataset
 from benchmark.vq.faiss_init import trained_params
@@ -18,7 +17,7 @@ from benchmark.runner import train_data
 from benchmark.vq import build_index, fold_query_map, reconstruct
 from benchmark.vq.torch_vq import TorchVQ
 from benchmark.vq.mining import index_topk
-from methods.jpq import build_candidates, labeled_queries, lambda_loss, softmax_loss
+from methods.jpq import build_candidates, labeled_queries, lambda_loss, lambda_loss_all_pairs, softmax_loss
 
 FAST = {"M": 8, "top_k": 50, "opq_niter": 2, "max_train_points": 2000}   # 64-d quick preset; a cheap init
 FAST_IVF = {**FAST, "nlist": 16}
@@ -244,16 +243,6 @@ def test_pool_of_every_doc_trains_like_dynamic_negatives(train: TrainData) -> No
         make_method("jpq", {**params, "pool_size": 10}).fit(train)
 
 
-def dense_lambda_loss(scores, grade, valid, lambda_cut, temperature):
-    """The loss's definition over all (K x K) candidate pairs, as it was first written: the reference."""
-    rank = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype)
-    weight = (1.0 / rank).expand_as(scores) * ((rank <= lambda_cut) if lambda_cut > 0 else 1)
-    pairs = (grade[:, :, None] > grade[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-    pair_weight = (weight[:, :, None] - weight[:, None, :]).abs()
-    pair_loss = F.softplus((scores[:, None, :] - scores[:, :, None]) / temperature) * pair_weight * pairs
-    return (pair_loss.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).mean()
-
-
 @pytest.mark.parametrize("lambda_cut", [0, 50])
 def test_lambda_loss_equals_all_pairs_definition(lambda_cut: int) -> None:
     """The loss forms pairs from the graded rows only: value and gradient equal the all-pairs definition, with
@@ -267,7 +256,7 @@ def test_lambda_loss_equals_all_pairs_definition(lambda_cut: int) -> None:
         grade[b, hits] = torch.randint(1, 4, (len(hits),), generator=gen).double()
     valid = torch.rand(B, K, generator=gen) > 0.1
     got = lambda_loss(scores, grade, valid, lambda_cut, 0.05)
-    want = dense_lambda_loss(scores, grade, valid, lambda_cut, 0.05)
+    want = lambda_loss_all_pairs(scores, grade, valid, lambda_cut, 0.05)
     assert got.item() == pytest.approx(want.item(), rel=1e-12) and want.item() > 0.1
     g_got, = torch.autograd.grad(got, scores)
     g_want, = torch.autograd.grad(want, scores)
