@@ -17,6 +17,7 @@ Config file keys (``configs/*.toml``)::
     [search]                   # SearchSettings fields: nprobes, k, latency_k, latency_queries, warmup_queries, threads
     [[runs]]                   # methods = [...], params = {key = value or [grid values]}, seeds = N (first N)
                                # tuned = "<best.toml>": each method's params chosen by benchmark.tune, params on top
+                               # datasets = ["<alias>", ...]: the run applies to these datasets only (default: all)
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ QUICK_PARAMS = {"nlist": 32, "opq_niter": 5, "epochs": 0.5}
 QUICK_SEARCH = {"latency_queries": 50, "warmup_queries": 5, "timing_repeats": 2}   # a smoke run
 
 CONFIG_KEYS = ("out", "seeds", "datasets", "search", "runs", "tune")   # [tune]: read by benchmark.tune
-RUN_KEYS = ("methods", "params", "seeds", "tuning", "tuned")
+RUN_KEYS = ("methods", "params", "seeds", "tuning", "tuned", "datasets")
 # [[runs]] tuning = {...}: how the run's params were chosen (written by benchmark.tune into best.toml), copied into
 # every record of the run as provenance (the report's *tuning* column); not part of the params or fit ids
 TUNING_KEYS = {"trace": str, "trials": int, "cpu_seconds": (int, float), "wall_seconds": (int, float),
@@ -224,6 +225,17 @@ def _runs(config: dict[str, Any], where: str, problems: list[str]) -> list[dict[
             problems.append(f"{at} params: expected a table {{key = value or [values]}}, got {params!r}")
             params = {}
         group = {"methods": methods, "params": params, "where": at}
+        if "datasets" in run:
+            scope = run["datasets"]
+            if not isinstance(scope, list) or not scope or not all(isinstance(d, str) for d in scope):
+                problems.append(f"{at} datasets: expected a non-empty list of dataset aliases of this config "
+                                f"(e.g. [\"debian-desc\"]), got {scope!r}")
+            else:
+                aliases = list(config.get("datasets", {}) if isinstance(config.get("datasets"), dict) else {})
+                unknown = [d for d in scope if d not in aliases]
+                problems += [f"{at} datasets: {d!r} is not a [datasets.<alias>] of this config{close(d, aliases)}; "
+                             f"aliases: {aliases}" for d in unknown]
+                group["datasets"] = scope
         if "seeds" in run:
             if not _is_int(run["seeds"]) or run["seeds"] < 1:
                 problems.append(f"{at} seeds: expected a number of seeds >= 1, got {run['seeds']!r}")
@@ -438,7 +450,8 @@ def plan(*, datasets: str | None = None, methods: str | None = None, config: str
             for combo in _param_grid(own):
                 job_params = {**quick_params, **combo, **cli}
                 for name in names:
-                    jobs += [Job(name, method, job_params, seed, group.get("tuning")) for seed in group_seeds]
+                    if name in group.get("datasets", names):
+                        jobs += [Job(name, method, job_params, seed, group.get("tuning")) for seed in group_seeds]
     if not problems:   # the methods' own config rules (combinations of params), before any data is loaded
         for method, params in {(j.method, repr(sorted(j.params.items()))): (j.method, j.params) for j in jobs}.values():
             try:

@@ -87,6 +87,23 @@ def test_a_fit_in_two_overlapping_grids_is_planned_once(tmp_path):
         ("faiss-pq", {"M": 8}, 1), ("faiss-pq", {"M": 16}, 1), ("faiss-pq", {"M": 32}, 1), ("flat", {}, 1)]
 
 
+def test_a_run_scoped_to_datasets_plans_only_on_them(tmp_path):
+    """[[runs]] datasets = [...] keeps a run (e.g. one collection's tuned params) off the config's other datasets;
+    an alias the config does not define is one error line with the close match."""
+    path = tmp_path / "c.toml"
+    path.write_text('[datasets.a]\nname = "synthetic"\n[datasets.b]\nname = "synthetic:quick"\n'
+                    '[[runs]]\nmethods = ["flat"]\n'
+                    '[[runs]]\nmethods = ["faiss-pq"]\nparams = { M = 8 }\ndatasets = ["b"]\n')
+    plan = cfg.plan(config=str(path))
+    assert [(j.dataset, j.method) for j in plan.jobs] == [("a", "flat"), ("b", "flat"), ("b", "faiss-pq")]
+    assert [(j.dataset, j.method) for j in cfg.plan(config=str(path), datasets="a").jobs] == [("a", "flat")]
+    path.write_text(path.read_text().replace('datasets = ["b"]', 'datasets = ["bb"]'))
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.plan(config=str(path))
+    assert err.value.problems == ["%s: [[runs]] #2 datasets: 'bb' is not a [datasets.<alias>] of this config "
+                                  "(did you mean 'b'?); aliases: ['a', 'b']" % path]
+
+
 # Planned fits a committed report does not hold, with the reason (anything else missing fails the test below).
 NOT_RUN = {
     "debian-desc-distill-ablations.toml": {"distill-vq(M=16,codes=ste)": "STE re-quantizes every candidate at every "
