@@ -28,8 +28,8 @@ NDOCS = 1000
 NPROBES = {1: (-0.08, 0.1), 4: (-0.02, 0.3), 16: (0.0, 1.5)}  # nprobe: (quality offset, p50 ms); nlist = 16
 DISTILL = {"M": 16, "nlist": 16, "loss": "listnet", "candidates": "ib+topk", "label_fraction": 1.0}
 IVFOPQ = {"M": 16, "nlist": 16}
-DISTILL_LABEL = "distill-vq (M=16, candidates=ib+topk, label_fraction=1, loss=listnet)"
-DISTILL_TRACK = "distill-vq (candidates=ib+topk, label_fraction=1, loss=listnet)"  # its name inside track 16 B
+DISTILL_LABEL = "distill-vq (M=16)"   # params at their declared defaults are not named
+DISTILL_TRACK = "distill-vq"  # its name inside track 16 B
 PROVENANCE = {"git_sha": "0123456789abcdef", "cpu": "fixture", "threads": {"faiss": 1}, "timestamp": "2024-01-01",
               "versions": {"torch": "2.1", "faiss": "1.8", "ir_measures": "0.3", "beir": "2.0", "python": "3.11"}}
 OOM = "RuntimeError: CUDA out of memory"
@@ -370,11 +370,10 @@ def test_failed_and_missing_rows(run):
     assert set(jpq.drop("Family")) == {"—"}
     marker = jpq.name.split(" ", 1)[1]
     assert re.search(re.escape(marker) + r" failed: RuntimeError: CUDA out of memory \(seed 0, seed 1\)", section)
-    partial = _row(_track(md, "toy-b", 8, "exhaustive"), "distill-vq (candidates=ib+topk, label_fraction=1, "
-                                                          "loss=listnet)")
+    partial = _row(_track(md, "toy-b", 8, "exhaustive"), "distill-vq")
     assert partial["seeds"] == "1" and "±" not in partial["nDCG@10"]
     assert "some runs failed: ValueError: k-means did not converge (seed 1)" in section
-    ablation = _row(b16, "distill-vq (candidates=ib+topk, label_fraction=1, loss=margin-mse)")
+    ablation = _row(b16, "distill-vq (loss=margin-mse)")
     assert ablation["nDCG@10"] == "—" and "not run on this dataset (no record)" in section
 
 
@@ -566,7 +565,7 @@ def test_frontier_leaves_out_reduced_label_variants(tmp_path):
     build_report(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
     front = _md_tables(_part(md, "## toy-a").split("_frontier.png)", 1)[1])[0]
-    assert "distill-vq (M=8, candidates=ib+topk, label_fraction=1, loss=listnet)" in front.index
+    assert "distill-vq (M=8)" in front.index
     assert not any("label_fraction=0.3" in label for label in front.index)
     budget = pd.read_csv(tmp_path / "tables" / "label_budget.csv", index_col=0)  # ... which still shows it
-    assert not np.isnan(budget.loc["distill-vq (M=8, candidates=ib+topk, loss=listnet)", "toy-a/30%"])
+    assert not np.isnan(budget.loc["distill-vq (M=8)", "toy-a/30%"])

@@ -39,7 +39,7 @@ import pandas as pd
 
 from benchmark._io import write_text
 from benchmark.records import FIDELITY, MEASURES
-from benchmark.registry import FAMILIES, REFERENCE_FAMILY
+from benchmark.registry import FAMILIES, REFERENCE_FAMILY, available
 from benchmark.report.stats import ALPHA, SHORT_TESTS, TIE, competing
 
 NUMERIC = (*MEASURES, *FIDELITY, "p50_ms", "p95_ms", "qps", "spread", "under_load", "train_seconds",
@@ -157,10 +157,22 @@ def varying_params(df: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
+def _defaults(method: str) -> dict[str, str]:
+    """The method's declared param defaults, formatted as labels show them ({} for a method not installed here)."""
+    cls = available().get(method)
+    return {k: _fmt(p.default) for k, p in cls.declared_params().items()} if cls else {}
+
+
 def variant_labels(df: pd.DataFrame, keys: dict[str, list[str]], drop: tuple[str, ...] = ()) -> pd.Series:
-    """``method (k=v, ...)`` over the varying params ``keys`` of each method, minus ``drop``."""
+    """``method (k=v, ...)`` over the varying params ``keys`` of each method, minus ``drop``. A param at the
+    method's declared default is not shown (code-size params always are): the label-budget curve's full-data point
+    of ``jpq`` is ``jpq``, not ``jpq (label_fraction=1)``, and reads the same in every track."""
+    defaults = {m: _defaults(m) for m in df["method"].unique()}
+
     def label(method: str, params: dict[str, Any]) -> str:
-        shown = [f"{k}={_fmt(params[k])}" for k in keys.get(method, []) if k in params and k not in drop]
+        shown = [f"{k}={_fmt(params[k])}" for k in keys.get(method, [])
+                 if k in params and k not in drop
+                 and (k in SWEEPS["base_code_size"] or defaults[method].get(k) != _fmt(params[k]))]
         return f"{method} ({', '.join(shown)})" if shown else method
     return pd.Series([label(m, p) for m, p in zip(df["method"], df["params"])], index=df.index, dtype=object)
 
