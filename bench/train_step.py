@@ -1,11 +1,14 @@
-"""Time one training step's score and loss kernels (forward + backward) at JPQ's shape, on random parameters.
+"""Time one training step's score, loss and mining kernels at JPQ's shape, on random parameters.
 
 Usage: ``python bench/train_step.py [--batch 32] [--candidates 201] [--dim 384] [--M 16] [--nlist 256]
-[--threads 1] [--repeats 50]``.
+[--docs 60000] [--mining-batch 128] [--threads 1] [--repeats 50]``.
 
 Prints the median milliseconds of: :meth:`TorchVQ.scores` (per-query lookup tables, what training uses) against the
-reconstruction definition ``einsum(q, reconstruct(docs))`` it replaced, and JPQ's :func:`lambda_loss` (pairs formed
-from the graded rows) against the all-pairs (B, K, K) definition it replaced. Both pairs agree in value (printed).
+reconstruction definition ``einsum(q, reconstruct(docs))`` it replaced (forward + backward); JPQ's
+:func:`lambda_loss` (pairs formed from the graded rows) against the all-pairs (B, K, K) definition it replaced; and
+the exhaustive top-(K-1) of a batch of ``--mining-batch`` queries over every doc (JPQ's ``negatives = "dynamic"``):
+:meth:`TorchVQ.scan_topk` (faiss's scan of the fixed codes) against ``all_doc_scores(...).topk`` (every doc
+reconstructed) it replaced. Each pair agrees (printed).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -44,10 +48,12 @@ def main() -> None:
     parser.add_argument("--M", type=int, default=16)
     parser.add_argument("--nlist", type=int, default=256, help="0 = flat PQ")
     parser.add_argument("--docs", type=int, default=60000)
+    parser.add_argument("--mining-batch", type=int, default=128, help="queries per exhaustive top-k (JPQ's batch)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     d, M, B, K = args.dim, args.M, args.batch, args.candidates
     vq = VQParams(pq_codebooks=rng.standard_normal((M, 256, d // M), dtype=np.float32) * 0.1,
@@ -85,6 +91,14 @@ def main() -> None:
     t_ref = median_ms(lambda: lambda_loss_all_pairs(s, grade, valid, 0).backward(), args.repeats)
     print(f"lambda loss: graded rows {t_new:.2f} ms, all pairs {t_ref:.2f} ms ({t_ref / t_new:.1f}x); "
           f"values {new:.6f} vs {ref:.6f}")
+
+    qm = torch.from_numpy(rng.standard_normal((args.mining_batch, d), dtype=np.float32))
+    scan, dense = model.scan_topk(qm, K - 1), model.all_doc_scores(qm).topk(K - 1, dim=1).indices
+    same = float((scan == dense).float().mean())
+    t_scan = median_ms(lambda: model.scan_topk(qm, K - 1), max(3, args.repeats // 5))
+    t_dense = median_ms(lambda: model.all_doc_scores(qm).topk(K - 1, dim=1), max(3, args.repeats // 5))
+    print(f"exhaustive top-{K - 1} of {args.mining_batch} queries over {args.docs} docs: faiss scan {t_scan:.1f} ms, "
+          f"reconstruct every doc {t_dense:.1f} ms ({t_dense / t_scan:.1f}x); same ids {same:.4f}")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,26 @@ def test_faiss_scores_equal_torch_reconstruction(data, factory):
     np.testing.assert_allclose(rotate(vq, queries) @ reconstruct(vq).T, exhaustive, atol=1e-4)
 
 
+@pytest.mark.parametrize("factory", ["OPQ8,PQ8x8", "OPQ8,IVF16,PQ8x8", "IVF16,PQ16x4"])
+def test_scan_topk_is_the_exhaustive_torch_topk(data, factory):
+    """The faiss scan behind exhaustive top-k (JPQ's dynamic negatives) ranks every doc by the current parameters as
+    all_doc_scores does, after the codebooks, centroids and query adapter have moved (twice: the copy-in repeats)."""
+    docs, queries = data
+    model = TorchVQ(params_from_index(train_index(docs, factory, seed=1)), query_adapter=True)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+        q_rot = model.encode_queries(torch.from_numpy(queries))
+        top = model.scan_topk(q_rot, 20)
+        assert torch.equal(model.topk(q_rot, 20), top)          # what topk(pool=None) uses on CPU
+        want = model.all_doc_scores(q_rot)
+        ref = want.topk(20, dim=1)
+        np.testing.assert_allclose(want.gather(1, top).numpy(), ref.values.numpy(), atol=1e-5)   # same scores
+        assert (top == ref.indices).float().mean() > 0.99                                      # ties aside
+
+
 def test_codes_writeback_keeps_codes_reencode_changes_them(data):
     docs, _ = data
     vq = params_from_index(train_index(docs, "IVF16,PQ8x8", seed=0))

@@ -240,19 +240,32 @@ def build_index(vq: VQParams, doc_emb: np.ndarray, writeback: str | None = None)
     if mode == "preassigned" and vq.nlist and vq.doc_assign is None:
         raise ValueError("writeback='preassigned' needs doc_assign for an IVF index")
     index = empty_index(vq)
+    if mode == "codes":
+        add_codes(index, vq)
+        return to_fastscan(index) if vq.fastscan else index
     n = doc_emb.shape[0]
     for start in range(0, n, ADD_CHUNK):
         rows = slice(start, min(n, start + ADD_CHUNK))
         ids = np.arange(rows.start, rows.stop, dtype=np.int64)  # keep a reference: faiss only sees a pointer
-        if mode == "codes":
-            _base(index).add_sa_codes(_sa_codes(vq, index, rows), ids)
-        elif mode == "preassigned" and vq.nlist:
+        if mode == "preassigned" and vq.nlist:
             x = rotate(vq, doc_emb[rows])
             ivf_tools.add_preassigned(_base(index), x, np.asarray(vq.doc_assign[rows], dtype=np.int64), ids=ids)
         else:
             index.add(np.ascontiguousarray(doc_emb[rows], dtype=np.float32))
         index.ntotal = _base(index).ntotal
     return to_fastscan(index) if vq.fastscan else index
+
+
+def add_codes(index: faiss.Index, vq: VQParams) -> faiss.Index:
+    """Add ``vq``'s recorded doc codes (and IVF list ids) to the empty ``index`` (:func:`empty_index`) as they are,
+    no re-encoding; doc i gets id i. Returns ``index``."""
+    n = vq.doc_codes.shape[0]
+    for start in range(0, n, ADD_CHUNK):
+        rows = slice(start, min(n, start + ADD_CHUNK))
+        ids = np.arange(rows.start, rows.stop, dtype=np.int64)  # keep a reference: faiss only sees a pointer
+        _base(index).add_sa_codes(_sa_codes(vq, index, rows), ids)
+        index.ntotal = _base(index).ntotal
+    return index
 
 
 def _unpack_blocks(packer: faiss.CodePacker, raw: np.ndarray, n: int) -> np.ndarray:

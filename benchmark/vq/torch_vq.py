@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 
+import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.vq.params import VQParams
+from benchmark.vq.params import VQParams, add_codes, empty_index
 
 
 class TorchVQ(nn.Module):
@@ -42,6 +44,7 @@ class TorchVQ(nn.Module):
         self.writeback = vq.writeback
         self.init_info = dict(vq.info)   # the init's facts (faiss init time, ...), carried into to_params
         self._m_index = torch.arange(vq.M)
+        self._scan: faiss.Index | None = None   # faiss index of the fixed codes, for exhaustive top-k on CPU
 
     @property
     def M(self) -> int:
@@ -96,10 +99,34 @@ class TorchVQ(nn.Module):
         out = [q_rot @ self.reconstruct(idx).T for idx in rows]
         return torch.cat(out, dim=1)
 
+    @torch.no_grad()
+    def scan_topk(self, q_rot: torch.Tensor, k: int) -> torch.Tensor:
+        """Top-``k`` of every doc (B, k) under the current parameters, searched by faiss as the deployed index is:
+        an ``IndexPQ`` / ``IndexIVFPQ`` (nprobe = nlist) holding the fixed codes and list ids, written once, into which
+        each call copies the current codebooks and centroids. The same scores as :meth:`all_doc_scores` (lookup
+        tables instead of reconstructions: equal up to float rounding, test), without reconstructing every doc at
+        every step: the cost of ``negatives = "dynamic"``, 3.1x lower at JPQ's batch on wordnet-rd's size (117,659
+        docs, B = 128, top-200, OPQ-free IVF256,PQ16x8, 2 threads, idle: 109 vs 338 ms; ``bench/train_step.py``)."""
+        if self._scan is None:
+            vq = replace(self.to_params(), rotation=None, query_map=None)   # queries come rotated
+            self._scan = add_codes(empty_index(vq), vq)
+        faiss.copy_array_to_vector(self.codebooks.detach().cpu().numpy().astype(np.float32).ravel(),
+                                   self._scan.pq.centroids)
+        if self.centroids is not None:
+            quantizer = faiss.downcast_index(self._scan.quantizer)
+            quantizer.reset()
+            quantizer.add(self.centroids.detach().cpu().numpy().astype(np.float32))
+            self._scan.nprobe = self._scan.nlist
+        _, idx = self._scan.search(np.ascontiguousarray(q_rot.detach().cpu().numpy(), dtype=np.float32), k)
+        return torch.from_numpy(idx).to(q_rot.device)
+
     def topk(self, q_rot: torch.Tensor, k: int, pool: torch.Tensor | None = None) -> torch.Tensor:
         """Top-``k`` doc indices (B, k) under the current parameters: of each query's ``pool`` row (lookup-table
-        scores, as faiss computes them), or of every doc (exhaustive)."""
+        scores, as faiss computes them), or of every doc (exhaustive: :meth:`scan_topk` on CPU, all scores on a
+        GPU)."""
         if pool is None:
+            if q_rot.device.type == "cpu":
+                return self.scan_topk(q_rot, k)
             return self.all_doc_scores(q_rot).topk(k, dim=1).indices
         pool = pool.long()
         return pool.gather(1, self.lookup_scores(q_rot, pool).topk(k, dim=1).indices)
