@@ -11,8 +11,9 @@ MARCO size an every-list pool is a PQ scan of 8.8M codes per train query, hours 
 ``configs/msmarco*.toml`` mine from nlist/16 of the lists; the default stays every list) and re-scored each step
 with the current codebooks (lookup tables, as faiss scores), so
 per-step cost is independent of the corpus; ``info['pool_recall']`` is the share of the exhaustive current
-top-``top_k`` inside the pool (256 queries, after training). ``'dynamic'``: exhaustive torch scores every step, as in
-JPQ (per-step cost linear in the corpus).
+top-``top_k`` inside the pool (256 queries, after training). ``'dynamic'``: every doc ranked by the current codebooks
+every step, as in JPQ (per-step cost linear in the corpus): on CPU by faiss's scan of the fixed codes with the current
+codebooks copied in (:meth:`TorchVQ.scan_topk`, as JPQ retrieves with its faiss index), on a GPU by torch scores.
 
 Losses: ``lambda`` (JPQ's): for every pair (i more relevant than j) ``softplus((s_j - s_i) / temperature) *
 |1/r_i - 1/r_j|``, r the retrieval rank, 1/r zeroed beyond ``lambda_cut`` (0 = no cut), averaged over the query's
