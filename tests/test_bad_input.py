@@ -83,7 +83,7 @@ CASES = [
     ("config-bad-toml", ["--config", "{tmp}/c.toml"], {"c.toml": CONFIG_TOML}, ["error: {tmp}/c.toml: invalid TOML: "]),
     ("config-method-typo", ["--config", "{tmp}/c.toml"], {"c.toml": CONFIG_TYPO},
      ["error: {tmp}/c.toml: [[runs]] #1: unknown key 'method' (did you mean 'methods'?); valid keys: "
-      "['methods', 'params', 'seeds', 'tuning', 'tuned']",
+      "['methods', 'params', 'seeds', 'tuning', 'tuned', 'datasets']",
       "error: {tmp}/c.toml: [[runs]] #1: needs methods = [\"<method>\", ...]"]),
     ("config-methods-string", ["--config", "{tmp}/c.toml"], {"c.toml": CONFIG_STRING},
      ["error: {tmp}/c.toml: [[runs]] #1 methods: expected a list of method names like [\"faiss-pq\"], "
