@@ -180,6 +180,17 @@ def _cross_dataset(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, point
     doc.add("notes", notes)
 
 
+def _protocol(rows: pd.DataFrame) -> str:
+    """How the latencies of ``rows`` were timed, from their records: the protocol's repetitions, or the older single
+    pass (records from before the timing protocol keep no repetition count)."""
+    ok = rows[(rows["status"] == "ok") & rows["p50_ms"].notna()] if "p50_ms" in rows else rows.iloc[:0]
+    reps = sorted({int(r) for r in ok["timing_repeats"].dropna()}) if "timing_repeats" in ok else []
+    old = int(ok["timing_repeats"].isna().sum()) if "timing_repeats" in ok else len(ok)
+    text = ("the timing protocol: warm-up, best of " + " or ".join(map(str, reps)) + " interleaved repetitions"
+            if reps else "timed before the timing protocol: one pass per point, no load check")
+    return text + (f"; {old} of {len(ok)} points timed before it, in one pass" if reps and old else "")
+
+
 def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, points: pd.DataFrame,
                      views: dict[str, pd.DataFrame], ds: str, budget: rt.Budget, quality: str, test: str,
                      notes: list[str], out: Path, peers: list[dict[str, Any]]) -> dict[str, Path]:
@@ -216,7 +227,7 @@ def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, poi
             doc.add("notes", [f"big-ann-benchmarks style: each variant's highest single-thread QPS (1000 / p50 ms) "
                               f"among its operating points whose mean {rt.QPS_FIDELITY} (agreement with the exact "
                               f"top-10) is at least {rt.QPS_TARGET:g}; hardware: {hardware}, 1 search thread "
-                              "(the timing protocol: warm-up, best of 5 interleaved repetitions)."])
+                              f"({_protocol(df[df['dataset'] == ds])})."])
             summary.setdefault("qps_ranking", {}).setdefault(ds, {})[f"{track:g}"] = ranking.to_dict(
                 orient="records")
     unplaced = rt.unplaced_failures(df, ds)

@@ -98,6 +98,7 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     row.update({key: _num(values.get(key)) for key in NUMERIC
                 if key not in ("train_seconds", "train_cpu_seconds", "train_under_load", "under_load")})
     row["under_load"] = _bool_num(latency.get("under_load"))
+    row["timing_repeats"] = _num(latency.get("repeats"))   # NaN: timed before the timing protocol (one pass)
     return row
 
 
