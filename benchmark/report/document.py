@@ -183,9 +183,9 @@ def _cross_dataset(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, point
 def _protocol(rows: pd.DataFrame) -> str:
     """How the latencies of ``rows`` were timed, from their records: the protocol's repetitions, or the older single
     pass (records from before the timing protocol keep no repetition count)."""
-    ok = rows[(rows["status"] == "ok") & rows["p50_ms"].notna()] if "p50_ms" in rows else rows.iloc[:0]
-    reps = sorted({int(r) for r in ok["timing_repeats"].dropna()}) if "timing_repeats" in ok else []
-    old = int(ok["timing_repeats"].isna().sum()) if "timing_repeats" in ok else len(ok)
+    ok = rows[(rows["status"] == "ok") & rows["p50_ms"].notna()]   # load_frame always has both columns
+    reps = sorted({int(r) for r in ok["timing_repeats"].dropna()})
+    old = int(ok["timing_repeats"].isna().sum())
     text = ("the timing protocol: warm-up, best of " + " or ".join(map(str, reps)) + " interleaved repetitions"
             if reps else "timed before the timing protocol: one pass per point, no load check")
     return text + (f"; {old} of {len(ok)} points timed before it, in one pass" if reps and old else "")
