@@ -32,6 +32,8 @@ GPU_SCAN = 200e9         # bytes of PQ codes scanned per second on a GPU (ADC lo
 STEP_SECONDS = 0.13
 GPU_STEP_SECONDS = 0.01
 KMEANS_ITERS = 25        # faiss's default k-means iterations
+# the ivf teacher's nprobe is calibrated on the data (benchmark.vq.mining): its cost is estimated at nlist / this
+TEACHER_ASSUMED_SHARE = 16
 RUN_DEPTH = 1000         # depth of the evaluated run (SearchSettings.k)
 GiB = 1024 ** 3
 
@@ -154,7 +156,7 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
                teacher: dict | None = None) -> list[Stage]:
     """The stages of one fit of ``method`` (a built method) on ``f`` evaluated at the nprobes ``sweep`` (ignored
     without IVF), as operation counts and bytes."""
-    from benchmark.vq.mining import TEACHER_KMEANS_ITERS, TEACHER_POINTS_PER_LIST, teacher_layout
+    from benchmark.vq.mining import TEACHER_CALIBRATION, TEACHER_CHECK, TEACHER_POINTS_PER_LIST, teacher_nlist
     cfg = method.config
     n, d, q, e = f.docs, f.dim, max(f.train_queries, 0), f.eval_queries
     m = int(cfg.get("M") or 0)
@@ -174,11 +176,15 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
         k = int(cfg.get("topk") or 50)
         kind = (teacher or {}).get("kind", "exact")
         if kind == "ivf":
-            tl, tp = teacher_layout(n, (teacher or {}).get("nlist", 0), (teacher or {}).get("nprobe", 0))
+            tl = teacher_nlist(n, (teacher or {}).get("nlist", 0))
+            tp = min(tl, int((teacher or {}).get("nprobe", 0) or max(1, tl // TEACHER_ASSUMED_SHARE)))
             points = min(n, TEACHER_POINTS_PER_LIST * tl)
-            flops = n * tl * d * 2 + points * tl * d * 2 * TEACHER_KMEANS_ITERS + q * (tp / tl * n * d * 2 + tl * d * 2)
-            stages.append(Stage(f"teacher top-{k} (IVF{tl},SQ8, nprobe {tp})", flops=flops, ram=n * d + q * k * 8,
-                                disk=n * d + q * k * 8))
+            check = min(TEACHER_CHECK, q // 2) + min(TEACHER_CALIBRATION, q - q // 2)
+            flops = (n * tl * d * 2 + points * 2 * math.sqrt(tl) * d * 2 * KMEANS_ITERS   # assignment, 2-level k-means
+                     + check * n * d * 2 + q * tl * d * 2)          # exact top-K of the check samples, coarse search
+            how = "given" if (teacher or {}).get("nprobe") else f"calibrated; assumed nlist/{TEACHER_ASSUMED_SHARE}"
+            stages.append(Stage(f"teacher top-{k} (IVF{tl},SQ8, nprobe {tp}: {how})", flops=flops,
+                                scan=q * tp / tl * n * d, ram=n * d + q * k * 8, disk=n * d + q * k * 8))
         else:
             stages.append(Stage(f"teacher top-{k} (exact)", flops=q * n * d * 2.0, ram=q * k * 8, disk=q * k * 8))
     negatives = cfg.get("negatives")

@@ -255,14 +255,23 @@ def test_ivf_teacher_is_cached_and_measures_its_recall(quick, tmp_path, monkeypa
     docs, queries = quick.doc_emb, quick.split("train").query_emb
     exact = exact_topk(docs, queries, 50)[1]
     ids, info = cached_topk(docs, queries, 50, str(tmp_path), teacher={"kind": "ivf", "nlist": 0, "nprobe": 0})
-    assert info["kind"] == "ivf" and info["nlist"] == 64 and info["nprobe"] == 32 and info["k"] == 50  # 4k docs
+    assert info["kind"] == "ivf" and info["nlist"] == 64 and info["k"] == 50 and info["factory"] == "IVF64,SQ8"
+    # nprobe 0: calibrated on other queries than the recall check, the first power of two reaching the target
+    check, calib = mining.teacher_samples(len(queries), 0)
+    assert len(check) == min(1000, len(queries) // 2) and not set(check) & set(calib)
+    assert info["calibration_sample"] == len(calib) > 0 and info["recall_target"] == mining.TEACHER_RECALL == 0.96
+    curve = {int(p): r for p, r in info["calibration"].items()}
+    assert list(curve) == [p for p in (1, 2, 4, 8, 16, 32, 64)][:len(curve)] and info["nprobe"] == max(curve)
+    assert curve[info["nprobe"]] >= 0.96 and all(r < 0.96 for p, r in curve.items() if p < info["nprobe"])
+    assert info["nprobe"] < 64                                        # it prunes: not every list
     recall = np.mean([len(np.intersect1d(a, b)) / 50 for a, b in zip(ids, exact)])
-    sample = min(len(queries), 1000)
-    assert info["recall_sample"] == sample and 0.9 < info["recall_at_k"] <= 1.0
+    assert info["recall_sample"] == len(check) and info["recall_at_k"] >= 0.95
     assert abs(info["recall_at_k"] - recall) < 0.02                   # the sample speaks for every query
     assert len(list(tmp_path.glob("ivf-teacher-*.faiss"))) == 1
     few, few_info = cached_topk(docs, queries, 50, str(tmp_path), teacher={"kind": "ivf", "nlist": 64, "nprobe": 1})
+    assert few_info["nprobe"] == 1 and few_info["nprobe_rule"] == "given" and "calibration" not in few_info
     assert few_info["recall_at_k"] < info["recall_at_k"]            # fewer lists probed: a worse teacher, and it says so
+    assert len(list(tmp_path.glob("ivf-teacher-*.faiss"))) == 1     # the same teacher index, probed less
     # a cache hit reads the ids and their measured recall back: neither the teacher index nor an exact scan is redone
     monkeypatch.setattr(mining, "ivf_teacher", lambda *a, **k: pytest.fail("cache hit rebuilt the teacher"))
     monkeypatch.setattr(mining, "exact_topk", lambda *a, **k: pytest.fail("cache hit re-measured the recall"))

@@ -49,7 +49,11 @@ def test_stage_counts_follow_the_sizes():
     teacher = {s.name: s for s in fit_stages(method, big, [1, 64, 1024])}["teacher top-50 (exact)"]
     assert teacher.flops == 500_000 * 1_000_000 * 768 * 2
     ivf = [s for s in fit_stages(method, big, [1024], teacher={"kind": "ivf"}) if s.name.startswith("teacher")][0]
-    assert "IVF4096,SQ8, nprobe 512" in ivf.name and ivf.flops < teacher.flops / 5
+    assert "IVF4096,SQ8, nprobe 256: calibrated; assumed nlist/16" in ivf.name and ivf.flops < teacher.flops / 50
+    assert ivf.scan == 500_000 * 256 / 4096 * 1_000_000 * 768      # the SQ8 codes (d bytes per doc) of 256 lists
+    given = [s for s in fit_stages(method, big, [1024], teacher={"kind": "ivf", "nprobe": 64})
+             if s.name.startswith("teacher")][0]
+    assert "nprobe 64: given" in given.name and given.scan == ivf.scan / 4
     exact = lambda f: next(s for s in fit_stages(method, f, [1024]) if s.name.startswith("exact"))  # noqa: E731
     assert exact(big).flops == 10 * exact(small).flops
     # JPQ's pool: a PQ scan of every doc per train query, or of mine_nprobe / nlist of them

@@ -487,7 +487,7 @@ def test_declared_options_match_the_loader_signatures():
     assert quick["num_docs"].default == 4000 and quick["signal_dim"].default == 24 and quick["seed"].default == 0
     assert dataset_options("synthetic")["num_docs"].default == 50_000
     assert set(dataset_options("msmarco")) == set(beir.OPTIONS) | {"dev_queries", "dev_seed", "teacher",
-                                                                    "teacher_nlist", "teacher_nprobe"}
+                                                                    "teacher_nlist", "teacher_nprobe", "teacher_recall"}
     assert dataset_options("npy:x")["drop_unknown_qrels"].type is bool
     lines = describe_dataset_options("npy:x")
     assert lines[2] == ("drop_unknown_qrels=False  (bool)  drop judgments naming an unknown doc or query id "

@@ -33,7 +33,11 @@ COMMON_OPTIONS: dict[str, Param] = {
                               "corpus, d bytes per doc, built once and cached; its recall against exact is measured on a "
                               "sample and recorded)", choices=("exact", "ivf")),
     "teacher_nlist": Param(0, "lists of the ivf teacher (0: 4 * sqrt(docs), rounded to a power of two)", min=0),
-    "teacher_nprobe": Param(0, "lists the ivf teacher probes (0: nlist / 8, at least 32)", min=0),
+    "teacher_nprobe": Param(0, "lists the ivf teacher probes (0: calibrated, the smallest power of two whose "
+                               "recall@K reaches teacher_recall on 500 sampled train queries)", min=0),
+    "teacher_recall": Param(0.96, "the recall@K against exact that a calibrated ivf teacher nprobe reaches (on "
+                                  "other queries than the 1,000 its recorded recall is measured on)",
+                            min=0.0, max=1.0, min_exclusive=True),
 }
 HOW_TO_SET = ("set an option under [datasets.<alias>] in a config file (drop_unknown_qrels = true) or on the command "
               "line (--dataset-opt drop_unknown_qrels=true)")
@@ -262,7 +266,7 @@ def load_dataset(name: str, **options: Any) -> RetrievalDataset:
     ds = entry.load(name, rest, {k: v for k, v in values.items() if k in entry.options})
     ds = carve_dev(ds, values["dev_queries"], values["dev_seed"]) if values["dev_queries"] else ds
     ds.meta["teacher"] = {"kind": values["teacher"], "nlist": values["teacher_nlist"],
-                          "nprobe": values["teacher_nprobe"]}
+                          "nprobe": values["teacher_nprobe"], "recall": values["teacher_recall"]}
     return ds
 
 
