@@ -194,7 +194,8 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
     cls_params = plain.params
     wanted = {"nlist": nlist, "M": args.M, "epochs": args.epochs, "topk": args.K,
               "max_train_points": args.max_train_points or train_points_for(n, nlist),
-              "mine_nprobe": max(1, nlist // 16) if args.mine_nprobe == -1 else args.mine_nprobe}
+              "mine_nprobe": max(1, nlist // 16) if args.mine_nprobe == -1 else args.mine_nprobe,
+              "coarse": None if args.coarse == "kmeans" else args.coarse}
     params = {k: v for k, v in wanted.items() if k in cls_params and v is not None
               and not (k == "mine_nprobe" and not getattr(plain, "ivf", False))}
     method = make_method(method_name, params)
@@ -419,6 +420,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--nprobe", type=int, default=0, help="0 = nlist/16")
     ap.add_argument("--max-train-points", type=int, default=0,
                     help="faiss training sample; 0 = min(n, max(65536, 39*nlist))")
+    ap.add_argument("--coarse", choices=("kmeans", "two-level"), default="kmeans",
+                    help="how the faiss init's IVF lists are trained (the methods' coarse param)")
     ap.add_argument("--teacher", choices=("exact", "ivf"), default="exact",
                     help="how the teacher's top-K is mined: exact scan, or the IVF-SQ8 teacher (recall recorded)")
     ap.add_argument("--mine-nprobe", type=int, default=None,

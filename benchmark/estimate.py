@@ -167,8 +167,9 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
     factory = method.factory() if hasattr(method, "factory") else ""
     if m:
         opq = int(cfg.get("opq_niter") or 20) if "OPQ" in factory else 0
+        lists = 2 * math.sqrt(nlist) if cfg.get("coarse") == "two-level" else nlist   # centroids each point meets
         init = (opq * (sample * d * d * 4 + sample * 256 * d * 2 * 4) + sample * 256 * d * 2 * KMEANS_ITERS
-                + sample * nlist * d * 2 * KMEANS_ITERS)
+                + sample * lists * d * 2 * KMEANS_ITERS + n * nlist * d * 2)                # + assigning every doc
         stages.append(Stage(f"faiss init ({factory or 'k-means'})", flops=init, ram=sample * d * 4 * 2))
     candidates = str(cfg.get("candidates", ""))
     epochs = float(cfg.get("epochs") or 0)

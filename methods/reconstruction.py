@@ -5,7 +5,7 @@ from __future__ import annotations
 from benchmark.params import Param
 from benchmark.registry import BaseMethod, TrainData, register
 from benchmark.vq import BuiltIndex, VQParams, exact_index
-from benchmark.vq.faiss_init import OPQ_THREADS_NOTE, trained_params
+from benchmark.vq.faiss_init import COARSE, OPQ_THREADS_NOTE, trained_params
 
 
 @register
@@ -43,7 +43,7 @@ class FaissQuantizer(BaseMethod):
         self.require_data(train)
         vq = trained_params(train.doc_emb, self.factory(), seed=train.seed, cache_dir=train.cache_dir,
                             max_train_points=self.config["max_train_points"],
-                            opq_niter=self.config.get("opq_niter", 20))
+                            opq_niter=self.config.get("opq_niter", 20), coarse=self.config.get("coarse", "kmeans"))
         vq.writeback = "codes"
         return vq
 
@@ -76,7 +76,7 @@ class FaissIVFPQ(FaissQuantizer):
 
     name = "faiss-ivfpq"
     ivf = True
-    params = {**FaissQuantizer.params, "nlist": NLIST}
+    params = {**FaissQuantizer.params, "nlist": NLIST, "coarse": COARSE}
 
 
 @register
@@ -88,4 +88,4 @@ class FaissIVFOPQ(FaissQuantizer):
     reproducibility_note = OPQ_THREADS_NOTE
     opq = True
     ivf = True
-    params = {**OPQ_PARAMS, "nlist": NLIST}
+    params = {**OPQ_PARAMS, "nlist": NLIST, "coarse": COARSE}

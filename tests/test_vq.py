@@ -103,3 +103,27 @@ def test_missing_codes_is_a_clear_error(data):
         build_index(vq, docs, "codes")
     with pytest.raises(ValueError, match="writeback must be one of"):
         VQParams(pq_codebooks=vq.pq_codebooks, writeback="bogus")
+
+
+def test_two_level_lists_train_the_ivf_init_and_keep_old_ids(tmp_path):
+    """coarse = "two-level" (faiss.contrib.clustering.two_level_clustering, for thousands of lists) gives a full IVF
+    init whose lists fit the docs about as well as faiss's k-means, cached apart; at "kmeans" (its legacy value)
+    records and fit ids are what they were before the param existed."""
+    from benchmark.registry import make_method
+    from benchmark.vq.faiss_init import trained_params
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((60, 16))
+    x = (centers[rng.integers(0, 60, 8000)] + 0.5 * rng.standard_normal((8000, 16))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    fits = {c: trained_params(x, "OPQ4,IVF128,PQ4x8", seed=0, cache_dir=str(tmp_path), opq_niter=3, coarse=c)
+            for c in ("kmeans", "two-level")}
+    assert len(list(tmp_path.glob("faiss-init-*.faiss"))) == 2
+    fit = {}
+    for coarse, vq in fits.items():
+        assert vq.info["init_coarse"] == coarse and vq.ivf_centroids.shape == (128, 16)
+        assert (vq.doc_assign >= 0).all() and vq.doc_codes.shape == (8000, 4)
+        fit[coarse] = float(np.mean(np.sum(rotate(vq, x) * vq.ivf_centroids[vq.doc_assign], axis=1)))
+    assert not np.allclose(fits["kmeans"].ivf_centroids, fits["two-level"].ivf_centroids)
+    assert abs(fit["two-level"] - fit["kmeans"]) < 0.01 * fit["kmeans"]
+    assert "coarse" not in make_method("faiss-ivfopq").record_params()
+    assert make_method("distill-vq", {"coarse": "two-level"}).record_params()["coarse"] == "two-level"

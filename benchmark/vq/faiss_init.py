@@ -31,9 +31,15 @@ OPQ_THREADS_NOTE = ("faiss's OPQ rotation is fitted and applied with BLAS sgemm,
 # clustering is the same). Small samples are deliberate here (the quick preset, OPQ's sample, small corpora), so
 # the warning is off and the sample size is recorded in the init's info instead.
 MIN_POINTS_PER_CENTROID = 1
+# how IVF lists are trained; "two-level" came later, so "kmeans" is left out of records and fit ids (legacy)
+COARSE = Param("kmeans", "how the IVF lists are trained (IVF layouts only): kmeans = faiss's spherical k-means on the "
+                         "sample; two-level = faiss.contrib.clustering.two_level_clustering (sqrt(nlist) clusters, each "
+                         "split in proportion to its size: ~sqrt(nlist)/2 times less work, for thousands of lists)",
+               choices=("kmeans", "two-level"), legacy=("kmeans",))
 INIT_PARAMS = {
     "max_train_points": Param(65536, "docs sampled (seeded) to train the faiss init", min=1),
     "opq_niter": Param(20, "OPQ alternating iterations of the faiss init", min=1),
+    "coarse": COARSE,
 }
 
 
@@ -92,12 +98,36 @@ def _configure(index: faiss.Index, seed: int, opq_niter: int) -> list:
     return keep
 
 
+def _two_level_lists(index: faiss.Index, sample: np.ndarray, seed: int) -> None:
+    """Fill the IVF quantizer of ``index`` with two-level k-means centroids of ``sample`` (after the index's own
+    pre-transforms, trained on it first), so that ``index.train`` finds the lists done and trains the rest."""
+    from faiss.contrib.clustering import two_level_clustering
+    x = sample
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            vt = index.chain.at(i)
+            vt.train(x)
+            x = vt.apply(x)
+        index = faiss.downcast_index(index.index)
+    ivf = faiss.extract_index_ivf(index)
+    # level 1: sqrt(nlist) clusters, the IVF's iterations; level 2: faiss.Kmeans defaults (25 iterations, at most
+    # 256 points per centroid) within each level-1 cluster
+    centroids, _ = two_level_clustering(x, max(1, int(round(ivf.nlist ** 0.5))), ivf.nlist, seed=seed,
+                                        clustering_niter=ivf.cp.niter, spherical=bool(ivf.cp.spherical),
+                                        min_points_per_centroid=MIN_POINTS_PER_CENTROID)
+    ivf.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+
+
 def train_index(doc_emb: np.ndarray, factory: str, seed: int = 0, max_train_points: int = 65536,
-                opq_niter: int = 20, add: bool = True) -> faiss.Index:
-    """Train ``factory`` (inner product) on a seeded sample of the docs and add all docs in chunks (ids 0..n-1)."""
+                opq_niter: int = 20, add: bool = True, coarse: str = "kmeans") -> faiss.Index:
+    """Train ``factory`` (inner product) on a seeded sample of the docs and add all docs in chunks (ids 0..n-1);
+    ``coarse``: how its IVF lists (if any) are trained (:data:`COARSE`)."""
     index = faiss.index_factory(doc_emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     keep = _configure(index, seed, opq_niter)
-    index.train(training_sample(doc_emb, max_train_points, seed))
+    sample = training_sample(doc_emb, max_train_points, seed)
+    if coarse == "two-level" and "IVF" in factory:
+        _two_level_lists(index, sample, seed)
+    index.train(sample)
     for vt, _ in keep:
         vt.pq = None
     if add:
@@ -107,7 +137,7 @@ def train_index(doc_emb: np.ndarray, factory: str, seed: int = 0, max_train_poin
 
 
 def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: str | None = None,
-                   max_train_points: int = 65536, opq_niter: int = 20) -> VQParams:
+                   max_train_points: int = 65536, opq_niter: int = 20, coarse: str = "kmeans") -> VQParams:
     """:class:`VQParams` (with doc codes) of a faiss-trained ``factory``, cached under ``cache_dir`` if given.
 
     Its ``info``: ``init`` (the factory), ``init_sample`` (docs it trained on), ``init_seconds`` (what training it
@@ -118,7 +148,8 @@ def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: 
     path = None
     if cache_dir:
         key = hashlib.sha1(f"{fingerprint(doc_emb)}|{factory}|{seed}|{max_train_points}|{opq_niter}|"
-                           f"{faiss.__version__}|threads={faiss.omp_get_max_threads()}".encode()).hexdigest()[:20]
+                           f"{faiss.__version__}|threads={faiss.omp_get_max_threads()}"
+                           f"{'' if coarse == 'kmeans' else '|coarse=' + coarse}".encode()).hexdigest()[:20]
         path = Path(cache_dir) / f"faiss-init-{key}.faiss"
     cached = path is not None and path.exists()
     if cached:
@@ -127,7 +158,7 @@ def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: 
         seconds = float(timing.read_text()) if timing.exists() else 0.0
     else:
         t0 = time.perf_counter()
-        index = train_index(doc_emb, factory, seed, max_train_points, opq_niter)
+        index = train_index(doc_emb, factory, seed, max_train_points, opq_niter, coarse=coarse)
         seconds = time.perf_counter() - t0
         if path is not None:
             write_text(path.with_suffix(".seconds"), f"{seconds:.3f}")
@@ -135,12 +166,15 @@ def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: 
                 faiss.write_index(index, str(tmp))
     vq = params_from_index(index)
     vq.info = {"init": factory, "init_sample": min(doc_emb.shape[0], max_train_points), "init_seconds": seconds,
+               **({"init_coarse": coarse} if "IVF" in factory else {}),
                "init_cached": cached, "cached_init_seconds": seconds if cached else 0.0}
     return vq
 
 
 def init_for(train: Any, factory: str, config: dict[str, Any]) -> VQParams:
     """The faiss init of a method: ``trained_params`` on ``train``'s docs, seed and cache with the method's
-    ``max_train_points`` / ``opq_niter`` (:data:`INIT_PARAMS`), shared with every method using the same init."""
+    ``max_train_points`` / ``opq_niter`` / ``coarse`` (:data:`INIT_PARAMS`), shared with every method using the same
+    init."""
     return trained_params(train.doc_emb, factory, seed=train.seed, cache_dir=train.cache_dir,
-                          max_train_points=config["max_train_points"], opq_niter=config["opq_niter"])
+                          max_train_points=config["max_train_points"], opq_niter=config["opq_niter"],
+                          coarse=config.get("coarse", "kmeans"))

@@ -329,8 +329,9 @@ def params_from_index(index: faiss.Index, with_doc_codes: bool = True) -> VQPara
             codes = np.zeros((base.ntotal, pq.code_size), dtype=np.uint8)
             for lst in range(base.nlist):
                 ids, lcodes = inspect_tools.get_invlist(base.invlists, lst)
-                assign[ids] = lst
-                codes[ids] = lcodes.reshape(len(ids), -1)
+                if len(ids):    # a list may be empty (a centroid no doc is nearest to)
+                    assign[ids] = lst
+                    codes[ids] = lcodes.reshape(len(ids), -1)
         else:
             codes = inspect_tools.get_flat_codes(base).reshape(base.ntotal, pq.code_size)
         if pq.nbits != 8:   # packed sub-codes (PQ{M}x4: two per byte) -> one sub-code per column
