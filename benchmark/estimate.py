@@ -201,8 +201,11 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
         per_query = (int(cfg.get("topk") or 0) + batch + 2 + int(cfg.get("hard_negatives") or 0)) * d * 2 * 3
         stages.append(Stage(f"training ({epochs:g} epochs, {math.ceil(epochs * q / batch):,} steps)",
                             flops=epochs * q * per_query, steps=math.ceil(epochs * q / batch), ram=n * (code + 8)))
-    stages.append(Stage("index build (encode every doc)", flops=n * (d * d * 2 + 256 * d * 2 + nlist * d * 2),
-                        ram=n * (code + 8), disk=n * (code + 8) if save_index else 0))
+    mode = method.writeback_mode()      # codes: written as trained; preassigned: encoded into the trained lists
+    encode = {"codes": 0, "preassigned": d * d * 2 + 256 * d * 2, "reencode": d * d * 2 + 256 * d * 2 + nlist * d * 2}
+    stages.append(Stage(f"index build ({'the trained codes' if mode == 'codes' else 'encode every doc'})",
+                        flops=n * encode.get(mode, encode["reencode"]), ram=n * (code + 8),
+                        disk=n * (code + 8) if save_index else 0))
     stages.append(Stage(f"exact reference top-{RUN_DEPTH} ({e:,} queries)", flops=e * n * d * 2.0,
                         ram=e * RUN_DEPTH * 8))
     shares = [p / nlist for p in sweep] if nlist else [1.0]   # the share of the codes each operating point scans

@@ -125,6 +125,12 @@ class BaseMethod:
         M = self.config.get("M")
         return (M, 8) if isinstance(M, int) and not isinstance(M, bool) else None
 
+    def writeback_mode(self) -> str:
+        """How this configuration's index will store the docs (:func:`benchmark.vq.build_index`: ``codes`` as
+        trained, ``preassigned`` encoded into the trained lists, ``reencode`` assigned and encoded afresh); what the
+        dry run counts for the index build. Default: the ``writeback`` param, else ``codes``."""
+        return str(self.config.get("writeback", "codes"))
+
     def check_config(self) -> list[str]:
         """Problems of the configuration alone (combinations of params no single :class:`Param` can reject), one
         line each. Checked when the grid is planned (before any data is loaded) and again by :meth:`check_data`;

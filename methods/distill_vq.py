@@ -174,6 +174,15 @@ class DistillVQ(BaseMethod):
     def labels_needed(self) -> bool:
         return self.config["queries"] == "labeled"
 
+    def writeback_mode(self) -> str:
+        """``auto``: the trained codes as they are, unless the codes are STE-relaxed or the IVF centroids moved under
+        fixed codebooks (then every doc is encoded into its trained list)."""
+        cfg = self.config
+        if cfg["writeback"] != "auto":
+            return cfg["writeback"]
+        train_ivf = cfg.get("train_ivf", False) and bool(cfg.get("nlist", 0))   # the flat layout has no IVF params
+        return "preassigned" if cfg["codes"] == "ste" or (train_ivf and not cfg["train_pq"]) else "codes"
+
     def check_data(self, data: DataFacts) -> list[str]:
         problems = super().check_data(data)
         cfg = self.config
@@ -227,8 +236,7 @@ class DistillVQ(BaseMethod):
         trainer.fit(loss, len(qs))
         if kept[1]:
             info["label_scope_kept"] = kept[0] / kept[1]
-        writeback = cfg["writeback"] if cfg["writeback"] != "auto" else (
-            "preassigned" if ste_T is not None or (train_ivf and not cfg["train_pq"]) else "codes")
+        writeback = self.writeback_mode()
         params = trainer.to_params(writeback, ivf_weight=w["ivf"] or 0.0, **info)
         if writeback == "preassigned":   # the codes the index will hold (its write-back re-encodes the same)
             params.doc_codes = encode_docs(params, train.doc_emb)

@@ -54,6 +54,11 @@ def test_stage_counts_follow_the_sizes():
     given = [s for s in fit_stages(method, big, [1024], teacher={"kind": "ivf", "nprobe": 64})
              if s.name.startswith("teacher")][0]
     assert "nprobe 64: given" in given.name and given.scan == ivf.scan / 4
+    # the index build: trained codes are written as they are; fixed codebooks under moved centroids re-encode
+    build = lambda m: next(s for s in fit_stages(make_method(m, {"M": 32, "nlist": 1024}), big, [1024])  # noqa: E731
+                           if s.name.startswith("index build"))
+    assert build("distill-vq").flops == 0 and build("distill-vq").name == "index build (the trained codes)"
+    assert build("distill-vq-ivf-only").flops == 1_000_000 * (768 * 768 * 2 + 256 * 768 * 2)
     exact = lambda f: next(s for s in fit_stages(method, f, [1024]) if s.name.startswith("exact"))  # noqa: E731
     assert exact(big).flops == 10 * exact(small).flops
     # JPQ's pool: a PQ scan of every doc per train query, or of mine_nprobe / nlist of them
