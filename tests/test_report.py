@@ -569,3 +569,15 @@ def test_frontier_leaves_out_reduced_label_variants(tmp_path):
     assert not any("label_fraction=0.3" in label for label in front.index)
     budget = pd.read_csv(tmp_path / "tables" / "label_budget.csv", index_col=0)  # ... which still shows it
     assert not np.isnan(budget.loc["distill-vq (M=8)", "toy-a/30%"])
+
+
+def test_trained_on_names_an_approximate_teacher_and_its_recall():
+    """A distillation row whose teacher top-K came from the ivf teacher says so, with the recall its record measured;
+    an exact teacher adds nothing."""
+    from benchmark.report.tables import setup_cells
+    origin = {"queries": "unlabeled", "n": 5000, "labels_used": False,
+              "teacher": {"kind": "ivf", "k": 50, "factory": "IVF4096,SQ8", "recall_at_k": 0.9712, "nprobe": 64}}
+    rec = {"params": {}, "setup": {"layout": "IVF", "query_side": "adapter", "train_queries": origin}}
+    assert setup_cells(rec)["trained_on"] == "unlabeled (5,000; labels unread; IVF4096,SQ8 teacher, recall@50 0.971)"
+    origin["teacher"] = {"kind": "exact", "k": 50}
+    assert setup_cells(rec)["trained_on"] == "unlabeled (5,000; labels unread)"

@@ -104,7 +104,8 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def setup_cells(rec: dict[str, Any]) -> dict[str, str]:
     """What a row is, beside its method: ``layout`` (IVF, or no IVF: one flat scan), ``query_side`` (the linear adapter or none),
-    ``trained_on`` (the training queries and whether their labels were read) and ``tuning`` (the trials and CPU time
+    ``trained_on`` (the training queries, whether their labels were read, and an approximate teacher's index and
+    measured recall when the teacher's top-K was not exact) and ``tuning`` (the trials and CPU time
     that chose its params, or "defaults"). From the record's ``setup`` / ``tuning`` fields; records written before
     those existed: layout from nlist, query side from the ``query_adapter`` param, training queries unknown (—)."""
     setup = rec.get("setup") or {}
@@ -115,7 +116,11 @@ def setup_cells(rec: dict[str, Any]) -> dict[str, str]:
     if origin:
         fraction = origin.get("fraction", 1.0)
         share = f", {fraction:.0%}" if fraction < 1 else ""
-        trained = f"{origin['queries']} ({origin['n']:,}{share}; labels {'read' if origin['labels_used'] else 'unread'})"
+        teacher = origin.get("teacher") or {}
+        approx = (f"; {teacher.get('factory', 'ivf')} teacher, recall@{teacher.get('k')} {teacher['recall_at_k']:.3f}"
+                  if teacher.get("kind") == "ivf" and "recall_at_k" in teacher else "")
+        trained = (f"{origin['queries']} ({origin['n']:,}{share}; labels {'read' if origin['labels_used'] else 'unread'}"
+                   f"{approx})")
     else:
         trained = DASH
     tuning = rec.get("tuning")
