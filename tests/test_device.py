@@ -37,3 +37,16 @@ def test_cuda_training_matches_cpu(tmp_path, name: str, params: dict) -> None:
     np.testing.assert_allclose(fits["cuda"].pq_codebooks, fits["cpu"].pq_codebooks, atol=1e-4)
     if fits["cpu"].nlist:
         np.testing.assert_allclose(fits["cuda"].ivf_centroids, fits["cpu"].ivf_centroids, atol=1e-4)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_teacher_topk_matches_cpu() -> None:
+    """The exact teacher on the GPU (faiss-GPU, or torch matmuls by blocks without it) mines the CPU's top-K."""
+    from benchmark.vq.mining import exact_topk
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((5000, 64)).astype(np.float32)
+    queries = rng.standard_normal((300, 64)).astype(np.float32)
+    cpu_scores, cpu_ids = exact_topk(docs, queries, 50, doc_chunk=1200)
+    gpu_scores, gpu_ids = exact_topk(docs, queries, 50, doc_chunk=1200, gpu=True)
+    np.testing.assert_allclose(gpu_scores, cpu_scores, rtol=1e-4, atol=1e-4)
+    assert np.mean(gpu_ids == cpu_ids) > 0.999      # ties aside

@@ -239,8 +239,12 @@ def test_mining_matches_brute_force_and_is_cached(tmp_path):
     docs = rng.standard_normal((1000, 16)).astype(np.float32)
     queries = rng.standard_normal((30, 16)).astype(np.float32)
     want = np.argsort(-(queries @ docs.T), axis=1)[:, :20]
-    _, got = exact_topk(docs, queries, 20, doc_chunk=300)          # 4 doc chunks merged
+    scores, got = exact_topk(docs, queries, 20, doc_chunk=300)     # 4 doc chunks merged
     np.testing.assert_array_equal(got, want)
+    # the GPU path without faiss-GPU (torch matmuls by blocks), run here on the CPU: the same top-k
+    t_scores, t_got = mining.torch_exact_topk(docs, queries, 20, "cpu", doc_chunk=300, query_chunk=7)
+    np.testing.assert_array_equal(t_got, want)
+    np.testing.assert_allclose(t_scores, scores, rtol=1e-5, atol=1e-5)
     ids, info = cached_topk(docs, queries, 20, str(tmp_path))
     np.testing.assert_array_equal(ids, want)
     assert info == {"kind": "exact", "k": 20}

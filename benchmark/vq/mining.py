@@ -27,11 +27,45 @@ def faiss_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
 
 
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def torch_exact_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, device: str,
+                     doc_chunk: int = DOC_CHUNK, query_chunk: int = QUERY_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_topk` by torch on ``device`` (a GPU without faiss-GPU): each block of ``doc_chunk`` doc rows is
+    copied to the device once per query block, scored by one matmul, and its top-``k`` merged into the running one
+    (``torch.topk`` over the concatenation). Same results as faiss up to ties and float rounding (test)."""
+    import torch
+    n = doc_emb.shape[0]
+    k = min(k, n)
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    for qs in range(0, len(queries), query_chunk):
+        q = torch.from_numpy(np.ascontiguousarray(queries[qs:qs + query_chunk], dtype=np.float32)).to(device)
+        best_s = torch.full((len(q), 0), float("-inf"), device=device)
+        best_i = torch.zeros((len(q), 0), dtype=torch.int64, device=device)
+        for start in range(0, n, doc_chunk):
+            d = torch.from_numpy(np.ascontiguousarray(doc_emb[start:start + doc_chunk], dtype=np.float32)).to(device)
+            s, i = (q @ d.T).topk(min(k, len(d)), dim=1)
+            best_s, pick = torch.cat([best_s, s], dim=1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+            best_i = torch.cat([best_i, i + start], dim=1).gather(1, pick)
+        scores[qs:qs + len(q)], ids[qs:qs + len(q)] = best_s.cpu().numpy(), best_i.cpu().numpy()
+    return scores, ids
+
+
 def exact_topk(doc_emb: np.ndarray, queries: np.ndarray, k: int, doc_chunk: int = DOC_CHUNK, gpu: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-``k`` (scores, doc indices) of ``queries``, reading ``doc_chunk`` doc rows at a time;
-    ``gpu``: search each chunk with faiss-GPU when it is installed and sees a GPU (same results, up to ties)."""
+    ``gpu``: on the GPU, by faiss-GPU when it is installed and sees one, else by torch matmuls on CUDA
+    (:func:`torch_exact_topk`; same results, up to ties)."""
     on_gpu = gpu and faiss_gpus() > 0
+    if gpu and not on_gpu and _torch_cuda():
+        return torch_exact_topk(doc_emb, queries, k, "cuda", doc_chunk)
     n = doc_emb.shape[0]
     k = min(k, n)
     q = np.ascontiguousarray(queries, dtype=np.float32)
