@@ -1,6 +1,7 @@
 #!/bin/bash
 # CUDA check on a GPU machine (run from the repository root): the device tests (CUDA training equals CPU training),
-# then the same small grid trained with --device cpu and --device cuda, compared record by record, with timings.
+# then the same small grid trained with --device cpu and --device cuda, compared record by record, with timings,
+# then bench/scale.py at 1M x 768 on CUDA.
 # Usage: [QUICK=1] bench/cuda_check.sh [OUT_DIR]    (python3 with torch+CUDA and this project's requirements importable)
 set -o pipefail
 OUT=${1:-/tmp/cuda-check}
@@ -28,3 +29,6 @@ for key in sorted(cpu, key=str):
     print(f"{key[0]:20s} {key[1]!s:>6s} {a['metrics']['nDCG@10']:12.4f} {b['metrics']['nDCG@10']:8.4f} "
           f"{a['train_seconds']:12.1f} {b['train_seconds']:8.1f}")
 PY
+# the 1M x 768 case (issue #29) end to end on CUDA (training and the exact teacher on the GPU), every stage timed
+python3 bench/scale.py --sizes 1000000 --dim 768 --methods faiss-ivfopq,jpq-ivf,distill-vq --coarse two-level \
+    --device cuda --workdir "$OUT/scale" --json "$OUT/scale-1m-cuda.json" 2>&1 | tee "$OUT/scale-1m-cuda.log" | tail -45

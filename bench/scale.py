@@ -36,7 +36,7 @@ On a loaded machine prefer ``--threads 1``: oversubscribed OpenMP made faiss PQ 
 
 Usage: python bench/scale.py [--sizes 10000,100000,1000000] [--dim 384] [--methods distill-vq,jpq-ivf] [--epochs 1]
        [--train-queries 5000] [--test-queries 1000] [--teacher exact|ivf] [--mine-nprobe P] [--workdir DIR]
-       [--resume] [--paper] [--threads N] [--json PATH]
+       [--resume] [--paper] [--threads N] [--device cpu|cuda] [--coarse kmeans|two-level] [--json PATH]
 """
 from __future__ import annotations
 
@@ -202,7 +202,8 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
     cfg = method.config
     result: dict = {"n": n, "dim": args.dim, "method": method_name, "params": params, "nlist": nlist,
                     "nprobe": probe if "nlist" in cfg else None, "K": args.K, "train_queries": args.train_queries,
-                    "test_queries": args.test_queries, "teacher": args.teacher, "threads": threads(),
+                    "test_queries": args.test_queries, "teacher": args.teacher, "device": args.device,
+                    "threads": threads(),
                     "cpu": cpu(), "stages": {}}
     log(f"n={n}: {method_name} {params} | teacher {args.teacher} | threads {result['threads']} | {result['cpu']}")
 
@@ -230,7 +231,7 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
         result["stages"]["generate"] = generated      # measured when the size was generated, not now
     if hasattr(method, "factory"):
         result["factory"] = method.factory()
-    train = train_data(ds, args.seed, "cpu", str(cache_dir))
+    train = train_data(ds, args.seed, args.device, str(cache_dir))
     if args.teacher != "exact":
         train = replace(train, teacher={"kind": args.teacher, "nlist": 0, "nprobe": 0})
     with stage("fit"):   # the first method of a size trains the faiss init and mines; later ones read the cache
@@ -433,6 +434,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="/tmp/vqbench-scale", help="memmapped docs and caches live here")
     ap.add_argument("--threads", type=int, default=0, help="faiss omp and torch threads (0 = library defaults)")
+    ap.add_argument("--device", default="cpu", help="torch device for training and the exact teacher (cpu, cuda)")
     ap.add_argument("--json", default=None, help="also write the results JSON here")
     ap.add_argument("--keep-docs", action="store_true", help="keep each size's folder after its last method "
                     "(default: delete it unless --resume)")
