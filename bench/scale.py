@@ -37,7 +37,7 @@ On a loaded machine prefer ``--threads 1``: oversubscribed OpenMP made faiss PQ 
 Usage: python bench/scale.py [--sizes 10000,100000,1000000] [--dim 384] [--methods distill-vq,jpq-ivf] [--epochs 1]
        [--train-queries 5000] [--test-queries 1000] [--teacher exact|ivf] [--mine-nprobe P] [--workdir DIR]
        [--resume] [--paper] [--threads N] [--device cpu|cuda] [--coarse kmeans|two-level] [--opq-niter N]
-       [--json PATH]
+       [--opq-train-points N] [--json PATH]
 """
 from __future__ import annotations
 
@@ -196,7 +196,8 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
     wanted = {"nlist": nlist, "M": args.M, "epochs": args.epochs, "topk": args.K,
               "max_train_points": args.max_train_points or train_points_for(n, nlist),
               "mine_nprobe": max(1, nlist // 16) if args.mine_nprobe == -1 else args.mine_nprobe,
-              "coarse": None if args.coarse == "kmeans" else args.coarse, "opq_niter": args.opq_niter or None}
+              "coarse": None if args.coarse == "kmeans" else args.coarse, "opq_niter": args.opq_niter or None,
+              "opq_train_points": args.opq_train_points or None}
     params = {k: v for k, v in wanted.items() if k in cls_params and v is not None
               and not (k == "mine_nprobe" and not getattr(plain, "ivf", False))}
     method = make_method(method_name, params)
@@ -426,6 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="how the faiss init's IVF lists are trained (the methods' coarse param)")
     ap.add_argument("--opq-niter", type=int, default=0, help="OPQ iterations of the faiss init (0 = the methods' "
                     "default, 20); each costs ~6.5 s at d=768 on 2 cores")
+    ap.add_argument("--opq-train-points", type=int, default=0, help="sample OPQ's rotation is fitted on (0 = the "
+                    "methods' default, 65,536)")
     ap.add_argument("--teacher", choices=("exact", "ivf"), default="exact",
                     help="how the teacher's top-K is mined: exact scan, or the IVF-SQ8 teacher (recall recorded)")
     ap.add_argument("--mine-nprobe", type=int, default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from benchmark.params import Param
 from benchmark.registry import BaseMethod, TrainData, register
 from benchmark.vq import BuiltIndex, VQParams, exact_index
-from benchmark.vq.faiss_init import COARSE, OPQ_THREADS_NOTE, trained_params
+from benchmark.vq.faiss_init import COARSE, INIT_PARAMS, OPQ_THREADS_NOTE, OPQ_TRAIN_POINTS, trained_params
 
 
 @register
@@ -43,12 +43,14 @@ class FaissQuantizer(BaseMethod):
         self.require_data(train)
         vq = trained_params(train.doc_emb, self.factory(), seed=train.seed, cache_dir=train.cache_dir,
                             max_train_points=self.config["max_train_points"],
-                            opq_niter=self.config.get("opq_niter", 20), coarse=self.config.get("coarse", "kmeans"))
+                            opq_niter=self.config.get("opq_niter", 20), coarse=self.config.get("coarse", "kmeans"),
+                            opq_train_points=self.config.get("opq_train_points", OPQ_TRAIN_POINTS))
         vq.writeback = "codes"
         return vq
 
 
-OPQ_PARAMS = {**FaissQuantizer.params, "opq_niter": Param(20, "OPQ alternating-optimisation iterations", min=1)}
+OPQ_PARAMS = {**FaissQuantizer.params, "opq_niter": Param(20, "OPQ alternating-optimisation iterations", min=1),
+              "opq_train_points": INIT_PARAMS["opq_train_points"]}
 NLIST = Param(256, "IVF lists (coarse k-means centroids); needs >= nlist training points", min=1)
 
 

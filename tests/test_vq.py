@@ -126,4 +126,10 @@ def test_two_level_lists_train_the_ivf_init_and_keep_old_ids(tmp_path):
     assert not np.allclose(fits["kmeans"].ivf_centroids, fits["two-level"].ivf_centroids)
     assert abs(fit["two-level"] - fit["kmeans"]) < 0.01 * fit["kmeans"]
     assert "coarse" not in make_method("faiss-ivfopq").record_params()
+    assert "opq_train_points" not in make_method("faiss-ivfopq").record_params()     # legacy: faiss's 65,536
+    assert make_method("jpq", {"opq_train_points": 16384}).record_params()["opq_train_points"] == 16384
+    small = trained_params(x, "OPQ4,IVF128,PQ4x8", seed=0, cache_dir=str(tmp_path), opq_niter=3,
+                           opq_train_points=1000)
+    assert len(list(tmp_path.glob("faiss-init-*.faiss"))) == 3       # its own cache entry, another rotation
+    assert not np.allclose(small.rotation, fits["kmeans"].rotation)
     assert make_method("distill-vq", {"coarse": "two-level"}).record_params()["coarse"] == "two-level"

@@ -31,6 +31,7 @@ OPQ_THREADS_NOTE = ("faiss's OPQ rotation is fitted and applied with BLAS sgemm,
 # clustering is the same). Small samples are deliberate here (the quick preset, OPQ's sample, small corpora), so
 # the warning is off and the sample size is recorded in the init's info instead.
 MIN_POINTS_PER_CENTROID = 1
+OPQ_TRAIN_POINTS = MAX_POINTS_PER_CENTROID * 256   # faiss's OPQMatrix default, 256 points per PQ centroid
 # how IVF lists are trained; "two-level" came later, so "kmeans" is left out of records and fit ids (legacy)
 COARSE = Param("kmeans", "how the IVF lists are trained (IVF layouts only): kmeans = faiss's spherical k-means on the "
                          "sample; two-level = faiss.contrib.clustering.two_level_clustering (sqrt(nlist) clusters, each "
@@ -39,6 +40,8 @@ COARSE = Param("kmeans", "how the IVF lists are trained (IVF layouts only): kmea
 INIT_PARAMS = {
     "max_train_points": Param(65536, "docs sampled (seeded) to train the faiss init", min=1),
     "opq_niter": Param(20, "OPQ alternating iterations of the faiss init", min=1),
+    "opq_train_points": Param(OPQ_TRAIN_POINTS, "sample points OPQ's rotation is fitted on (faiss's default; each "
+                                                "alternation trains a PQ on them)", min=256, legacy=(OPQ_TRAIN_POINTS,)),
     "coarse": COARSE,
 }
 
@@ -65,7 +68,7 @@ def _quiet(cp: Any) -> None:
     cp.min_points_per_centroid = MIN_POINTS_PER_CENTROID
 
 
-def _configure(index: faiss.Index, seed: int, opq_niter: int) -> list:
+def _configure(index: faiss.Index, seed: int, opq_niter: int, opq_points: int = OPQ_TRAIN_POINTS) -> list:
     """Seed every clustering inside an index_factory index, cap k-means subsampling, silence small-sample warnings.
 
     Returns (OPQ, its PQ) pairs: faiss only points to that PQ, so it must outlive training (then it is unset).
@@ -76,7 +79,7 @@ def _configure(index: faiss.Index, seed: int, opq_niter: int) -> list:
             vt = faiss.downcast_VectorTransform(index.chain.at(i))
             if isinstance(vt, faiss.OPQMatrix):
                 vt.niter = opq_niter
-                vt.max_train_points = MAX_POINTS_PER_CENTROID * 256
+                vt.max_train_points = opq_points
                 # faiss trains OPQ's PQ on a default ProductQuantizer(d, M, 8) unless given one: give an identical
                 # one (same default seed and knobs) that does not warn
                 pq = faiss.ProductQuantizer(vt.d_out, vt.M, 8)
@@ -119,11 +122,12 @@ def _two_level_lists(index: faiss.Index, sample: np.ndarray, seed: int) -> None:
 
 
 def train_index(doc_emb: np.ndarray, factory: str, seed: int = 0, max_train_points: int = 65536,
-                opq_niter: int = 20, add: bool = True, coarse: str = "kmeans") -> faiss.Index:
+                opq_niter: int = 20, add: bool = True, coarse: str = "kmeans",
+                opq_train_points: int = OPQ_TRAIN_POINTS) -> faiss.Index:
     """Train ``factory`` (inner product) on a seeded sample of the docs and add all docs in chunks (ids 0..n-1);
     ``coarse``: how its IVF lists (if any) are trained (:data:`COARSE`)."""
     index = faiss.index_factory(doc_emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    keep = _configure(index, seed, opq_niter)
+    keep = _configure(index, seed, opq_niter, opq_train_points)
     sample = training_sample(doc_emb, max_train_points, seed)
     if coarse == "two-level" and "IVF" in factory:
         _two_level_lists(index, sample, seed)
@@ -137,7 +141,8 @@ def train_index(doc_emb: np.ndarray, factory: str, seed: int = 0, max_train_poin
 
 
 def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: str | None = None,
-                   max_train_points: int = 65536, opq_niter: int = 20, coarse: str = "kmeans") -> VQParams:
+                   max_train_points: int = 65536, opq_niter: int = 20, coarse: str = "kmeans",
+                   opq_train_points: int = OPQ_TRAIN_POINTS) -> VQParams:
     """:class:`VQParams` (with doc codes) of a faiss-trained ``factory``, cached under ``cache_dir`` if given.
 
     Its ``info``: ``init`` (the factory), ``init_sample`` (docs it trained on), ``init_seconds`` (what training it
@@ -149,7 +154,9 @@ def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: 
     if cache_dir:
         key = hashlib.sha1(f"{fingerprint(doc_emb)}|{factory}|{seed}|{max_train_points}|{opq_niter}|"
                            f"{faiss.__version__}|threads={faiss.omp_get_max_threads()}"
-                           f"{'' if coarse == 'kmeans' else '|coarse=' + coarse}".encode()).hexdigest()[:20]
+                           f"{'' if coarse == 'kmeans' else '|coarse=' + coarse}"
+                           f"{'' if opq_train_points == OPQ_TRAIN_POINTS else f'|opq_points={opq_train_points}'}"
+                           .encode()).hexdigest()[:20]
         path = Path(cache_dir) / f"faiss-init-{key}.faiss"
     cached = path is not None and path.exists()
     if cached:
@@ -158,7 +165,8 @@ def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: 
         seconds = float(timing.read_text()) if timing.exists() else 0.0
     else:
         t0 = time.perf_counter()
-        index = train_index(doc_emb, factory, seed, max_train_points, opq_niter, coarse=coarse)
+        index = train_index(doc_emb, factory, seed, max_train_points, opq_niter, coarse=coarse,
+                            opq_train_points=opq_train_points)
         seconds = time.perf_counter() - t0
         if path is not None:
             write_text(path.with_suffix(".seconds"), f"{seconds:.3f}")
@@ -173,8 +181,9 @@ def trained_params(doc_emb: np.ndarray, factory: str, seed: int = 0, cache_dir: 
 
 def init_for(train: Any, factory: str, config: dict[str, Any]) -> VQParams:
     """The faiss init of a method: ``trained_params`` on ``train``'s docs, seed and cache with the method's
-    ``max_train_points`` / ``opq_niter`` / ``coarse`` (:data:`INIT_PARAMS`), shared with every method using the same
+    ``max_train_points`` / ``opq_niter`` / ``opq_train_points`` / ``coarse`` (:data:`INIT_PARAMS`), shared with every method using the same
     init."""
     return trained_params(train.doc_emb, factory, seed=train.seed, cache_dir=train.cache_dir,
                           max_train_points=config["max_train_points"], opq_niter=config["opq_niter"],
-                          coarse=config.get("coarse", "kmeans"))
+                          coarse=config.get("coarse", "kmeans"),
+                          opq_train_points=config.get("opq_train_points", OPQ_TRAIN_POINTS))
