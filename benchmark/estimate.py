@@ -32,6 +32,7 @@ GPU_SCAN = 200e9         # bytes of PQ codes scanned per second on a GPU (ADC lo
 STEP_SECONDS = 0.13
 GPU_STEP_SECONDS = 0.01
 KMEANS_ITERS = 25        # faiss's default k-means iterations
+IVF_KMEANS_ITERS = 10    # faiss IndexIVF's coarse k-means iterations
 # the ivf teacher's nprobe is calibrated on the data (benchmark.vq.mining): its cost is estimated at nlist / this
 TEACHER_ASSUMED_SHARE = 16
 RUN_DEPTH = 1000         # depth of the evaluated run (SearchSettings.k)
@@ -156,6 +157,7 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
                teacher: dict | None = None) -> list[Stage]:
     """The stages of one fit of ``method`` (a built method) on ``f`` evaluated at the nprobes ``sweep`` (ignored
     without IVF), as operation counts and bytes."""
+    from benchmark.vq.faiss_init import OPQ_TRAIN_POINTS
     from benchmark.vq.mining import TEACHER_CALIBRATION, TEACHER_CHECK, TEACHER_POINTS_PER_LIST, teacher_nlist
     cfg = method.config
     n, d, q, e = f.docs, f.dim, max(f.train_queries, 0), f.eval_queries
@@ -167,9 +169,17 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
     factory = method.factory() if hasattr(method, "factory") else ""
     if m:
         opq = int(cfg.get("opq_niter") or 20) if "OPQ" in factory else 0
-        lists = 2 * math.sqrt(nlist) if cfg.get("coarse") == "two-level" else nlist   # centroids each point meets
-        init = (opq * (sample * d * d * 4 + sample * 256 * d * 2 * 4) + sample * 256 * d * 2 * KMEANS_ITERS
-                + sample * lists * d * 2 * KMEANS_ITERS + n * nlist * d * 2)                # + assigning every doc
+        opq_n = min(sample, int(cfg.get("opq_train_points") or OPQ_TRAIN_POINTS))
+        pq_n = min(sample, OPQ_TRAIN_POINTS)          # faiss caps PQ training at 256 points per centroid
+        # OPQ: per alternation a rotation (two d x d products) and 4 PQ iterations; its first PQ gets 40
+        opq_work = opq * (opq_n * d * d * 4 + opq_n * 256 * d * 2 * 4) + (opq_n * 256 * d * 2 * 36 if opq else 0)
+        if cfg.get("coarse") == "two-level":          # sqrt(nlist) clusters, then each point meets ~sqrt(nlist)
+            root = math.sqrt(nlist)
+            lists = min(sample, 2000 * root) * root * IVF_KMEANS_ITERS + sample * root * KMEANS_ITERS
+        else:
+            lists = sample * nlist * IVF_KMEANS_ITERS
+        init = (opq_work + pq_n * 256 * d * 2 * KMEANS_ITERS + lists * d * 2
+                + n * nlist * d * 2 + n * d * d * 2 * bool(opq))     # + assigning (and rotating) every doc
         stages.append(Stage(f"faiss init ({factory or 'k-means'})", flops=init, ram=sample * d * 4 * 2))
     candidates = str(cfg.get("candidates", ""))
     epochs = float(cfg.get("epochs") or 0)
