@@ -77,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "one pass of the timing protocol; only the latency fields change (the old ones are kept in "
                         "latency_history), then the report is rebuilt. With --config, its datasets and [search] "
                         "settings are used; run it on an idle machine")
+    p.add_argument("--refit-missing", action="store_true",
+                   help="with --retime: first fit again every fit of DIR that has no saved index (its dataset, "
+                        "method, params and seed; use the run's --threads) and keep the new index only when the "
+                        "refit reproduces the record's metrics exactly; then re-time them with the others")
     p.add_argument("--repair", action="store_true",
                    help=f"move the unreadable lines of results.jsonl (torn, not JSON, not the record schema) to "
                         f"{REJECTED_NAME} beside it (appended, each with its line number, reason and text) and "
@@ -157,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.report_only:
             return _report_only(args, argv)
+        if args.refit_missing and not args.retime:
+            raise ConfigError("--refit-missing: only with --retime DIR (it saves the indexes a re-time needs)")
         if args.retime:
             return _retime(args, argv)
         if args.merge:
@@ -259,7 +265,7 @@ def _report_only(args: argparse.Namespace, argv: list[str]) -> int:
 def _retime(args: argparse.Namespace, argv: list[str]) -> int:
     """``--retime DIR``: re-time DIR's saved indexes (:mod:`benchmark.retime`) under DIR's lock, then report."""
     from benchmark.data import load_dataset
-    from benchmark.retime import retime
+    from benchmark.retime import refit_missing, retime
 
     folder = Path(args.retime)
     problems = check_results_dir(folder, "--retime")
@@ -282,6 +288,11 @@ def _retime(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"loading dataset {alias}" + (f" ({loader})" if loader != alias else ""))
             return load_dataset(loader, **kwargs)
 
+        if args.refit_missing:
+            refits = refit_missing(folder, load, SearchSettings(**search), threads=args.threads)
+            print(f"refitted {len(refits['saved'])} fit(s) without a saved index, their indexes saved")
+            for line in refits["differs"]:
+                print(f"  refit differs, index not used: {line}", file=sys.stderr)
         done = retime(folder, load, SearchSettings(**search))
         print(f"re-timed {len(done['retimed'])} fit(s) in {folder / 'results.jsonl'}")
         if done["missing"]:

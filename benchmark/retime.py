@@ -12,7 +12,8 @@ machine to show for it) hits all fits alike and fits compare fairly (``latency.t
 and per-query files are untouched, so a report regenerated afterwards differs only in its latency columns.
 
 Fits without a saved index keep their latency and are listed (re-run them with ``--save-index`` to make them
-re-timeable). The records file is rewritten atomically after each pass (an interruption loses at most the pass being
+re-timeable), unless ``--refit-missing`` first fits them again here (:func:`refit_missing`: the index is kept only
+when the refit reproduces the record's quality exactly). The records file is rewritten atomically after each pass (an interruption loses at most the pass being
 timed; running the command again re-times everything once more). The folder's lock is held throughout, so a run
 and a re-time never write one folder at once.
 """
@@ -44,6 +45,53 @@ def _saved(run_dir: Path, rec: dict[str, Any]) -> tuple[Path, Path | None] | Non
 
 def _write(path: Path, records: list[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+QUALITY_KEYS = ("metrics", "fidelity")   # what a refit must reproduce exactly for its index to stand in
+
+
+def refit_missing(run_dir: str | Path, load: Callable[[str], Any], settings: SearchSettings, threads: int = 0,
+                  log: Callable[[str], None] = print) -> dict[str, list[str]]:
+    """Save an index for every fit of ``run_dir`` that has none, by fitting it again here (same dataset alias,
+    method, recorded params and seed, ``threads`` as the run had them) and keeping the new index only when the refit
+    reproduces the record's quality at every nprobe exactly (``metrics`` and ``fidelity``): then it is the index the
+    record measured, and :func:`retime` can time it. Records are not touched. A refit that differs (another CPU or
+    thread count can move an OPQ rotation: ``OPQ_THREADS_NOTE``) is reported and its index dropped. Returns
+    ``{"saved": [fit ids], "differs": [labels with the first difference]}``."""
+    from benchmark.config import Job
+    from benchmark.runner import execute_fit
+    from benchmark._io import write_bytes
+    run_dir = Path(run_dir)
+    records, problems = read_records(run_dir / "results.jsonl")
+    if problems:
+        raise ValueError("; ".join(problems))
+    fits: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        if rec.get("status") == "ok" and rec.get("latency") and _saved(run_dir, rec) is None:
+            fits.setdefault(rec["fit_id"], []).append(rec)
+    saved, differs, datasets = [], [], {}
+    for fid, recs in fits.items():
+        first = recs[0]
+        label = f"{first['dataset']} {first['method']} seed={first['seed']} ({fid})"
+        if first["dataset"] not in datasets:
+            datasets[first["dataset"]] = load(first["dataset"])
+        log(f"refit (no saved index): {label}")
+        result = execute_fit(Job(first["dataset"], first["method"], dict(first["params"]), int(first["seed"])),
+                             datasets[first["dataset"]], settings, save_index=True, threads=threads)
+        new = {r.get("nprobe"): r for r in result.records if r["status"] == "ok"}
+        diff = "refit failed: " + (result.error or "?") if not result.ok else (
+            f"fit id {result.fit_id}" if result.fit_id != fid else next(
+                (f"nprobe {r.get('nprobe')}: {key} {r.get(key)} vs {(new.get(r.get('nprobe')) or {}).get(key)}"
+                 for r in recs for key in QUALITY_KEYS
+                 if r.get(key) != (new.get(r.get("nprobe")) or {}).get(key)), None))
+        if diff:
+            differs.append(f"{label}: {diff}")
+            continue
+        for rel, data in result.files.items():
+            if rel.startswith("indexes/"):
+                write_bytes(run_dir / rel, data)
+        saved.append(fid)
+    return {"saved": saved, "differs": differs}
 
 
 def retime(run_dir: str | Path, load: Callable[[str], Any], settings: SearchSettings,

@@ -91,6 +91,37 @@ def test_retime_changes_latency_only(tmp_path, capsys):
     assert len(again["latency_history"]) == 2
 
 
+def test_retime_refit_missing_saves_the_index_a_refit_reproduces(tmp_path, capsys):
+    """A fit whose index was not saved is fitted again (same params, seed, threads); its index is kept only because
+    the refit reproduces the record's metrics exactly, and then it is re-timed like the others (records keep every
+    field but the latency)."""
+    out = tmp_path / "run"
+    assert main(["--quick", "--methods", "faiss-ivfpq,faiss-pq", "--out", str(out), "--nprobes", "1,32",
+                 "--threads", "1"]) == 0
+    before = _records(out / "results.jsonl")
+    assert not (out / "indexes").exists()
+    # a record the refit cannot reproduce (as from another CPU): its refit's index must not stand in for it
+    tampered = [dict(r, metrics={**r["metrics"], "nDCG@10": r["metrics"]["nDCG@10"] + 0.01})
+                if r["method"] == "faiss-pq" else r for r in before]
+    (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in tampered))
+    capsys.readouterr()
+    assert main(["--retime", str(out), "--refit-missing", "--threads", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "refitted 1 fit(s)" in printed.out and "re-timed 1 fit(s)" in printed.out
+    assert "refit differs, index not used: synthetic:quick faiss-pq seed=0" in printed.err
+    ivf = {r["fit_id"] for r in before if r["method"] == "faiss-ivfpq"}
+    assert sorted(p.name for p in (out / "indexes").iterdir()) == [f"{fid}.faiss" for fid in ivf]
+    after = _records(out / "results.jsonl")
+    for old, new in zip(tampered, after):
+        assert new["metrics"] == old["metrics"] and new["run_id"] == old["run_id"]
+        if old["method"] == "faiss-pq":
+            assert new["latency"] == old["latency"] and "latency_history" not in new
+        else:
+            assert new["latency_history"][0]["latency"] == old["latency"]
+    assert main(["--refit-missing", "--out", str(out)]) == 2
+    assert "--refit-missing: only with --retime" in capsys.readouterr().err
+
+
 def test_retime_refuses_a_folder_without_records(tmp_path, capsys):
     assert main(["--retime", str(tmp_path / "nowhere")]) == 2
     assert "--retime" in capsys.readouterr().err
