@@ -77,10 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "one pass of the timing protocol; only the latency fields change (the old ones are kept in "
                         "latency_history), then the report is rebuilt. With --config, its datasets and [search] "
                         "settings are used; run it on an idle machine")
-    p.add_argument("--refit-missing", action="store_true",
+    p.add_argument("--refit-missing", nargs="?", const="all", choices=("all", "marked"),
                    help="with --retime: first fit again every fit of DIR that has no saved index (its dataset, "
                         "method, params and seed; use the run's --threads) and keep the new index only when the "
-                        "refit reproduces the record's metrics exactly; then re-time them with the others")
+                        "refit reproduces the record's metrics exactly; then re-time them with the others. 'marked': "
+                        "only the fits whose latency was timed under load or before the timing protocol")
     p.add_argument("--repair", action="store_true",
                    help=f"move the unreadable lines of results.jsonl (torn, not JSON, not the record schema) to "
                         f"{REJECTED_NAME} beside it (appended, each with its line number, reason and text) and "
@@ -289,7 +290,8 @@ def _retime(args: argparse.Namespace, argv: list[str]) -> int:
             return load_dataset(loader, **kwargs)
 
         if args.refit_missing:
-            refits = refit_missing(folder, load, SearchSettings(**search), threads=args.threads)
+            refits = refit_missing(folder, load, SearchSettings(**search), threads=args.threads,
+                                   only_marked=args.refit_missing == "marked")
             print(f"refitted {len(refits['saved'])} fit(s) without a saved index, their indexes saved")
             for line in refits["differs"]:
                 print(f"  refit differs, index not used: {line}", file=sys.stderr)

@@ -51,13 +51,14 @@ QUALITY_KEYS = ("metrics", "fidelity")   # what a refit must reproduce exactly f
 
 
 def refit_missing(run_dir: str | Path, load: Callable[[str], Any], settings: SearchSettings, threads: int = 0,
-                  log: Callable[[str], None] = print) -> dict[str, list[str]]:
+                  only_marked: bool = False, log: Callable[[str], None] = print) -> dict[str, list[str]]:
     """Save an index for every fit of ``run_dir`` that has none, by fitting it again here (same dataset alias,
     method, recorded params and seed, ``threads`` as the run had them) and keeping the new index only when the refit
     reproduces the record's quality at every nprobe exactly (``metrics`` and ``fidelity``): then it is the index the
     record measured, and :func:`retime` can time it. Records are not touched. A refit that differs (another CPU or
     thread count can move an OPQ rotation: ``OPQ_THREADS_NOTE``) is reported and its index dropped. Returns
-    ``{"saved": [fit ids], "differs": [labels with the first difference]}``."""
+    ``{"saved": [fit ids], "differs": [labels with the first difference]}``. ``only_marked``: only the fits whose
+    latency needs it (timed under load, or before the timing protocol: no repetitions)."""
     from benchmark.config import Job
     from benchmark.runner import execute_fit
     from benchmark._io import write_bytes
@@ -67,7 +68,9 @@ def refit_missing(run_dir: str | Path, load: Callable[[str], Any], settings: Sea
         raise ValueError("; ".join(problems))
     fits: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
-        if rec.get("status") == "ok" and rec.get("latency") and _saved(run_dir, rec) is None:
+        marked = rec.get("latency", {}).get("under_load") or not rec.get("latency", {}).get("repeats")
+        if rec.get("status") == "ok" and rec.get("latency") and _saved(run_dir, rec) is None and (
+                marked or not only_marked):
             fits.setdefault(rec["fit_id"], []).append(rec)
     saved, differs, datasets = [], [], {}
     for fid, recs in fits.items():

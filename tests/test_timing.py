@@ -101,23 +101,30 @@ def test_retime_refit_missing_saves_the_index_a_refit_reproduces(tmp_path, capsy
     before = _records(out / "results.jsonl")
     assert not (out / "indexes").exists()
     # a record the refit cannot reproduce (as from another CPU): its refit's index must not stand in for it
-    tampered = [dict(r, metrics={**r["metrics"], "nDCG@10": r["metrics"]["nDCG@10"] + 0.01})
-                if r["method"] == "faiss-pq" else r for r in before]
+    # ... and whose latency carries no load mark, while faiss-ivfpq's does
+    tampered = [dict(r, metrics={**r["metrics"], "nDCG@10": r["metrics"]["nDCG@10"] + 0.01},
+                     latency={**r["latency"], "under_load": False}) if r["method"] == "faiss-pq"
+                else dict(r, latency={**r["latency"], "under_load": True}) for r in before]
     (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in tampered))
     capsys.readouterr()
+    assert main(["--retime", str(out), "--refit-missing", "marked", "--threads", "1"]) == 0
+    printed = capsys.readouterr()      # only the marked fit is refitted (and re-timed)
+    assert "refitted 1 fit(s)" in printed.out and "re-timed 1 fit(s)" in printed.out and "faiss-pq" not in printed.out
+    retimed_once = _records(out / "results.jsonl")
     assert main(["--retime", str(out), "--refit-missing", "--threads", "1"]) == 0
-    printed = capsys.readouterr()
-    assert "refitted 1 fit(s)" in printed.out and "re-timed 1 fit(s)" in printed.out
+    printed = capsys.readouterr()      # every fit without an index: faiss-pq's refit differs from its record
+    assert "refitted 0 fit(s)" in printed.out and "re-timed 1 fit(s)" in printed.out
     assert "refit differs, index not used: synthetic:quick faiss-pq seed=0" in printed.err
     ivf = {r["fit_id"] for r in before if r["method"] == "faiss-ivfpq"}
     assert sorted(p.name for p in (out / "indexes").iterdir()) == [f"{fid}.faiss" for fid in ivf]
     after = _records(out / "results.jsonl")
-    for old, new in zip(tampered, after):
+    for old, once, new in zip(tampered, retimed_once, after):
         assert new["metrics"] == old["metrics"] and new["run_id"] == old["run_id"]
         if old["method"] == "faiss-pq":
             assert new["latency"] == old["latency"] and "latency_history" not in new
         else:
-            assert new["latency_history"][0]["latency"] == old["latency"]
+            # re-timed by both passes: its recorded latency first, then the first pass's
+            assert [h["latency"] for h in new["latency_history"]] == [old["latency"], once["latency"]]
     assert main(["--refit-missing", "--out", str(out)]) == 2
     assert "--refit-missing: only with --retime" in capsys.readouterr().err
 
