@@ -60,7 +60,7 @@ def refit_missing(run_dir: str | Path, load: Callable[[str], Any], settings: Sea
     ``{"saved": [fit ids], "differs": [labels with the first difference]}``. ``only_marked``: only the fits whose
     latency needs it (timed under load, or before the timing protocol: no repetitions)."""
     from benchmark.config import Job
-    from benchmark.runner import execute_fit
+    from benchmark.runner import default_cache_dir, execute_fit
     from benchmark._io import write_bytes
     run_dir = Path(run_dir)
     records, problems = read_records(run_dir / "results.jsonl")
@@ -80,7 +80,8 @@ def refit_missing(run_dir: str | Path, load: Callable[[str], Any], settings: Sea
             datasets[first["dataset"]] = load(first["dataset"])
         log(f"refit (no saved index): {label}")
         result = execute_fit(Job(first["dataset"], first["method"], dict(first["params"]), int(first["seed"])),
-                             datasets[first["dataset"]], settings, save_index=True, threads=threads)
+                             datasets[first["dataset"]], settings, save_index=True, threads=threads,
+                             cache_dir=default_cache_dir())   # the run's caches: its faiss inits and mined top-K
         new = {r.get("nprobe"): r for r in result.records if r["status"] == "ok"}
         diff = "refit failed: " + (result.error or "?") if not result.ok else (
             f"fit id {result.fit_id}" if result.fit_id != fid else next(
