@@ -101,10 +101,19 @@ def _configure(index: faiss.Index, seed: int, opq_niter: int, opq_points: int = 
     return keep
 
 
+def two_level_centroids(x: np.ndarray, nlist: int, seed: int, spherical: bool, niter: int = 25) -> np.ndarray:
+    """``nlist`` k-means centroids of ``x`` in two levels (faiss.contrib.clustering.two_level_clustering):
+    round(sqrt(nlist)) clusters (``niter`` iterations), each split in proportion to its size (faiss.Kmeans defaults:
+    25 iterations, at most 256 points per centroid); small-sample warnings off. Float32 (nlist, d)."""
+    from faiss.contrib.clustering import two_level_clustering
+    centroids, _ = two_level_clustering(x, max(1, int(round(nlist ** 0.5))), nlist, seed=seed, clustering_niter=niter,
+                                        spherical=spherical, min_points_per_centroid=MIN_POINTS_PER_CENTROID)
+    return np.ascontiguousarray(centroids, dtype=np.float32)
+
+
 def _two_level_lists(index: faiss.Index, sample: np.ndarray, seed: int) -> None:
     """Fill the IVF quantizer of ``index`` with two-level k-means centroids of ``sample`` (after the index's own
     pre-transforms, trained on it first), so that ``index.train`` finds the lists done and trains the rest."""
-    from faiss.contrib.clustering import two_level_clustering
     x = sample
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
@@ -112,13 +121,8 @@ def _two_level_lists(index: faiss.Index, sample: np.ndarray, seed: int) -> None:
             vt.train(x)
             x = vt.apply(x)
         index = faiss.downcast_index(index.index)
-    ivf = faiss.extract_index_ivf(index)
-    # level 1: sqrt(nlist) clusters, the IVF's iterations; level 2: faiss.Kmeans defaults (25 iterations, at most
-    # 256 points per centroid) within each level-1 cluster
-    centroids, _ = two_level_clustering(x, max(1, int(round(ivf.nlist ** 0.5))), ivf.nlist, seed=seed,
-                                        clustering_niter=ivf.cp.niter, spherical=bool(ivf.cp.spherical),
-                                        min_points_per_centroid=MIN_POINTS_PER_CENTROID)
-    ivf.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    ivf = faiss.extract_index_ivf(index)   # level 1 with the IVF's own iterations and metric
+    ivf.quantizer.add(two_level_centroids(x, ivf.nlist, seed, bool(ivf.cp.spherical), ivf.cp.niter))
 
 
 def train_index(doc_emb: np.ndarray, factory: str, seed: int = 0, max_train_points: int = 65536,

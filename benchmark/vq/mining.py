@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from benchmark._io import atomic_path
-from benchmark.vq.faiss_init import fingerprint
+from benchmark.vq.faiss_init import fingerprint, two_level_centroids
 from benchmark.vq.params import VQParams, build_index
 
 DOC_CHUNK = 262144
@@ -198,7 +198,6 @@ def ivf_teacher(doc_emb: np.ndarray, nlist: int, cache_dir: str | None, seed: in
     grows like nlist^1.5 instead of nlist^2 (4,096 lists from 262k points at 768-d: ~1 TFLOP instead of ~16). Docs
     are added in chunks. Only the top-K *set* comes from it: the teacher's scores of the mined candidates are computed
     exactly in training."""
-    from faiss.contrib.clustering import two_level_clustering
     n, d = doc_emb.shape
     built = {"factory": f"IVF{nlist},SQ8", "coarse": "two-level spherical k-means"}
     key = f"{fingerprint(doc_emb)}|{nlist}|{seed}|{faiss.__version__}|two-level"
@@ -207,11 +206,8 @@ def ivf_teacher(doc_emb: np.ndarray, nlist: int, cache_dir: str | None, seed: in
         return faiss.read_index(str(path)), built
     rows = np.sort(np.random.default_rng(seed).permutation(n)[:min(n, TEACHER_POINTS_PER_LIST * nlist)])
     sample = np.ascontiguousarray(doc_emb[rows], dtype=np.float32)
-    centroids, _ = two_level_clustering(sample, max(1, int(round(np.sqrt(nlist)))), nlist, spherical=True, seed=seed,
-                                        min_points_per_centroid=1)
     index = faiss.index_factory(d, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.extract_index_ivf(index)
-    ivf.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    faiss.extract_index_ivf(index).quantizer.add(two_level_centroids(sample, nlist, seed, spherical=True))
     index.train(sample)          # the quantizer is full: only the 8-bit ranges are trained
     del sample
     for start in range(0, n, DOC_CHUNK):
