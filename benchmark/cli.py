@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import shlex
 import signal
 import sys
@@ -284,6 +285,7 @@ def _retime(args: argparse.Namespace, argv: list[str]) -> int:
     with folder_lock(folder, command=_command(argv), flag="--retime"):
         set_threads(args.threads)
 
+        @functools.cache   # the refit and the re-time read the same datasets: load each once
         def load(alias: str):
             loader, kwargs = datasets.get(alias, (alias, {}))
             print(f"loading dataset {alias}" + (f" ({loader})" if loader != alias else ""))

@@ -50,6 +50,22 @@ def _write(path: Path, records: list[dict[str, Any]]) -> None:
 QUALITY_KEYS = ("metrics", "fidelity")   # what a refit must reproduce exactly for its index to stand in
 
 
+def _refit_difference(recs: list[dict[str, Any]], result: Any) -> str | None:
+    """The first way a refit (:class:`benchmark.runner.FitResult`) fails to reproduce a fit's records ``recs``, or
+    None when every nprobe's quality (:data:`QUALITY_KEYS`) is equal."""
+    if not result.ok:
+        return f"refit failed: {result.error or '?'}"
+    if result.fit_id != recs[0]["fit_id"]:
+        return f"fit id {result.fit_id}"
+    new = {r.get("nprobe"): r for r in result.records}
+    for rec in recs:
+        again = new.get(rec.get("nprobe")) or {}
+        for key in QUALITY_KEYS:
+            if rec.get(key) != again.get(key):
+                return f"nprobe {rec.get('nprobe')}: {key} {rec.get(key)} vs {again.get(key)}"
+    return None
+
+
 def refit_missing(run_dir: str | Path, load: Callable[[str], Any], settings: SearchSettings, threads: int = 0,
                   only_marked: bool = False, log: Callable[[str], None] = print) -> dict[str, list[str]]:
     """Save an index for every fit of ``run_dir`` that has none, by fitting it again here (same dataset alias,
@@ -68,9 +84,10 @@ def refit_missing(run_dir: str | Path, load: Callable[[str], Any], settings: Sea
         raise ValueError("; ".join(problems))
     fits: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
-        marked = rec.get("latency", {}).get("under_load") or not rec.get("latency", {}).get("repeats")
-        if rec.get("status") == "ok" and rec.get("latency") and _saved(run_dir, rec) is None and (
-                marked or not only_marked):
+        latency = rec.get("latency")
+        if rec.get("status") != "ok" or not latency or _saved(run_dir, rec) is not None:
+            continue
+        if not only_marked or latency.get("under_load") or not latency.get("repeats"):
             fits.setdefault(rec["fit_id"], []).append(rec)
     saved, differs, datasets = [], [], {}
     for fid, recs in fits.items():
@@ -82,12 +99,7 @@ def refit_missing(run_dir: str | Path, load: Callable[[str], Any], settings: Sea
         result = execute_fit(Job(first["dataset"], first["method"], dict(first["params"]), int(first["seed"])),
                              datasets[first["dataset"]], settings, save_index=True, threads=threads,
                              cache_dir=default_cache_dir())   # the run's caches: its faiss inits and mined top-K
-        new = {r.get("nprobe"): r for r in result.records if r["status"] == "ok"}
-        diff = "refit failed: " + (result.error or "?") if not result.ok else (
-            f"fit id {result.fit_id}" if result.fit_id != fid else next(
-                (f"nprobe {r.get('nprobe')}: {key} {r.get(key)} vs {(new.get(r.get('nprobe')) or {}).get(key)}"
-                 for r in recs for key in QUALITY_KEYS
-                 if r.get(key) != (new.get(r.get("nprobe")) or {}).get(key)), None))
+        diff = _refit_difference(recs, result)
         if diff:
             differs.append(f"{label}: {diff}")
             continue
