@@ -17,6 +17,10 @@ reference top-k. The number of train/test queries is the same at every size. Sta
 * ``exact``      exact top-k of the test queries (chunked ``ExactReference``; once per size)
 * ``eval``       ``harness.evaluate`` at one nprobe (batch search + single-thread latency)
 
+Beside each measured stage the table prints what ``run_benchmark.py --dry-run`` estimates for the same shape
+(:func:`benchmark.estimate.fit_stages` with this machine's rates measured at the start of the run, at its threads) and
+measured / estimated, so the dry-run's model is checked against every run (issue #29 asks for a factor of 2 at most).
+
 **Resume** (``--resume``): a size's folder is kept; a finished generation (``generated.json``, written last), the
 caches, the exact top-k and each finished method's ``result-<method>.json`` are reused, so an interrupted sweep of
 hours goes on where it stopped. ``--paper``: MS MARCO passage's shape (8,841,823 x 768, 6,980 evaluated and 100k
@@ -208,6 +212,7 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
                     "threads": threads(),
                     "cpu": cpu(), "stages": {}}
     log(f"n={n}: {method_name} {params} | teacher {args.teacher} | threads {result['threads']} | {result['cpu']}")
+    result["estimate"] = estimate(method, n, args, [probe] if "nlist" in cfg else [], cache_dir)
 
     sampler = RssSampler()
 
@@ -279,6 +284,25 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
     return result
 
 
+# the --dry-run model's stage names (benchmark.estimate.fit_stages) -> this script's stages
+ESTIMATE_STAGES = {"faiss init": "init", "teacher": "mining", "negatives": "mining", "training": "train",
+                   "index build": "build", "exact reference": "exact", "evaluation": "eval"}
+
+
+def estimate(method: Any, n: int, args: argparse.Namespace, sweep: list[int], cache_dir: Path) -> dict:
+    """What ``run_benchmark.py --dry-run`` would estimate for this run's shape, per stage (seconds on this machine,
+    its rates measured now at this run's threads), so each measured stage can be set against its estimate."""
+    from benchmark.estimate import STEP_SECONDS, Facts, fit_stages, measure_machine
+    machine = measure_machine(cache_dir)
+    facts = Facts(n, args.dim, args.train_queries, args.test_queries, False, None, "bench/scale.py")
+    teacher = {"kind": args.teacher, "nlist": 0, "nprobe": 0}
+    seconds: dict[str, float] = {}
+    for st in fit_stages(method, facts, sweep, teacher=teacher):
+        key = next(v for k, v in ESTIMATE_STAGES.items() if st.name.startswith(k))
+        seconds[key] = seconds.get(key, 0.0) + st.seconds(machine.rates(), STEP_SECONDS)
+    return {"seconds": seconds, "rates": machine.rates()._asdict(), "cores": machine.cores}
+
+
 def _atomic_json(path: Path, doc: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=1, default=str))
@@ -322,7 +346,9 @@ def size_table(r: dict) -> str:
     lines = [f"n={r['n']:,}  d={r['dim']}  {r['method']}  factory={r.get('factory', '-')}  nprobe={r['nprobe']}  "
              f"K={r['K']}  queries train/test={r['train_queries']}/{r['test_queries']}  "
              f"threads={r['threads']}",
-             f"{'stage':<12}{'seconds':>10}{'cpu s':>9}{'peak RSS':>10}{'anon':>8}{'file':>8}{'maxrss':>9}  (MiB)"]
+             f"{'stage':<12}{'seconds':>10}{'cpu s':>9}{'peak RSS':>10}{'anon':>8}{'file':>8}{'maxrss':>9}  (MiB)"
+             f"{'dry-run est s':>15}{'measured/est':>14}"]
+    est = (r.get("estimate") or {}).get("seconds", {})
     for name in STAGES:
         s = r["stages"].get(name)
         if s is None:
@@ -331,7 +357,9 @@ def size_table(r: dict) -> str:
         lines.append(f"{name + mark:<12}{s['seconds']:>10.2f}{fmt(s.get('cpu_seconds')):>9}"
                      f"{fmt(s.get('peak_rss_mb'), '.0f'):>10}"
                      f"{fmt(s.get('peak_anon_mb'), '.0f'):>8}{fmt(s.get('peak_file_mb'), '.0f'):>8}"
-                     f"{fmt(s.get('maxrss_after_mb'), '.0f'):>9}")
+                     f"{fmt(s.get('maxrss_after_mb'), '.0f'):>9}"
+                     f"{fmt(est.get(name), '.1f'):>15}"
+                     f"{fmt(s['seconds'] / est[name] if est.get(name) else None):>14}")
     m = r.get("metrics", {})
     if any(s.get("cached") for s in r["stages"].values()):
         lines.append("* done once for the size (by an earlier method or run) and reused here: its measured time")

@@ -6,12 +6,18 @@ BEIR catalog (``msmarco``, ``beir/<name>``) or the generator's options (``synthe
 exact reference top-k, evaluation) with its estimated seconds on this machine and on a GPU, its anonymous memory and
 its disk, then the totals for the planned seeds.
 
-The model is operation counts over a measured rate, nothing fitted: float work (matrix products: k-means, OPQ,
-exact top-k, the rotation and encodings) at this machine's measured sgemm rate (all its cores); PQ code scans (JPQ's
-and InfoNCE's negative pools, evaluation) at its measured faiss PQ scan rate (bytes of codes per second, 1 thread,
-times the cores); on a GPU, float work at :data:`GPU_FLOPS` (an H100's fp32 matrix rate, half of its peak; the
-reference when no GPU is visible) and code scans at :data:`GPU_SCAN` bytes/s. Text encodes use the encoder
-catalog's ``texts_per_second`` (measured on this project's machines). It is an estimate: ``bench/scale.py`` measures.
+The model is operation counts over measured rates, nothing fitted. Four rates, each measured now on all cores:
+float work in large matrix products (IVF k-means and assignment, the OPQ rotation, exact top-k) at the sgemm rate;
+sub-quantizer k-means (PQ training, OPQ's alternations: products of d/M-dim sub-vectors, about half the sgemm rate
+here) at a faiss k-means rate on 16-d points; PQ encoding (faiss's ``compute_codes``: a distance table per vector,
+~10x below sgemm here) at its own rate, at 16-d sub-vectors (768-d, M = 48: the slowest case; wider sub-vectors
+encode faster); PQ code scans (JPQ's and InfoNCE's negative pools, evaluation) at faiss's PQ scan rate (bytes of codes
+per second, 1 thread, times the cores). On a GPU, float work at :data:`GPU_FLOPS` (an H100's fp32 matrix rate, half of
+its peak; the reference when no GPU is visible), sub-quantizer work at :data:`GPU_PQ_FLOPS` and code scans at
+:data:`GPU_SCAN` bytes/s. Without the two sub-quantizer rates (everything at the sgemm rate) the faiss init of the
+1M x 768 case (OPQ48,IVF4096,PQ48x8) was estimated 2.6x below its measured 270 s (reports/scale/NOTES.md). Text
+encodes use the encoder catalog's ``texts_per_second`` (measured on this project's machines). It is an estimate:
+``bench/scale.py`` measures, and prints this estimate of its own shape beside every measured stage.
 """
 from __future__ import annotations
 
@@ -21,12 +27,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 GPU_FLOPS = 25e12        # fp32 matrix products on one H100, half of its peak
 GPU_SCAN = 200e9         # bytes of PQ codes scanned per second on a GPU (ADC lookups)
+GPU_PQ_FLOPS = GPU_FLOPS / 8   # sub-quantizer k-means and encoding on a GPU: small products (assumed, not measured)
 # a training step's fixed cost (candidate gathers, reconstruction, optimiser, Python): measured here, distill-vq on
 # debian-desc, 438 steps of 256 queries in ~55 s on 2 idle cores, jpq-ivf 1,751 steps of 32 in ~250 s
 STEP_SECONDS = 0.13
@@ -60,6 +67,24 @@ class Machine:
     flops: float         # measured sgemm rate, all cores
     scan: float          # measured PQ code bytes scanned per second, all cores
     gpu: str
+    pq_train: float = 0.0    # measured faiss k-means rate on 16-d points (flop/s as counted below), all cores
+    pq_encode: float = 0.0   # measured faiss PQ encoding rate at 16-d sub-vectors (flop/s as counted), all cores
+
+    def rates(self) -> "Rates":
+        """This machine's :class:`Rates` (a sub-quantizer rate not measured is taken as the sgemm's)."""
+        return Rates(self.flops, self.scan, self.pq_train or self.flops, self.pq_encode or self.flops,
+                     self.scan / self.cores)
+
+
+class Rates(NamedTuple):
+    """What a :class:`Stage`'s work is divided by: flop/s of large products, code bytes/s scanned on all cores,
+    flop/s of sub-quantizer k-means and of PQ encoding, code bytes/s scanned by one thread (single-query timing)."""
+
+    flops: float
+    scan: float
+    pq_train: float
+    pq_encode: float
+    scan_single: float
 
 
 def _count_lines(path: Path) -> int:
@@ -131,12 +156,34 @@ def measure_machine(cache: Path) -> Machine:
     pq.search(x[:8], 10)
     scan = 8 * pq.ntotal * 16 / (time.perf_counter() - t0) * cores
     faiss.omp_set_num_threads(before)
+    pq_train, pq_encode = _subquantizer_rates()
     try:
         import torch
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     except ImportError:
         gpu = "none visible"
-    return Machine(cores, ram, float(shutil.disk_usage(probe).free), flops, scan, gpu)
+    return Machine(cores, ram, float(shutil.disk_usage(probe).free), flops, scan, gpu, pq_train, pq_encode)
+
+
+def _subquantizer_rates(n: int = 65536, dsub: int = 16, m: int = 16) -> tuple[float, float]:
+    """faiss's k-means of ``n`` ``dsub``-dim points into 256 centroids (4 iterations) and its PQ encoding of ``n``
+    / 4 vectors of ``m`` x ``dsub`` dims, as flop/s counted the way :func:`fit_stages` counts them (points x 256 x
+    dims x 2 per iteration / per encoding), all cores. About half a second on an idle 2-core machine."""
+    import faiss
+    rng = np.random.default_rng(2)
+    points = rng.standard_normal((n, dsub)).astype(np.float32)
+    km = faiss.Kmeans(dsub, 256, niter=4, seed=1, min_points_per_centroid=1)
+    t0 = time.perf_counter()
+    km.train(points)
+    train = n * 256 * dsub * 2 * 4 / (time.perf_counter() - t0)
+    pq = faiss.ProductQuantizer(m * dsub, m, 8)
+    faiss.copy_array_to_vector(rng.standard_normal(256 * m * dsub).astype(np.float32), pq.centroids)
+    x = rng.standard_normal((n // 4, m * dsub)).astype(np.float32)
+    pq.compute_codes(x[:256])
+    t0 = time.perf_counter()
+    pq.compute_codes(x)
+    encode = len(x) * 256 * m * dsub * 2 / (time.perf_counter() - t0)
+    return train, encode
 
 
 @dataclass
@@ -146,17 +193,21 @@ class Stage:
     scan: float = 0.0       # bytes of PQ codes scanned
     ram: float = 0.0        # anonymous bytes held at this stage's peak
     disk: float = 0.0       # bytes written to disk (caches, indexes)
-
     steps: float = 0.0      # training steps (each with a fixed cost)
+    pq_train: float = 0.0   # float work in sub-quantizer k-means (PQ training, OPQ's alternations)
+    pq_encode: float = 0.0  # float work in PQ encoding (faiss's compute_codes)
+    scan_single: float = 0.0  # bytes of codes scanned by single-query searches on 1 thread (the timing protocol)
 
-    def seconds(self, flops_rate: float, scan_rate: float, step_seconds: float) -> float:
-        return self.flops / flops_rate + self.scan / scan_rate + self.steps * step_seconds
+    def seconds(self, rates: Rates, step_seconds: float) -> float:
+        return (self.flops / rates.flops + self.scan / rates.scan + self.pq_train / rates.pq_train
+                + self.pq_encode / rates.pq_encode + self.scan_single / rates.scan_single + self.steps * step_seconds)
 
 
 def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False,
                teacher: dict | None = None) -> list[Stage]:
     """The stages of one fit of ``method`` (a built method) on ``f`` evaluated at the nprobes ``sweep`` (ignored
     without IVF), as operation counts and bytes."""
+    from benchmark.harness import SearchSettings
     from benchmark.vq.faiss_init import OPQ_TRAIN_POINTS
     from benchmark.vq.mining import TEACHER_CALIBRATION, TEACHER_CHECK, TEACHER_POINTS_PER_LIST, teacher_nlist
     cfg = method.config
@@ -171,16 +222,20 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
         opq = int(cfg.get("opq_niter") or 20) if "OPQ" in factory else 0
         opq_n = min(sample, int(cfg.get("opq_train_points") or OPQ_TRAIN_POINTS))
         pq_n = min(sample, OPQ_TRAIN_POINTS)          # faiss caps PQ training at 256 points per centroid
-        # OPQ: per alternation a rotation (two d x d products) and 4 PQ iterations; its first PQ gets 40
-        opq_work = opq * (opq_n * d * d * 4 + opq_n * 256 * d * 2 * 4) + (opq_n * 256 * d * 2 * 36 if opq else 0)
+        # OPQ: per alternation a rotation (two d x d products), 4 PQ k-means iterations (its first PQ gets 40) and an
+        # encoding of its sample
+        per_pass = opq_n * 256 * d * 2
+        opq_kmeans = opq * per_pass * 4 + (per_pass * 36 if opq else 0)
         if cfg.get("coarse") == "two-level":          # sqrt(nlist) clusters, then each point meets ~sqrt(nlist)
             root = math.sqrt(nlist)
             lists = min(sample, 2000 * root) * root * IVF_KMEANS_ITERS + sample * root * KMEANS_ITERS
         else:
             lists = sample * nlist * IVF_KMEANS_ITERS
-        init = (opq_work + pq_n * 256 * d * 2 * KMEANS_ITERS + lists * d * 2
-                + n * nlist * d * 2 + n * d * d * 2 * bool(opq))     # + assigning (and rotating) every doc
-        stages.append(Stage(f"faiss init ({factory or 'k-means'})", flops=init, ram=sample * d * 4 * 2))
+        big = (opq * opq_n * d * d * 4 + lists * d * 2 + sample * nlist * d * 2 * bool(nlist)   # + the sample's lists
+               + n * nlist * d * 2 + n * d * d * 2 * bool(opq))     # + assigning (and rotating) every doc
+        stages.append(Stage(f"faiss init ({factory or 'k-means'})", flops=big, ram=sample * d * 4 * 2,
+                            pq_train=opq_kmeans + pq_n * 256 * d * 2 * KMEANS_ITERS,
+                            pq_encode=opq * per_pass + n * 256 * d * 2))   # OPQ's sample each pass, every doc
     candidates = str(cfg.get("candidates", ""))
     epochs = float(cfg.get("epochs") or 0)
     if "topk" in candidates.split("+"):
@@ -212,16 +267,23 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
         stages.append(Stage(f"training ({epochs:g} epochs, {math.ceil(epochs * q / batch):,} steps)",
                             flops=epochs * q * per_query, steps=math.ceil(epochs * q / batch), ram=n * (code + 8)))
     mode = method.writeback_mode()      # codes: written as trained; preassigned: encoded into the trained lists
-    encode = {"codes": 0, "preassigned": d * d * 2 + 256 * d * 2, "reencode": d * d * 2 + 256 * d * 2 + nlist * d * 2}
+    rotate_assign = {"codes": 0, "preassigned": d * d * 2, "reencode": d * d * 2 + nlist * d * 2}
     stages.append(Stage(f"index build ({'the trained codes' if mode == 'codes' else 'encode every doc'})",
-                        flops=n * encode.get(mode, encode["reencode"]), ram=n * (code + 8),
+                        flops=n * rotate_assign.get(mode, rotate_assign["reencode"]), ram=n * (code + 8),
+                        pq_encode=0 if mode == "codes" else n * 256 * d * 2,
                         disk=n * (code + 8) if save_index else 0))
     stages.append(Stage(f"exact reference top-{RUN_DEPTH} ({e:,} queries)", flops=e * n * d * 2.0,
                         ram=e * RUN_DEPTH * 8))
+    # each operating point: the evaluated run (all queries, k = RUN_DEPTH), then the timing protocol's repetitions,
+    # each a batch search of all queries and latency_queries single-query searches on 1 thread (after a warm-up)
+    timing = SearchSettings()
     shares = [p / nlist for p in sweep] if nlist else [1.0]   # the share of the codes each operating point scans
-    work = e * n * sum(shares)
-    stages.append(Stage(f"evaluation ({len(shares)} operating point(s))", scan=work * code if m else 0.0,
-                        flops=0.0 if m else work * d * 2, ram=e * RUN_DEPTH * 16))
+    docs_scanned = n * sum(shares)
+    batch = e * (1 + timing.timing_repeats) * docs_scanned
+    single = (timing.warmup_queries + timing.timing_repeats * min(e, timing.latency_queries)) * docs_scanned
+    stages.append(Stage(f"evaluation ({len(shares)} operating point(s), timed)", scan=batch * code if m else 0.0,
+                        scan_single=single * code if m else 0.0, flops=0.0 if m else (batch + single) * d * 2,
+                        ram=e * RUN_DEPTH * 16))
     return stages
 
 
@@ -249,8 +311,12 @@ def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
     lines = [f"dry run: {len(plan.jobs)} fit(s) into {out}; nothing is loaded, trained or written",
              f"this machine: {machine.cores} cores, {_fmt_b(machine.ram)} RAM, {_fmt_b(machine.disk_free)} free "
              f"for the caches; measured now{busy}: sgemm {machine.flops / 1e9:,.0f} GFLOP/s, PQ scan "
-             f"{machine.scan / 1e9:,.1f} GB/s; GPU: {machine.gpu} (the GPU column assumes one H100: "
-             f"{GPU_FLOPS / 1e12:g} TFLOP/s fp32 matrix work, {GPU_SCAN / 1e9:g} GB/s code scans)"]
+             f"{machine.scan / 1e9:,.1f} GB/s, sub-quantizer k-means {machine.pq_train / 1e9:,.0f} and PQ encoding "
+             f"{machine.pq_encode / 1e9:,.1f} GFLOP/s; GPU: {machine.gpu} (the GPU column assumes one H100: "
+             f"{GPU_FLOPS / 1e12:g} TFLOP/s fp32 matrix work, {GPU_PQ_FLOPS / 1e12:g} sub-quantizer work, "
+             f"{GPU_SCAN / 1e9:g} GB/s code scans)"]
+    here = machine.rates()   # on a GPU machine the evaluation and its timing still run on faiss's CPU index
+    gpu_rates = Rates(GPU_FLOPS, GPU_SCAN, GPU_PQ_FLOPS, GPU_PQ_FLOPS, here.scan_single)
     totals = {"cpu": 0.0, "gpu": 0.0, "disk": 0.0, "ram": 0.0}
     for alias, (loader, options) in plan.datasets.items():
         f = dataset_facts(loader, options)
@@ -279,8 +345,8 @@ def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
             stages = fit_stages(method, f, sweep, save_index, options.get("teacher") and {
                 "kind": options.get("teacher"), "nlist": options.get("teacher_nlist", 0),
                 "nprobe": options.get("teacher_nprobe", 0)})
-            cpu = sum(s.seconds(machine.flops, machine.scan, STEP_SECONDS) for s in stages)
-            gpu = sum(s.seconds(GPU_FLOPS, GPU_SCAN, GPU_STEP_SECONDS) for s in stages)
+            cpu = sum(s.seconds(here, STEP_SECONDS) for s in stages)
+            gpu = sum(s.seconds(gpu_rates, GPU_STEP_SECONDS) for s in stages)
             ram = max(s.ram for s in stages)
             disk = sum(s.disk for s in stages)
             lines.append(f"  {label} x {len(group)} seed(s): {_fmt_s(cpu)} per fit here, {_fmt_s(gpu)} on a GPU; "
@@ -293,8 +359,8 @@ def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
                 continue
             shown.add(group[0].method)
             for s in stages:
-                lines.append(f"    {s.name:<58} {_fmt_s(s.seconds(machine.flops, machine.scan, STEP_SECONDS)):>10} here "
-                             f"{_fmt_s(s.seconds(GPU_FLOPS, GPU_SCAN, GPU_STEP_SECONDS)):>10} GPU  RAM {_fmt_b(s.ram):>10}")
+                lines.append(f"    {s.name:<58} {_fmt_s(s.seconds(here, STEP_SECONDS)):>10} here "
+                             f"{_fmt_s(s.seconds(gpu_rates, GPU_STEP_SECONDS)):>10} GPU  RAM {_fmt_b(s.ram):>10}")
     warn = []
     if totals["ram"] > 0.8 * machine.ram:
         warn.append(f"peak anonymous memory {_fmt_b(totals['ram'])} is over 80% of this machine's RAM")

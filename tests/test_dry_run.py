@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.estimate import Facts, dataset_facts, fit_stages
+from benchmark.estimate import Facts, Rates, dataset_facts, fit_stages
 from benchmark.registry import make_method
 
 
@@ -58,7 +58,17 @@ def test_stage_counts_follow_the_sizes():
     build = lambda m: next(s for s in fit_stages(make_method(m, {"M": 32, "nlist": 1024}), big, [1024])  # noqa: E731
                            if s.name.startswith("index build"))
     assert build("distill-vq").flops == 0 and build("distill-vq").name == "index build (the trained codes)"
-    assert build("distill-vq-ivf-only").flops == 1_000_000 * (768 * 768 * 2 + 256 * 768 * 2)
+    ivf_only = build("distill-vq-ivf-only")
+    assert ivf_only.flops == 1_000_000 * 768 * 768 * 2 and ivf_only.pq_encode == 1_000_000 * 256 * 768 * 2
+    # the faiss init: sub-quantizer work (OPQ's k-means and encodings, every doc's codes) counted apart from the big
+    # products, each at its own measured rate
+    init = next(s for s in fit_stages(make_method("distill-vq", {"M": 48, "nlist": 4096, "coarse": "two-level"}),
+                                      big, [4096]) if s.name.startswith("faiss init"))
+    opq_pass = 65536 * 256 * 768 * 2
+    assert init.pq_encode == 20 * opq_pass + 1_000_000 * 256 * 768 * 2
+    assert init.pq_train == (20 * 4 + 36) * opq_pass + 65536 * 256 * 768 * 2 * 25
+    assert init.seconds(Rates(1e11, 1e9, 5e10, 1e10, 1e8), 0) == pytest.approx(
+        init.flops / 1e11 + init.pq_train / 5e10 + init.pq_encode / 1e10)
     exact = lambda f: next(s for s in fit_stages(method, f, [1024]) if s.name.startswith("exact"))  # noqa: E731
     assert exact(big).flops == 10 * exact(small).flops
     # JPQ's pool: a PQ scan of every doc per train query, or of mine_nprobe / nlist of them

@@ -104,6 +104,10 @@ def test_scale_sweep_shares_a_size_between_methods_and_resumes(tmp_path):
     assert "cached" not in first[0]["stages"]["init"] and first[1]["stages"]["init"]["cached"]
     assert first[1]["params"]["mine_nprobe"] == max(1, first[1]["nlist"] // 16)   # 0 = nlist/16
     assert first[1]["stages"]["generate"] == {**first[0]["stages"]["generate"], "cached": True}
+    # the --dry-run model's estimate of each stage rides along, for the measured / estimated column
+    assert {"init", "build", "exact", "eval"} <= set(first[0]["estimate"]["seconds"])
+    assert {"mining", "train"} <= set(first[1]["estimate"]["seconds"])
+    assert all(v > 0 for r in first for k, v in r["estimate"]["seconds"].items() if k != "build")
     scale.main(argv)                                                  # everything done: read back, nothing run
     again = json.loads((tmp_path / "w" / "scale-results.json").read_text())["results"]
     assert all(r["resumed"] for r in again)
