@@ -6,18 +6,19 @@ BEIR catalog (``msmarco``, ``beir/<name>``) or the generator's options (``synthe
 exact reference top-k, evaluation) with its estimated seconds on this machine and on a GPU, its anonymous memory and
 its disk, then the totals for the planned seeds.
 
-The model is operation counts over measured rates, nothing fitted. Four rates, each measured now on all cores:
-float work in large matrix products (IVF k-means and assignment, the OPQ rotation, exact top-k) at the sgemm rate;
-sub-quantizer k-means (PQ training, OPQ's alternations: products of d/M-dim sub-vectors, about half the sgemm rate
-here) at a faiss k-means rate on 16-d points; PQ encoding (faiss's ``compute_codes``: a distance table per vector,
-~10x below sgemm here) at its own rate, at 16-d sub-vectors (768-d, M = 48: the slowest case; wider sub-vectors
-encode faster); PQ code scans (JPQ's and InfoNCE's negative pools, evaluation) at faiss's PQ scan rate (bytes of codes
-per second, 1 thread, times the cores). On a GPU, float work at :data:`GPU_FLOPS` (an H100's fp32 matrix rate, half of
-its peak; the reference when no GPU is visible), sub-quantizer work at :data:`GPU_PQ_FLOPS` and code scans at
-:data:`GPU_SCAN` bytes/s. Without the two sub-quantizer rates (everything at the sgemm rate) the faiss init of the
-1M x 768 case (OPQ48,IVF4096,PQ48x8) was estimated 2.6x below its measured 270 s (reports/scale/NOTES.md). Text
-encodes use the encoder catalog's ``texts_per_second`` (measured on this project's machines). It is an estimate:
-``bench/scale.py`` measures, and prints this estimate of its own shape beside every measured stage.
+The model is operation counts over rates measured now (:class:`Rates`), nothing fitted, each on all cores: float work
+in large matrix products (IVF k-means and assignment, the OPQ rotation, exact top-k) at the sgemm rate; sub-quantizer
+k-means (PQ training, OPQ's alternations: products of d/M-dim sub-vectors, about half the sgemm rate here) at a faiss
+k-means rate on 16-d points; PQ encoding (faiss's ``compute_codes``: a distance table per vector, ~10x below sgemm
+here) at its own rate, at 16-d sub-vectors (768-d, M = 48: the slowest case; wider sub-vectors encode faster); PQ code
+scans (JPQ's and InfoNCE's negative pools, evaluation) at faiss's PQ scan rate (bytes of codes per second, 1 thread,
+times the cores; the timing protocol's single-query searches at the 1-thread rate). On a GPU, float work at
+:data:`GPU_FLOPS` (an H100's fp32 matrix rate, half of its peak; the reference when no GPU is visible), sub-quantizer
+work at :data:`GPU_PQ_FLOPS` and code scans at :data:`GPU_SCAN` bytes/s. Without the two sub-quantizer rates
+(everything at the sgemm rate) the faiss init of the 1M x 768 case (OPQ48,IVF4096,PQ48x8) was estimated 2.6x below its
+measured 270 s (reports/scale/NOTES.md). Text encodes use the encoder catalog's ``texts_per_second`` (measured on this
+project's machines). It is an estimate: ``bench/scale.py`` measures, and prints this estimate of its own shape beside
+every measured stage.
 """
 from __future__ import annotations
 
@@ -67,13 +68,11 @@ class Machine:
     flops: float         # measured sgemm rate, all cores
     scan: float          # measured PQ code bytes scanned per second, all cores
     gpu: str
-    pq_train: float = 0.0    # measured faiss k-means rate on 16-d points (flop/s as counted below), all cores
-    pq_encode: float = 0.0   # measured faiss PQ encoding rate at 16-d sub-vectors (flop/s as counted), all cores
+    pq_train: float      # measured faiss k-means rate on 16-d points (flop/s as fit_stages counts), all cores
+    pq_encode: float     # measured faiss PQ encoding rate at 16-d sub-vectors (flop/s as counted), all cores
 
     def rates(self) -> "Rates":
-        """This machine's :class:`Rates` (a sub-quantizer rate not measured is taken as the sgemm's)."""
-        return Rates(self.flops, self.scan, self.pq_train or self.flops, self.pq_encode or self.flops,
-                     self.scan / self.cores)
+        return Rates(self.flops, self.scan, self.pq_train, self.pq_encode, self.scan / self.cores)
 
 
 class Rates(NamedTuple):
