@@ -1,7 +1,8 @@
 """Tune every method of a grid on a dev split with Optuna, at one declared budget, then hand the chosen configs on.
 
 ``python -m benchmark.tune --config configs/tune-debian-desc.toml`` (or ``run_benchmark.py``-style flags, see
-``--help``). The config is an ordinary grid config (datasets, ``[search]``, ``[[runs]]`` naming the methods and the
+``--help``; ``--status`` prints where a tuning stands, beside a running one: trials per study, best so far, CPU seconds
+spent and left). The config is an ordinary grid config (datasets, ``[search]``, ``[[runs]]`` naming the methods and the
 params held fixed, e.g. ``M = 16``) plus a ``[tune]`` table::
 
     [tune]
@@ -367,6 +368,38 @@ def _seconds(trials: list[dict[str, Any]], key: str) -> str:
     return ("" if len(known) == len(trials) else ">= ") + f"{sum(known):.0f}"
 
 
+def status(study_list: list[Study], trace: list[dict[str, Any]], settings: TuneSettings) -> str:
+    """Where a tuning stands, from its trace alone (nothing loaded, nothing locked): per study the trials recorded of
+    the budget, the best dev value so far, the CPU seconds spent and what the rest would cost at the study's own mean
+    CPU seconds per fitted trial; then the total, also in wall hours at the wall / CPU ratio of the trials so far."""
+    lines = [f"{'study':<44}{'trials':>9}{'best':>8}{'CPU s':>10}{'CPU s/trial':>13}{'CPU s left':>12}"]
+    spent = left = wall = cpu_known = 0.0
+    unknown = []
+    for st in study_list:
+        ts = [t for t in trace if (t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True))
+              == (st.dataset, st.method, json.dumps(dict(st.fixed), sort_keys=True))]
+        done = len({t["trial"] for t in ts})
+        values = [t["value"] for t in ts if t["value"] is not None]
+        fitted = [t for t in ts if t["state"] in ("ok", "failed") and t["cpu_seconds"] is not None]
+        cpu = sum(t["cpu_seconds"] for t in fitted)
+        wall += sum(t["wall_seconds"] or 0.0 for t in fitted)
+        cpu_known += cpu
+        per = cpu / len(fitted) if fitted else None
+        rest = max(0, settings.trials - done)
+        if per is None and rest:
+            unknown.append(st.label)
+        spent += cpu
+        left += rest * (per or 0.0)
+        lines.append(f"{st.label:<44}{f'{done}/{settings.trials}':>9}"
+                     f"{(f'{max(values):.4f}' if values else '—'):>8}{cpu:>10.0f}"
+                     f"{(f'{per:.0f}' if per is not None else '—'):>13}{rest * (per or 0.0):>12.0f}")
+    ratio = wall / cpu_known if cpu_known else 1.0
+    lines.append(f"total: {spent:,.0f} CPU s spent; ~{left:,.0f} CPU s left (~{left * ratio / 3600:.1f} h of wall "
+                 f"time at this tuning's wall/CPU ratio {ratio:.2f})"
+                 + (f"; not counted: {', '.join(unknown)} (no fitted trial yet)" if unknown else ""))
+    return "\n".join(lines)
+
+
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -384,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, help="override [tune] trials (the same for every method)")
     p.add_argument("--out", help="output folder (default: the config's out)")
     p.add_argument("--threads", type=int, default=0, help="faiss/torch threads of every trial (0 = every core)")
+    p.add_argument("--status", action="store_true", help="print where the tuning stands (trials per study, best dev "
+                                                         "value, CPU seconds spent and left) and exit: reads the "
+                                                         "trace only, safe beside a running tuning")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -392,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
             settings = tune_settings({**cfg.get("tune", {}), "trials": args.trials}, "--trials")
         planned = plan(config=args.config, methods=args.methods)
         out = Path(args.out or planned.out or "reports/tuning")
+        if args.status:
+            path = out / TRIALS_FILE
+            lines = path.read_text().splitlines() if path.exists() else []
+            trace = [json.loads(line) for line in lines if line.strip()]
+            print(status(studies(planned.jobs), trace, settings))
+            return 0
         _, problems = read_records(out / "results.jsonl")   # a torn line anywhere: refused before any work
         if problems:
             raise ConfigError(problems + [f"{out / 'results.jsonl'} has unreadable lines (above): move them aside "

@@ -241,3 +241,24 @@ def test_the_budget_table_says_which_trials_ran_on_which_machine():
     table = tune.budget_table(trace, tune.TuneSettings(trials=12))
     assert "AMD x2: trials 0-3, 6-8, 10-11 (9 fits); Intel x2: trials 4-5, 9 (3 fits)" in table
     assert "| d | m | {} | 12 | 12 | 0 | 0 | 0 | 120 | 96 | 0.5000 | 0.6100 | 11 |" in table
+
+
+def test_status_reads_the_trace_and_prices_the_rest_per_study(tuned, capsys):
+    """--status: trials done of the budget, best so far, CPU seconds spent and left at each study's own mean; read
+    from the trace only (no dataset loaded, no lock taken)."""
+    st = [tune.Study("d", "a", (("M", 8),), 0), tune.Study("d", "b", (), 0), tune.Study("d", "c", (), 0)]
+    t = lambda method, fixed, n, value, cpu, state="ok": {  # noqa: E731
+        "dataset": "d", "method": method, "fixed": fixed, "trial": n, "value": value, "state": state,
+        "cpu_seconds": cpu, "wall_seconds": None if cpu is None else cpu / 2}
+    trace = [t("a", {"M": 8}, 0, 0.2, 100.0), t("a", {"M": 8}, 1, 0.3, 300.0), t("b", {}, 0, 0.1, 50.0),
+             t("b", {}, 1, 0.1, 0.0, "repeat"), t("b", {}, 2, None, None, "rejected")]
+    out = tune.status(st, trace, tune.tune_settings({"trials": 4}, "t")).splitlines()
+    assert out[1].split() == ["d", "a(M=8)", "2/4", "0.3000", "400", "200", "400"]
+    assert out[2].split() == ["d", "b", "3/4", "0.1000", "50", "50", "50"]
+    assert out[3].split() == ["d", "c", "0/4", "—", "0", "—", "0"]
+    assert out[4] == ("total: 450 CPU s spent; ~450 CPU s left (~0.1 h of wall time at this tuning's wall/CPU ratio "
+                      "0.50); not counted: d c (no fitted trial yet)")
+    tmp, _, _ = tuned
+    assert tune.main(["--config", str(_config(tmp)), "--status"]) == 0
+    printed = capsys.readouterr().out
+    assert "quick-dev jpq(M=8,epochs=0.5,opq_niter=5)" in printed and "3/3" in printed and "~0 CPU s left" in printed
