@@ -12,9 +12,12 @@ k-means (PQ training, OPQ's alternations: products of d/M-dim sub-vectors, about
 k-means rate on 16-d points; PQ encoding (faiss's ``compute_codes``: a distance table per vector, ~10x below sgemm
 here) at its own rate, at 16-d sub-vectors (768-d, M = 48: the slowest case; wider sub-vectors encode faster); PQ code
 scans (JPQ's and InfoNCE's negative pools, evaluation) at faiss's PQ scan rate (bytes of codes per second, 1 thread,
-times the cores; the timing protocol's single-query searches at the 1-thread rate). On a GPU, float work at
-:data:`GPU_FLOPS` (an H100's fp32 matrix rate, half of its peak; the reference when no GPU is visible), sub-quantizer
-work at :data:`GPU_PQ_FLOPS` and code scans at :data:`GPU_SCAN` bytes/s. Without the two sub-quantizer rates
+times the cores; the timing protocol's single-query searches at the 1-thread rate); the ivf teacher's 8-bit
+scalar-quantized lists at faiss's SQ8 scan rate (d bytes per doc; on 1 loaded thread here ~4.4 GB/s, i.e. at
+nprobe = nlist/16 about 3x less time per doc than the exact sgemm scan, which the PQ scan rate would have hidden).
+On a GPU, float work at :data:`GPU_FLOPS` (an H100's fp32 matrix rate, half of its peak; the reference when no GPU is
+visible), sub-quantizer work at :data:`GPU_PQ_FLOPS` and code scans at :data:`GPU_SCAN` bytes/s; the ivf teacher
+searches faiss's CPU index there too. Without the two sub-quantizer rates
 (everything at the sgemm rate) the faiss init of the 1M x 768 case (OPQ48,IVF4096,PQ48x8) was estimated 2.6x below its
 measured 270 s (reports/scale/NOTES.md). Text encodes use the encoder catalog's ``texts_per_second`` (measured on this
 project's machines). It is an estimate: ``bench/scale.py`` measures, and prints this estimate of its own shape beside
@@ -70,20 +73,23 @@ class Machine:
     gpu: str
     pq_train: float      # measured faiss k-means rate on 16-d points (flop/s as fit_stages counts), all cores
     pq_encode: float     # measured faiss PQ encoding rate at 16-d sub-vectors (flop/s as counted), all cores
+    sq8_scan: float      # measured bytes of 8-bit scalar-quantized vectors scanned per second, all cores
 
     def rates(self) -> "Rates":
-        return Rates(self.flops, self.scan, self.pq_train, self.pq_encode, self.scan / self.cores)
+        return Rates(self.flops, self.scan, self.pq_train, self.pq_encode, self.scan / self.cores, self.sq8_scan)
 
 
 class Rates(NamedTuple):
     """What a :class:`Stage`'s work is divided by: flop/s of large products, code bytes/s scanned on all cores,
-    flop/s of sub-quantizer k-means and of PQ encoding, code bytes/s scanned by one thread (single-query timing)."""
+    flop/s of sub-quantizer k-means and of PQ encoding, code bytes/s scanned by one thread (single-query timing),
+    bytes/s of 8-bit scalar-quantized vectors scanned on all cores (the ivf teacher's lists)."""
 
     flops: float
     scan: float
     pq_train: float
     pq_encode: float
     scan_single: float
+    sq8_scan: float
 
 
 def _count_lines(path: Path) -> int:
@@ -134,7 +140,8 @@ def dataset_facts(loader: str, options: dict[str, Any]) -> Facts:
 
 
 def measure_machine(cache: Path) -> Machine:
-    """Cores, RAM and free disk, and two rates measured now (about a second): sgemm and a faiss PQ scan."""
+    """Cores, RAM and free disk, and the rates of :class:`Rates` measured now (about a second): sgemm, faiss's PQ
+    scan, its 8-bit scalar-quantizer scan, its sub-quantizer k-means and PQ encoding."""
     import faiss
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -154,6 +161,14 @@ def measure_machine(cache: Path) -> Machine:
     t0 = time.perf_counter()
     pq.search(x[:8], 10)
     scan = 8 * pq.ntotal * 16 / (time.perf_counter() - t0) * cores
+    sq = faiss.IndexScalarQuantizer(256, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    y = np.random.default_rng(3).standard_normal((40000, 256)).astype(np.float32)
+    sq.train(y[:10000])
+    sq.add(y)
+    sq.search(y[:2], 50)
+    t0 = time.perf_counter()
+    sq.search(y[:8], 50)
+    sq8_scan = 8 * sq.ntotal * 256 / (time.perf_counter() - t0) * cores
     faiss.omp_set_num_threads(before)
     pq_train, pq_encode = _subquantizer_rates()
     try:
@@ -161,7 +176,8 @@ def measure_machine(cache: Path) -> Machine:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     except ImportError:
         gpu = "none visible"
-    return Machine(cores, ram, float(shutil.disk_usage(probe).free), flops, scan, gpu, pq_train, pq_encode)
+    return Machine(cores, ram, float(shutil.disk_usage(probe).free), flops, scan, gpu, pq_train, pq_encode,
+                   sq8_scan)
 
 
 def _subquantizer_rates(n: int = 65536, dsub: int = 16, m: int = 16) -> tuple[float, float]:
@@ -196,10 +212,12 @@ class Stage:
     pq_train: float = 0.0   # float work in sub-quantizer k-means (PQ training, OPQ's alternations)
     pq_encode: float = 0.0  # float work in PQ encoding (faiss's compute_codes)
     scan_single: float = 0.0  # bytes of codes scanned by single-query searches on 1 thread (the timing protocol)
+    sq8_scan: float = 0.0   # bytes of 8-bit scalar-quantized vectors scanned (the ivf teacher's search)
 
     def seconds(self, rates: Rates, step_seconds: float) -> float:
         return (self.flops / rates.flops + self.scan / rates.scan + self.pq_train / rates.pq_train
-                + self.pq_encode / rates.pq_encode + self.scan_single / rates.scan_single + self.steps * step_seconds)
+                + self.pq_encode / rates.pq_encode + self.scan_single / rates.scan_single
+                + self.sq8_scan / rates.sq8_scan + self.steps * step_seconds)
 
 
 def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False,
@@ -249,7 +267,7 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
                      + check * n * d * 2 + q * tl * d * 2)          # exact top-K of the check samples, coarse search
             how = "given" if (teacher or {}).get("nprobe") else f"calibrated; assumed nlist/{TEACHER_ASSUMED_SHARE}"
             stages.append(Stage(f"teacher top-{k} (IVF{tl},SQ8, nprobe {tp}: {how})", flops=flops,
-                                scan=q * tp / tl * n * d, ram=n * d + q * k * 8, disk=n * d + q * k * 8))
+                                sq8_scan=q * tp / tl * n * d, ram=n * d + q * k * 8, disk=n * d + q * k * 8))
         else:
             stages.append(Stage(f"teacher top-{k} (exact)", flops=q * n * d * 2.0, ram=q * k * 8, disk=q * k * 8))
     negatives = cfg.get("negatives")
@@ -315,7 +333,8 @@ def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
              f"{GPU_FLOPS / 1e12:g} TFLOP/s fp32 matrix work, {GPU_PQ_FLOPS / 1e12:g} sub-quantizer work, "
              f"{GPU_SCAN / 1e9:g} GB/s code scans)"]
     here = machine.rates()   # on a GPU machine the evaluation and its timing still run on faiss's CPU index
-    gpu_rates = Rates(GPU_FLOPS, GPU_SCAN, GPU_PQ_FLOPS, GPU_PQ_FLOPS, here.scan_single)
+    # the ivf teacher searches faiss's CPU index on a GPU machine too (an exact teacher is what runs on the GPU)
+    gpu_rates = Rates(GPU_FLOPS, GPU_SCAN, GPU_PQ_FLOPS, GPU_PQ_FLOPS, here.scan_single, here.sq8_scan)
     totals = {"cpu": 0.0, "gpu": 0.0, "disk": 0.0, "ram": 0.0}
     for alias, (loader, options) in plan.datasets.items():
         f = dataset_facts(loader, options)

@@ -50,10 +50,13 @@ def test_stage_counts_follow_the_sizes():
     assert teacher.flops == 500_000 * 1_000_000 * 768 * 2
     ivf = [s for s in fit_stages(method, big, [1024], teacher={"kind": "ivf"}) if s.name.startswith("teacher")][0]
     assert "IVF4096,SQ8, nprobe 256: calibrated; assumed nlist/16" in ivf.name and ivf.flops < teacher.flops / 50
-    assert ivf.scan == 500_000 * 256 / 4096 * 1_000_000 * 768      # the SQ8 codes (d bytes per doc) of 256 lists
+    # the SQ8 codes (d bytes per doc) of 256 lists, at the scalar quantizer's own scan rate, not the PQ scan's
+    assert ivf.sq8_scan == 500_000 * 256 / 4096 * 1_000_000 * 768 and ivf.scan == 0
+    assert ivf.seconds(Rates(1e11, 1e9, 5e10, 1e10, 1e8, 4e9), 0) == pytest.approx(ivf.flops / 1e11
+                                                                                   + ivf.sq8_scan / 4e9)
     given = [s for s in fit_stages(method, big, [1024], teacher={"kind": "ivf", "nprobe": 64})
              if s.name.startswith("teacher")][0]
-    assert "nprobe 64: given" in given.name and given.scan == ivf.scan / 4
+    assert "nprobe 64: given" in given.name and given.sq8_scan == ivf.sq8_scan / 4
     # the index build: trained codes are written as they are; fixed codebooks under moved centroids re-encode
     build = lambda m: next(s for s in fit_stages(make_method(m, {"M": 32, "nlist": 1024}), big, [1024])  # noqa: E731
                            if s.name.startswith("index build"))
@@ -67,7 +70,7 @@ def test_stage_counts_follow_the_sizes():
     opq_pass = 65536 * 256 * 768 * 2
     assert init.pq_encode == 20 * opq_pass + 1_000_000 * 256 * 768 * 2
     assert init.pq_train == (20 * 4 + 36) * opq_pass + 65536 * 256 * 768 * 2 * 25
-    assert init.seconds(Rates(1e11, 1e9, 5e10, 1e10, 1e8), 0) == pytest.approx(
+    assert init.seconds(Rates(1e11, 1e9, 5e10, 1e10, 1e8, 4e9), 0) == pytest.approx(
         init.flops / 1e11 + init.pq_train / 5e10 + init.pq_encode / 1e10)
     exact = lambda f: next(s for s in fit_stages(method, f, [1024]) if s.name.startswith("exact"))  # noqa: E731
     assert exact(big).flops == 10 * exact(small).flops
