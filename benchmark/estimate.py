@@ -250,9 +250,12 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
             lists = sample * nlist * IVF_KMEANS_ITERS
         big = (opq * opq_n * d * d * 4 + lists * d * 2 + sample * nlist * d * 2 * bool(nlist)   # + the sample's lists
                + n * nlist * d * 2 + n * d * d * 2 * bool(opq))     # + assigning (and rotating) every doc
+        encode = opq * per_pass + n * 256 * d * 2     # OPQ's sample each pass, every doc
+        # pq_assign = "flat-index" encodes with the IndexFlatL2 search that faiss's k-means assigns with: its rate
+        flat = cfg.get("pq_assign") == "flat-index"
         stages.append(Stage(f"faiss init ({factory or 'k-means'})", flops=big, ram=sample * d * 4 * 2,
-                            pq_train=opq_kmeans + pq_n * 256 * d * 2 * KMEANS_ITERS,
-                            pq_encode=opq * per_pass + n * 256 * d * 2))   # OPQ's sample each pass, every doc
+                            pq_train=opq_kmeans + pq_n * 256 * d * 2 * KMEANS_ITERS + encode * flat,
+                            pq_encode=encode * (not flat)))
     candidates = str(cfg.get("candidates", ""))
     epochs = float(cfg.get("epochs") or 0)
     if "topk" in candidates.split("+"):

@@ -29,6 +29,7 @@ class FaissQuantizer(BaseMethod):
     params = {
         "M": Param(16, "PQ sub-quantizers = bytes per vector (8-bit codes); must divide the embedding dim", min=1),
         "max_train_points": Param(65536, "docs sampled (seeded) to train k-means / PQ / OPQ", min=256),
+        "pq_assign": INIT_PARAMS["pq_assign"],
     }
 
     def factory(self) -> str:
@@ -44,7 +45,8 @@ class FaissQuantizer(BaseMethod):
         vq = trained_params(train.doc_emb, self.factory(), seed=train.seed, cache_dir=train.cache_dir,
                             max_train_points=self.config["max_train_points"],
                             opq_niter=self.config.get("opq_niter", 20), coarse=self.config.get("coarse", "kmeans"),
-                            opq_train_points=self.config.get("opq_train_points", OPQ_TRAIN_POINTS))
+                            opq_train_points=self.config.get("opq_train_points", OPQ_TRAIN_POINTS),
+                            pq_assign=self.config["pq_assign"])
         vq.writeback = "codes"
         return vq
 

@@ -133,3 +133,30 @@ def test_two_level_lists_train_the_ivf_init_and_keep_old_ids(tmp_path):
     assert len(list(tmp_path.glob("faiss-init-*.faiss"))) == 3       # its own cache entry, another rotation
     assert not np.allclose(small.rotation, fits["kmeans"].rotation)
     assert make_method("distill-vq", {"coarse": "two-level"}).record_params()["coarse"] == "two-level"
+
+
+def test_flat_index_assignment_encodes_like_faiss_and_is_cached_apart(tmp_path):
+    """pq_assign = "flat-index" spells faiss's add out (OPQ, coarse assignment, residual) and encodes through an
+    IndexFlatL2 per sub-quantizer: on 16-d sub-vectors (faiss's BLAS distance-table path) the same lists and the same
+    codes up to float near-ties as faiss's own add of the same trained index; its init is its own cache entry and at
+    "tables" (its legacy value) records and fit ids are what they were before the param existed."""
+    from benchmark.registry import make_method
+    from benchmark.vq.faiss_init import add_docs, trained_params
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((40, 128))
+    x = (centers[rng.integers(0, 40, 6000)] + 0.7 * rng.standard_normal((6000, 128))).astype(np.float32)
+    for factory in ("OPQ8,IVF32,PQ8x8", "PQ8x8"):
+        trained = train_index(x, factory, seed=0, opq_niter=2, add=False)
+        ours = faiss.clone_index(trained)
+        trained.add(x)
+        add_docs(ours, x, "flat-index")
+        a, b = params_from_index(trained), params_from_index(ours)
+        assert ours.ntotal == trained.ntotal == 6000
+        assert a.doc_assign is None or np.array_equal(a.doc_assign, b.doc_assign)
+        assert np.mean(a.doc_codes == b.doc_codes) > 0.9999 and a.doc_codes.shape == (6000, 8)
+    tables = trained_params(x, "OPQ8,PQ8x8", seed=0, cache_dir=str(tmp_path), opq_niter=2)
+    flat = trained_params(x, "OPQ8,PQ8x8", seed=0, cache_dir=str(tmp_path), opq_niter=2, pq_assign="flat-index")
+    assert len(list(tmp_path.glob("faiss-init-*.faiss"))) == 2 and not flat.info["init_cached"]
+    assert flat.info["init_pq_assign"] == "flat-index" and "init_pq_assign" not in tables.info
+    assert "pq_assign" not in make_method("faiss-opq").record_params()
+    assert make_method("distill-vq", {"pq_assign": "flat-index"}).record_params()["pq_assign"] == "flat-index"
