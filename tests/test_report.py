@@ -406,6 +406,7 @@ def test_glance_and_cross_dataset(run):
     a16 = glance[(glance["Dataset"] == "toy-a") & (glance["Track"] == "16 B")].iloc[0]
     assert a16["best exhaustive"] == f"{DISTILL_TRACK}, nprobe 16" and a16["nDCG@10 (exhaustive)"].endswith("†")
     assert len(glance) == 4  # 2 datasets x 2 tracks, never one row over several tracks
+    assert not glance.isin(["nan", "NaN"]).any().any()   # a point with no row reads "—"
     cross = _part(md, "## Across datasets")
     exhaustive = _md_tables(_part(_part(cross, "### Track 16 B/vector"), "#### exhaustive"))[0]
     assert list(exhaustive.columns) == ["Family", "toy-a", "toy-b", "Average", "Avg rank", "W / T / L vs best recon."]
@@ -458,7 +459,7 @@ def test_track_option_and_errors(tmp_path):
     write_fixture(tmp_path, torn=False)
     build_report(tmp_path, quality="RR@10", track=8, test="wilcoxon")
     md = (tmp_path / "leaderboard.md").read_text()
-    assert md.startswith("# vqbench leaderboard: track 8 B\n")
+    assert md.startswith(f"# vqbench leaderboard: {tmp_path.name}, track 8 B\n")   # named after its folder
     assert "### Track 8 B/vector" in md and "### Track 16 B/vector" not in md
     assert "Wilcoxon signed-rank" in md and "Quality measure: **RR@10**" in md
     assert "Ceiling (family `reference`" in md  # the ceiling stays

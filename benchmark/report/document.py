@@ -35,6 +35,11 @@ SITE_INDEX = "index.html"   # the cross-report page, one folder up (benchmark.re
 TITLE = "vqbench leaderboard"
 
 
+def report_name(out: Path) -> str:
+    """A report's name: its folder's (``reports/debian-desc`` -> ``debian-desc``)."""
+    return Path(out).resolve().name
+
+
 def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float | None = None,
                  budget_fraction: float | None = None, track: float | None = None,
                  test: str = "ttest", out_dir: str | Path | None = None, site: bool | None = None
@@ -44,8 +49,8 @@ def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float
 
     The pruned operating point: by default the largest swept nprobe ≤ nlist/16 (:func:`rt.nprobe_rule`, so no
     timing decides which point a row is ranked at); ``budget_ms`` instead fixes a p50 budget on every dataset, and
-    ``budget_fraction`` a budget of that fraction of the reference's p50 per dataset. ``track`` (bytes/vector) restricts the report to one
-    code budget (the reference ceiling stays)."""
+    ``budget_fraction`` a budget of that fraction of the reference's p50 per dataset. ``track`` (bytes/vector)
+    restricts the report to one code budget (the reference ceiling stays)."""
     if quality not in QUALITY:
         raise ValueError(f"quality must be one of {QUALITY}, got {quality!r}")
     if test not in TESTS:
@@ -60,7 +65,9 @@ def build_report(run_dir: str | Path, quality: str = "nDCG@10", budget_ms: float
     out = Path(out_dir) if out_dir is not None else run_dir
     records, problems = read_records(run_dir / "results.jsonl")
     doc = rt.Doc()
-    doc.add("heading", (1, TITLE + (f": track {rt.track_name(track)}" if track is not None else "")))
+    # every page named after its report (the folder), not one title for all
+    doc.add("heading", (1, f"{TITLE}: {report_name(out)}" + (f", track {rt.track_name(track)}" if track is not None
+                                                             else "")))
     summary: dict[str, Any] = {"run_dir": str(run_dir), "quality": quality, "test": test, "records": len(records),
                                "problems": problems, "track": track, "latency_budget_ms": {}, "rows": [],
                                "glance": [], "cross_dataset": {}}
@@ -121,8 +128,9 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
                     "vector); nothing here ranks across tracks. Each track is ranked twice: **exhaustive** (the "
                     "quantizer alone: nprobe = nlist, or no IVF) and **pruned** (IVF scanning a fixed share of its "
                     "lists, nprobe ≤ nlist/16 unless the report was built with a latency budget; the rule per "
-                    "dataset is below; flat layouts cannot prune and are listed after the rows that do). *index B/vec* counts everything the "
-                    "index stores per document (IVF list ids, codebooks), *code B/vec* only the code. Each track "
+                    "dataset is below; flat layouts cannot prune and are listed after the rows that do). "
+                    "*index B/vec* counts everything the index stores per document (IVF list ids, codebooks), "
+                    "*code B/vec* only the code. Each track "
                     f"opens with a one-line verdict per operating point; its *tie* column marks with {TIE} the rows "
                     "whose difference from the track's best is not significant after Holm's correction (the rule "
                     "is in the notes under each table).")
@@ -440,8 +448,8 @@ def _write_outputs(doc: rt.Doc, summary: dict[str, Any], out: Path, site: bool |
              "summary.json": out / "summary.json"}
     write_text(paths["leaderboard.md"], doc.markdown())
     site = (out.parent / SITE_INDEX).is_file() if site is None else site
-    write_text(paths["leaderboard.html"], render_html(doc, out, TITLE, summary.get("row_provenance"),
-                                                      SITE_INDEX if site else None))
+    write_text(paths["leaderboard.html"], render_html(doc, out, f"{report_name(out)} · {TITLE}",
+                                                      summary.get("row_provenance"), SITE_INDEX if site else None))
     write_text(paths["summary.json"], json.dumps(summary, indent=1, default=str, ensure_ascii=False) + "\n")
     return paths
 

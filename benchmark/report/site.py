@@ -152,7 +152,8 @@ def render_index(summaries: dict[str, dict[str, Any]]) -> str:
     parts += ['<h2 id="reports">Reports</h2>', _table(columns, rows, None, {0: links}, wrap=True)]
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(TITLE)}</title>\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f'<title>every report · {html.escape(TITLE)}</title>\n'
             f"<style>{CSS}{SITE_CSS}</style>\n</head>\n<body>\n{body}\n<script>{SORT_JS}{SELECT_JS}</script>\n</body>\n</html>\n")
 
 

@@ -103,10 +103,10 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 
 def setup_cells(rec: dict[str, Any]) -> dict[str, str]:
-    """What a row is, beside its method: ``layout`` (IVF, or no IVF: one flat scan), ``query_side`` (the linear adapter or none),
-    ``trained_on`` (the training queries, whether their labels were read, and an approximate teacher's index and
-    measured recall when the teacher's top-K was not exact) and ``tuning`` (the trials and CPU time
-    that chose its params, or "defaults"). From the record's ``setup`` / ``tuning`` fields; records written before
+    """What a row is, beside its method: ``layout`` (IVF, or no IVF: one flat scan), ``query_side`` (the linear
+    adapter or none), ``trained_on`` (the training queries, whether their labels were read, and an approximate
+    teacher's index and measured recall when the teacher's top-K was not exact) and ``tuning`` (the trials and CPU
+    time that chose its params, or "defaults"). From the record's ``setup`` / ``tuning`` fields; records written before
     those existed: layout from nlist, query side from the ``query_adapter`` param, training queries unknown (—)."""
     setup = rec.get("setup") or {}
     nlist = (rec.get("index") or {}).get("nlist")
@@ -119,8 +119,8 @@ def setup_cells(rec: dict[str, Any]) -> dict[str, str]:
         teacher = origin.get("teacher") or {}
         approx = (f"; {teacher.get('factory', 'ivf')} teacher, recall@{teacher.get('k')} {teacher['recall_at_k']:.3f}"
                   if teacher.get("kind") == "ivf" and "recall_at_k" in teacher else "")
-        trained = (f"{origin['queries']} ({origin['n']:,}{share}; labels {'read' if origin['labels_used'] else 'unread'}"
-                   f"{approx})")
+        labels = "read" if origin["labels_used"] else "unread"
+        trained = f"{origin['queries']} ({origin['n']:,}{share}; labels {labels}{approx})"
     else:
         trained = DASH
     tuning = rec.get("tuning")
@@ -594,7 +594,7 @@ def glance(views: dict[str, pd.DataFrame], budgets: dict[str, Budget], quality: 
             sub = rows[(rows["dataset"] == dataset) & (rows["track"] == track) & rows["fits"].map(is_true)]
             sub = sub.dropna(subset=[quality])
             if sub.empty:
-                cells[f"best {title}"], cells[f"{quality} ({view})"] = DASH, DASH
+                cells[f"best {title}"] = cells[f"{quality} ({view})"] = cells[f"tied with it ({view})"] = DASH
                 continue
             best = sub.sort_values([quality, "p50_ms"], ascending=[False, True]).iloc[0]
             nprobe = "" if pd.isna(best["nprobe"]) else f", nprobe {int(best['nprobe'])}"
