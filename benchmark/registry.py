@@ -29,7 +29,7 @@ REPRODUCIBILITY = {
     "threads": "bit-identical for the same seed, package versions and --threads; another thread count moves the last "
                "float bits, so near-ties may flip",
 }
-# The family whose method is the uncompressed ceiling (reports draw it as a line, never rank it in a budget).
+# The family whose method is uncompressed exact search (reports draw it as a line, never rank it in a budget).
 REFERENCE_FAMILY = "reference"
 
 
@@ -87,6 +87,9 @@ class BaseMethod:
     # the last float bits somewhere (``reproducibility_note`` says where) and so, near a tie, a code or a list.
     reproducibility: ClassVar[str] = "exact"
     reproducibility_note: ClassVar[str] = ""
+    # The method this one ablates (one of its parts switched off, e.g. a paper's ablation table): reports list it
+    # apart from the ranked rows of a track, never in a tie group or a verdict ("" = a method of its own).
+    ablation_of: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
         declared = self.declared_params()
@@ -246,6 +249,8 @@ def describe_methods() -> str:
         lines.append(f"{name}  [{cls.family}]  {desc}")
         lines.append(f"    reproducible: {REPRODUCIBILITY[cls.reproducibility]}"
                      + (f" ({cls.reproducibility_note})" if cls.reproducibility_note else ""))
+        if cls.ablation_of:
+            lines.append(f"    an ablation of {cls.ablation_of}: listed apart from the ranked rows")
         params = cls.declared_params()
         lines += [f"    {line}" for line in describe(params)] if params else ["    (no params)"]
     return "\n".join(lines)
@@ -254,3 +259,9 @@ def describe_methods() -> str:
 def make_method(name: str, params: dict[str, Any] | None = None) -> BaseMethod:
     """Instantiate a registered method; unknown names/params raise :class:`MethodError` listing the valid ones."""
     return get_method(name)(**(params or {}))
+
+
+def ablation_of(name: str) -> str:
+    """The method that registered method ``name`` ablates ("" for a method of its own or an unknown name)."""
+    cls = available().get(name)
+    return cls.ablation_of if cls is not None else ""

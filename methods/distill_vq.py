@@ -264,6 +264,7 @@ class DistillVQIVFOnly(DistillVQ):
     re-encoded (reports/debian-desc-distill-ablations/ablations.md)."""
 
     name = "distill-vq-ivf-only"
+    ablation_of = "distill-vq"
     # the query adapter stays on, as in distill-vq: the ablation changes one thing (issue #26: with the adapter
     # dropped too, "joint adds +0.014 over PQ-only" on debian-desc dev; like for like it is -0.002 / nprobe 16 +0.008)
     params = with_defaults(PARAMS, train_pq=False, writeback="preassigned")
@@ -274,6 +275,7 @@ class DistillVQPQOnly(DistillVQ):
     """Distill-VQ training only the PQ codebooks (and the query adapter); IVF keeps faiss's k-means centroids."""
 
     name = "distill-vq-pq-only"
+    ablation_of = "distill-vq"
     params = with_defaults(PARAMS, train_ivf=False)   # the adapter stays on, like distill-vq (see ivf-only)
 
 

@@ -10,7 +10,7 @@ from benchmark.vq.faiss_init import COARSE, INIT_PARAMS, OPQ_THREADS_NOTE, OPQ_T
 
 @register
 class Flat(BaseMethod):
-    """Exact inner-product search over the uncompressed embeddings (IndexFlatIP): the quality ceiling."""
+    """Exact inner-product search over the uncompressed embeddings (IndexFlatIP): the exact-search reference."""
 
     name = "flat"
     family = "reference"

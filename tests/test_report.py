@@ -195,10 +195,11 @@ def test_tracks_hold_one_code_size_each(run):
                 table = _track(md, dataset, track, view)
                 ok = table[table["nDCG@10"] != "—"]
                 assert set(ok["code B/vec"]) == {str(track)}, (dataset, track, view)
-                assert not any(i.startswith("flat") for i in table.index)  # the ceiling is in no track
+                assert not any(i.startswith("flat") for i in table.index)  # exact search is in no track
     assert "### Track 4 B/vector" not in md  # jpq M=4 never ran: no known size
     assert "jpq (M=4): failed: RuntimeError: CUDA out of memory (seed 0, seed 1)" in _part(md, "## toy-b")
-    assert "- Ceiling (family `reference`, in no track): `flat` nDCG@10" in _part(md, "## toy-a")
+    assert ("- Exact search (family `reference`, in no track; a reference, not an upper bound): `flat` nDCG@10"
+            in _part(md, "## toy-a"))
 
 
 def test_exhaustive_numbers_match_records(run):
@@ -410,7 +411,7 @@ def test_glance_and_cross_dataset(run):
     cross = _part(md, "## Across datasets")
     exhaustive = _md_tables(_part(_part(cross, "### Track 16 B/vector"), "#### exhaustive"))[0]
     assert list(exhaustive.columns) == ["Family", "toy-a", "toy-b", "Average", "Avg rank", "W / T / L vs best recon."]
-    assert exhaustive.index[0] == "flat (ceiling, not ranked)"
+    assert exhaustive.index[0] == "flat (exact search, not ranked)"
     a, sa = _expected(records, "toy-a", "faiss-ivfopq", IVFOPQ, 16)
     b, sb = _expected(records, "toy-b", "faiss-ivfopq", IVFOPQ, 16)
     row = exhaustive.loc["faiss-ivfopq"]
@@ -429,13 +430,20 @@ def test_glance_and_cross_dataset(run):
 
 
 def test_latex_tables(run):
-    run_dir, _, _ = run
+    run_dir, _, records = run
     for stem in ("table2_16B", "table2_8B", "table3", "table6", "label_budget"):
         tex = (run_dir / "tables" / f"{stem}.tex").read_text()
         assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{"))
     table2 = (run_dir / "tables" / "table2_16B.tex").read_text()
     assert r"\multicolumn{3}{c}{toy-a}" in table2 and r"\cmidrule(lr){2-4}" in table2
-    assert not re.search(r"^flat &", table2, re.M)  # the reference is in no track
+    # a paper-ready table: the exact-search reference first (never bold), rows grouped by family, mean ± std over
+    # seeds, † on the quality measure of significant rows, LaTeX-safe caption
+    assert re.search(r"^flat \(exact search\) & [0-9.]+ &", table2, re.M) and "\\textit{reconstruction}" in table2
+    distill = next(line for line in table2.splitlines() if line.startswith(f"{DISTILL_TRACK} &"))
+    mean, std = _expected(records, "toy-a", "distill-vq", DISTILL, 16)
+    assert distill.split(" & ")[1] == f"\\textbf{{{mean:.3f}}}{{\\scriptsize$\\pm${std:.3f}}}$^\\dagger$"
+    assert table2.index("\\textit{reconstruction}") < table2.index("\\textit{distillation}")
+    assert "$\\pm$" in table2.split("\n")[2] and "†" not in table2 and "±" not in table2
     table3 = pd.read_csv(run_dir / "tables" / "table3.csv", index_col=[0, 1, 2])
     assert {("margin-mse", "ib+topk"), ("listnet", "topk"), ("listnet", "ib+topk")} == {
         (loss, cand) for _, loss, cand in table3.index}
@@ -462,7 +470,7 @@ def test_track_option_and_errors(tmp_path):
     assert md.startswith(f"# vqbench leaderboard: {tmp_path.name}, track 8 B\n")   # named after its folder
     assert "### Track 8 B/vector" in md and "### Track 16 B/vector" not in md
     assert "Wilcoxon signed-rank" in md and "Quality measure: **RR@10**" in md
-    assert "Ceiling (family `reference`" in md  # the ceiling stays
+    assert "Exact search (family `reference`" in md  # the reference stays
     with pytest.raises(ValueError, match=r"track 5 is not in .*results.jsonl; its tracks \(bytes/vector\): 8, 16"):
         build_report(tmp_path, track=5)
 
@@ -582,3 +590,27 @@ def test_trained_on_names_an_approximate_teacher_and_its_recall():
     assert setup_cells(rec)["trained_on"] == "unlabeled (5,000; labels unread; IVF4096,SQ8 teacher, recall@50 0.971)"
     origin["teacher"] = {"kind": "exact", "k": 50}
     assert setup_cells(rec)["trained_on"] == "unlabeled (5,000; labels unread)"
+
+
+def test_ablation_rows_are_listed_apart(run):
+    """Label-budget runs (label_fraction < 1) and registered ablations are not contenders: no tie test, no verdict,
+    no glance, no cross-dataset or paper-table row; each track lists them in their own table with why."""
+    run_dir, _, _ = run
+    md = (run_dir / "leaderboard.md").read_text()
+    track = _part(_part(md, "## toy-a"), "### Track 16 B/vector")
+    ranked_table = _md_tables(_part(track, "#### exhaustive (nprobe = nlist, or no IVF)"))[0]
+    assert not any("label_fraction" in label for label in ranked_table.index)
+    apart = _md_tables(_part(track, "#### exhaustive: ablations and label-budget runs, not ranked"))[0]
+    assert {label: apart.loc[label, "Listed apart"] for label in apart.index} == {
+        "distill-vq (label_fraction=0.5)": "label budget 50%", "distill-vq (label_fraction=0.1)": "label budget 10%"}
+    assert "tie" not in apart.columns
+    summary = json.loads((run_dir / "summary.json").read_text())
+    marked = {r["name_in_track"]: r["listed_apart"] for r in summary["rows"]
+              if r["dataset"] == "toy-a" and r["track"] == 16}
+    assert marked["distill-vq (label_fraction=0.1)"] == "label budget 10%" and marked[DISTILL_TRACK] is None
+    assert all("label_fraction" not in str(g) for g in summary["glance"])
+    assert not any("label_fraction" in v["variant"] for v in summary["rows"] if v["tie"]["status"])
+    assert "label\\_fraction" not in (run_dir / "tables" / "table2_16B.tex").read_text()
+    from benchmark.report.tables import ablation_text
+    assert ablation_text("distill-vq-pq-only", float("nan")) == "ablation of distill-vq"
+    assert ablation_text("distill-vq", 1.0) == "" and ablation_text("no-such-method", 0.25) == "label budget 25%"

@@ -1,6 +1,6 @@
 """Report plots (matplotlib, Agg canvas, no pyplot state), one panel per code-budget track.
 
-Style: colour = family (Okabe & Ito 2008 colour-blind-safe hues; black is the reference ceiling and the Pareto
+Style: colour = family (Okabe & Ito 2008 colour-blind-safe hues; black is the exact-search reference and the Pareto
 front), marker = method, line style and a darker/lighter shade of the family hue = variant of the same
 method. Every figure has one legend, grouped by family
 (a bold family heading above its variants), so a panel may hold more than 8 series and stay readable; a variant keeps
@@ -128,7 +128,7 @@ def _log_x(ax) -> None:
 def _aids(reference: float | None, budget: float | None, front: bool) -> list[tuple[Line2D, str]]:
     out: list[tuple[Line2D, str]] = []
     if reference is not None:
-        out.append((Line2D([], [], color="black", lw=1.2), f"dense ceiling ({reference:.3f})"))
+        out.append((Line2D([], [], color="black", lw=1.2), f"exact search ({reference:.3f})"))
     if front:
         out.append((Line2D([], [], color="black", ls="--", lw=1.6, alpha=0.6), "Pareto front of the panel"))
     if budget is not None:
@@ -156,7 +156,7 @@ def _track_panels(points: pd.DataFrame, x: str, y: str) -> tuple[Figure, dict[st
 def tracks_vs_latency(points: pd.DataFrame, quality: str, budget: float, reference: float | None, title: str,
                       path: Path) -> Path | None:
     """Small multiples: a panel per track; each variant's nprobe sweep (x = p50 ms, log), the panel's Pareto
-    front, the latency budget and the dense ceiling."""
+    front, the latency budget and the exact-search reference."""
     points = points.dropna(subset=["track", "p50_ms", quality])
     if points.empty:
         return None
@@ -210,8 +210,8 @@ def qps_front(points: pd.DataFrame, fidelity: str) -> pd.DataFrame:
 
 def quality_vs_bytes(rows: pd.DataFrame, quality: str, reference: float | None, title: str,
                      path: Path, peers: Sequence[tuple[str, float, float | None]] = ()) -> Path | None:
-    """Quality vs code bytes/vector (log2 x): every compressed variant, the Pareto front, the dense ceiling, and
-    ``peers`` (name, bytes/vector, quality: other implementations) as labelled black stars.
+    """Quality vs code bytes/vector (log2 x): every compressed variant, the Pareto front, the exact-search reference,
+    and ``peers`` (name, bytes/vector, quality: other implementations) as labelled black stars.
     None unless the rows hold >= 2 code sizes."""
     rows = rows.dropna(subset=["track", quality])
     if rows["track"].nunique() < 2:

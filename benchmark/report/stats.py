@@ -265,8 +265,11 @@ TIE_COLUMNS = ("tie_status", "tie_best", "tie_p", "tie_p_raw", "tie_diff", "tie_
 
 def competing(rows: pd.DataFrame, quality: str) -> pd.DataFrame:
     """The rows that compete at an operating point: compressed, in a track, with a quality value, within the latency
-    budget (``fits``), ordered best first (quality, then lower p50)."""
+    budget (``fits``), not an ablation (a label-budget run or a registered ablation: listed apart), ordered best first
+    (quality, then lower p50)."""
     sub = rows[(rows["family"] != REFERENCE_FAMILY) & rows["track"].notna() & rows[quality].notna()]
+    if "ablation" in sub:
+        sub = sub[~sub["ablation"].fillna("").astype(bool)]
     if "fits" in sub:
         sub = sub[sub["fits"].map(_true)]
     return sub.sort_values([quality, "p50_ms"], ascending=[False, True], kind="stable")

@@ -7,8 +7,8 @@ even when a dataset-dependent param (e.g. nlist) differs between datasets.
 
 Tracks (as in big-ann-benchmarks): variants are grouped by code budget, the ``index.bytes_per_vector`` of their
 records; nothing is ranked across tracks. The reference family (:data:`benchmark.registry.REFERENCE_FAMILY`, the
-uncompressed ceiling) is in no track: it is shown as the ceiling line. Inside a track a variant is named by its label
-without the code-size params (``M``, ``nbits``), unless two variants of the track would then share a name.
+uncompressed exact search) is in no track: it is shown as a reference line. Inside a track a variant is named by its
+label without the code-size params (``M``, ``nbits``), unless two variants of the track would then share a name.
 
 Two operating points per variant:
 
@@ -39,7 +39,7 @@ import pandas as pd
 
 from benchmark._io import write_text
 from benchmark.records import FIDELITY, MEASURES
-from benchmark.registry import FAMILIES, REFERENCE_FAMILY, available
+from benchmark.registry import FAMILIES, REFERENCE_FAMILY, ablation_of, available
 from benchmark.report.stats import ALPHA, SHORT_TESTS, TIE, competing
 
 NUMERIC = (*MEASURES, *FIDELITY, "p50_ms", "p95_ms", "qps", "spread", "under_load", "train_seconds",
@@ -76,7 +76,24 @@ def load_frame(records: list[dict[str, Any]], run_dir: Path) -> pd.DataFrame:
     sizes = ok.groupby("label")["bytes_per_vector"].first()
     df["track"] = df["label"].map(sizes).where(df["family"] != REFERENCE_FAMILY)
     df["tlabel"] = track_labels(df)
+    df["ablation"] = [ablation_text(m, f) for m, f in zip(df["method"], df["label_fraction"])]
     return df
+
+
+def ablation_text(method: str, label_fraction: float) -> str:
+    """Why a row is listed apart from a track's ranked rows: a run on a fraction of the labels (the label-budget
+    curve) or a registered ablation of another method (``BaseMethod.ablation_of``); "" for a ranked row."""
+    parent = ablation_of(method)
+    if parent:
+        return f"ablation of {parent}"
+    if not pd.isna(label_fraction) and label_fraction < 1.0:
+        return f"label budget {label_fraction:.0%}"
+    return ""
+
+
+def ranked(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows a track ranks: every row but the ablations (:func:`ablation_text`)."""
+    return rows[~rows["ablation"].fillna("").astype(bool)] if "ablation" in rows else rows
 
 
 def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -214,8 +231,8 @@ def aggregate_points(df: pd.DataFrame) -> pd.DataFrame:
     """Ok records averaged over seeds: one row per (dataset, label, nprobe) with means, ``<col>_std``,
     ``n_seeds`` and the list of per-query sidecars."""
     ok = df[df["status"] == "ok"]
-    firsts = ["method", "family", "params", "nlist", "bytes_per_vector", "label_fraction", "track", "tlabel",
-              "layout", "query_side", "trained_on", "tuning", *SWEEPS]
+    firsts = ["method", "family", "params", "nlist", "bytes_per_vector", "label_fraction", "ablation", "track",
+              "tlabel", "layout", "query_side", "trained_on", "tuning", *SWEEPS]
     if ok.empty:
         return pd.DataFrame(columns=[*df.columns, *(f"{c}_std" for c in NUMERIC), "n_seeds"])
     groups = ok.groupby(["dataset", "label", "nprobe"], dropna=False, sort=True)
@@ -351,9 +368,9 @@ class Footnotes:
 def track_rows(selected: pd.DataFrame, df: pd.DataFrame, dataset: str, track: float) -> pd.DataFrame:
     """Every variant of ``track`` in the run, on ``dataset``: the selected (significance-marked) ok rows plus
     failed/missing ones, with ``status`` and ``reason`` (failures, flags, untested †)."""
-    variants = df[df["track"] == track].drop_duplicates("label")[["label", "tlabel", "method", "family"]]
+    variants = df[df["track"] == track].drop_duplicates("label")[["label", "tlabel", "method", "family", "ablation"]]
     sel = selected[(selected["dataset"] == dataset) & (selected["track"] == track)]
-    sel = sel.drop(columns=["method", "family", "dataset", "tlabel"])
+    sel = sel.drop(columns=["method", "family", "dataset", "tlabel", "ablation"], errors="ignore")
     out = variants.merge(sel, on="label", how="left").assign(dataset=dataset)
     failed = df[(df["dataset"] == dataset) & (df["status"] == "failed")]
     status, reasons = [], []
@@ -435,6 +452,17 @@ def display_track_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> p
                "code B/vec", "index B/vec", "train s", "seeds"]
     table = pd.DataFrame(out, columns=columns)
     table.attrs["row_links"] = links   # each row's variant label: the HTML page links it to its provenance
+    return table
+
+
+def display_apart_table(rows: pd.DataFrame, quality: str, notes: Footnotes) -> pd.DataFrame:
+    """The ablation rows of a track (:func:`ranked` leaves them out), formatted as the track table with why each is
+    apart in place of the *tie* column: they are in no tie group and no verdict; † keeps its meaning."""
+    table = display_track_table(rows, quality, notes)
+    order = list(rank_order(rows, quality)["ablation"].fillna(""))
+    table = table.drop(columns=["tie"])
+    table.insert(1, "Listed apart", order)
+    table.attrs["row_links"] = list(rank_order(rows, quality)["label"])
     return table
 
 
@@ -538,12 +566,14 @@ def _dagger_text(rows: pd.DataFrame, others: pd.DataFrame, quality: str, test: s
 
 
 def reference_line(points: pd.DataFrame, dataset: str, quality: str) -> str | None:
-    """One sentence on the uncompressed ceiling of ``dataset`` (None without a reference record)."""
+    """One sentence on the exact-search reference of ``dataset`` (None without a reference record): the
+    quality of the uncompressed embeddings, not an upper bound (a compressed index can score a little above it)."""
     ref = points[(points["dataset"] == dataset) & (points["family"] == REFERENCE_FAMILY)]
     if ref.empty:
         return None
     r = ref.sort_values(quality, ascending=False).iloc[0]
-    return (f"Ceiling (family `{REFERENCE_FAMILY}`, in no track): `{r['label']}` {quality} {r[quality]:.3f}, "
+    return (f"Exact search (family `{REFERENCE_FAMILY}`, in no track; a reference, not an upper bound): "
+            f"`{r['label']}` {quality} {r[quality]:.3f}, "
             f"R@100 {r['R@100']:.3f}, {r['bytes_per_vector']:g} B/vector, p50 {r['p50_ms']:.3f} ms.")
 
 
@@ -591,7 +621,7 @@ def glance(views: dict[str, pd.DataFrame], budgets: dict[str, Budget], quality: 
         cells = {"Dataset": dataset, "Track": track_name(track)}
         for view, title in (("exhaustive", "exhaustive"), ("pruned", budgets[dataset].text)):
             rows = views[view]
-            sub = rows[(rows["dataset"] == dataset) & (rows["track"] == track) & rows["fits"].map(is_true)]
+            sub = ranked(rows[(rows["dataset"] == dataset) & (rows["track"] == track) & rows["fits"].map(is_true)])
             sub = sub.dropna(subset=[quality])
             if sub.empty:
                 cells[f"best {title}"] = cells[f"{quality} ({view})"] = cells[f"tied with it ({view})"] = DASH
@@ -614,7 +644,7 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
     quality, 1 = best, ties share the mean rank; averaged over the datasets the variant has) and wins / ties / losses
     against each dataset's best reconstruction baseline (:func:`wins_ties_losses`). Rows by average, best first; the
     reference row, when given, comes first and is not ranked."""
-    sub = rows[(rows["track"] == track)].dropna(subset=[quality])
+    sub = ranked(rows[(rows["track"] == track)]).dropna(subset=[quality])
     sub = sub[sub["fits"].map(is_true)]
     table = sub.pivot_table(index=["tlabel", "family"], columns="dataset", values=quality, aggfunc="first")
     table = table.reindex(columns=datasets)
@@ -635,7 +665,7 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
     out = []
     if reference is not None and not reference.empty:
         ref = reference.groupby("dataset")[quality].max().reindex(datasets)
-        out.append({"Method": f"{reference['label'].iloc[0]} (ceiling, not ranked)", "Family": REFERENCE_FAMILY,
+        out.append({"Method": f"{reference['label'].iloc[0]} (exact search, not ranked)", "Family": REFERENCE_FAMILY,
                     **{d: _cell(ref[d]) for d in datasets},
                     "Average": _cell(ref.mean() if ref.notna().all() else math.nan), "Avg rank": DASH,
                     "W / T / L vs best recon.": DASH})
@@ -738,7 +768,7 @@ def pareto_table(front: pd.DataFrame, quality: str, reference: float | None) -> 
         "code B/vec": [f"{b:g}" for b in front["bytes_per_vector"]],
         "index B/vec": [DASH if pd.isna(v) else f"{v:.1f}" for v in front["index_bpv"]],
         quality: [f"{v:.3f}" for v in front[quality]],
-        "share of ceiling": [DASH if not reference else f"{v / reference:.1%}" for v in front[quality]]})
+        "vs exact search": [DASH if not reference else f"{v / reference:.1%}" for v in front[quality]]})
 
 
 # ---------------------------------------------------------------- peers (other implementations)
@@ -803,10 +833,86 @@ def _wide(rows: pd.DataFrame, index: list[str], metrics: tuple[str, ...], datase
     return wide.reindex(columns=pd.MultiIndex.from_product([datasets, list(metrics)]))
 
 
-def table2(rows: pd.DataFrame, datasets: list[str], index: str = "label") -> pd.DataFrame:
-    """Methods x (dataset, metric), like Distill-VQ's Table 2 (means over seeds); call it on one track."""
-    table = _wide(rows, [index], PAPER_METRICS, datasets).reindex(_by_family(rows, index))
-    return table.rename_axis("Method")
+def table2(rows: pd.DataFrame, datasets: list[str], index: str = "label",
+           reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Methods x (dataset, metric), like Distill-VQ's Table 2 (means over seeds); call it on one track. Ablation rows
+    are left out (the label-budget and ablation tables have them); ``reference`` rows (exact search), when given, come
+    first as "<label> (exact search)". ``attrs``: ``std`` (the seeds' std, same shape), ``marks`` ("†" where the row
+    is significantly better than the track's best reconstruction baseline, quality measure only), ``family`` (per
+    row) and ``reference`` (the reference row's name or None): :func:`write_table2` prints them."""
+    rows = ranked(rows)
+    order = _by_family(rows, index)
+    table = _wide(rows, [index], PAPER_METRICS, datasets).reindex(order)
+    seeds = rows["n_seeds"] if "n_seeds" in rows else pd.Series(1, index=rows.index)
+    std_src, sig_src = rows[[index, "dataset"]].copy(), rows[[index, "dataset"]].copy()
+    for m in PAPER_METRICS:   # the seeds' std (none with one seed); † only on the quality measure (the first)
+        std_src[m] = rows[f"{m}_std"].where(seeds > 1) if f"{m}_std" in rows else math.nan
+        sig_src[m] = (rows["significant"].map(lambda v: "†" if is_true(v) else "")
+                      if m == PAPER_METRICS[0] and "significant" in rows else "")
+    std = _wide(std_src, [index], PAPER_METRICS, datasets).reindex(order)
+    marks = _wide(sig_src, [index], PAPER_METRICS, datasets).reindex(order).fillna("")
+    family = rows.drop_duplicates(index).set_index(index)["family"].reindex(order)
+    name = None
+    if reference is not None and not reference.empty:
+        ref = reference.drop_duplicates("dataset")
+        name = f"{ref['label'].iloc[0]} (exact search)"
+        line = _wide(ref.assign(_name=name), ["_name"], PAPER_METRICS, datasets)
+        table = pd.concat([line.set_axis([name]), table])
+        std = pd.concat([line.set_axis([name]) * math.nan, std])
+        marks = pd.concat([pd.DataFrame("", index=[name], columns=line.columns), marks])
+        family = pd.concat([pd.Series({name: REFERENCE_FAMILY}), family])
+    table = table.rename_axis("Method")
+    table.attrs.update(std=std.set_axis(table.index), marks=marks.set_axis(table.index),
+                       family=family.set_axis(table.index), reference=name)
+    return table
+
+
+def write_table2(table: pd.DataFrame, directory: Path, stem: str, caption: str) -> list[Path]:
+    """``stem.csv`` (family, then per dataset and metric the mean and its std over seeds, 4 decimals) and ``stem.tex``:
+    booktabs, rows grouped by family under an italic family line, "mean ± std" cells (the std in small type, none
+    with one seed), † after the quality measure of significant rows, the best mean of each column in bold (the
+    exact-search reference row first, never bold)."""
+    std, marks, family = table.attrs["std"], table.attrs["marks"], table.attrs["family"]
+    csv, tex = directory / f"{stem}.csv", directory / f"{stem}.tex"
+    flat = pd.DataFrame({"Family": family}, index=table.index)
+    for column in table.columns:
+        flat["/".join(column)] = table[column]
+        flat["/".join(column) + " std"] = std[column]
+    write_text(csv, flat.to_csv(float_format="%.4f"))
+    ranked_rows = [i for i in table.index if i != table.attrs["reference"]]
+    best = {c: table.loc[ranked_rows, c].max() for c in table.columns}
+    groups = list(dict.fromkeys(table.columns.get_level_values(0)))
+    width = 1 + len(table.columns)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}", rf"\label{{tab:{stem}}}",
+             rf"\begin{{tabular}}{{l{'r' * len(table.columns)}}}", r"\toprule",
+             " & ".join([""] + [rf"\multicolumn{{{int((table.columns.get_level_values(0) == g).sum())}}}{{c}}"
+                                rf"{{{latex_escape(g)}}}" for g in groups]) + r" \\",
+             " ".join(rf"\cmidrule(lr){{{2 + i * len(PAPER_METRICS)}-{1 + (i + 1) * len(PAPER_METRICS)}}}"
+                      for i in range(len(groups))),
+             " & ".join(["Method"] + [latex_escape(c[1]) for c in table.columns]) + r" \\"]
+    current = None
+    for name in table.index:
+        if family[name] != current:
+            current = family[name]
+            lines += [r"\midrule", rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(current)}}}}} \\"]
+        cells = [latex_escape(name)]
+        for column in table.columns:
+            value = table.at[name, column]
+            if pd.isna(value):
+                cells.append("--")
+                continue
+            text = f"{value:.3f}"
+            if name != table.attrs["reference"] and value == best[column]:
+                text = rf"\textbf{{{text}}}"
+            if not pd.isna(std.at[name, column]):
+                text += rf"{{\scriptsize$\pm${std.at[name, column]:.3f}}}"
+            if marks.at[name, column]:
+                text += r"$^\dagger$"
+            cells.append(text)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    write_text(tex, "\n".join(lines) + "\n")
+    return [csv, tex]
 
 
 def table3(rows: pd.DataFrame, datasets: list[str]) -> pd.DataFrame | None:
@@ -853,7 +959,9 @@ def write_table(table: pd.DataFrame, directory: Path, stem: str, caption: str,
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", DASH: "--"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", DASH: "--",
+                  "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "◆": r"$\diamond$", "≤": r"$\le$",
+                  "≥": r"$\ge$", "Δ": r"$\Delta$", "×": r"$\times$"}
 
 
 def latex_escape(text: Any) -> str:
