@@ -217,9 +217,13 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
             path = f"indexes/{fid}.faiss"
             files[path] = faiss.serialize_index(index).tobytes()
             facts["path"] = path
+        dev = ds.meta.get("dev") or {}
         setup = {"layout": "IVF" if ivf_nlist(index) else "no IVF",
                  "query_side": query_side,
-                 "train_queries": info.get("train_queries_from")}
+                 "train_queries": info.get("train_queries_from"),
+                 # a split carved out of the labeled train queries (dev_queries) is a tuning split, not a test one
+                 "eval_split": {"name": split.name, **({"carved_from_train": int(dev["queries"]),
+                                                        "seed": int(dev.get("seed", 0))} if dev else {})}}
         records = []
         sweep = planned_sweep(ivf_nlist(index), settings)
         for nprobe in sweep:

@@ -36,6 +36,17 @@ def test_index_lists_every_report_and_pages_link_back(site):
         assert '<a href="../index.html">&larr; all reports</a>' in page and 'id="row-provenance"' in page
     assert "not-a-report" not in text and "cdn" not in text.lower() and "http" not in text
     assert 'data-track="16" data-point="exhaustive"' in text        # a cross-dataset table per track and point
+    assert "<td>test</td>" in text and "development (tuning" not in text   # the fixtures evaluate on test splits
+
+
+def test_development_splits_are_named():
+    """A dataset evaluated on a split carved from its labeled train queries is a development split (recorded since
+    setup.eval_split existed; older records by the "-dev" alias convention); MS MARCO's dev split is not one."""
+    from benchmark.report.tables import development_splits
+    carved = {"dataset": "wn", "split": "dev", "setup": {"eval_split": {"name": "dev", "carved_from_train": 2000}}}
+    old = {"dataset": "debian-desc-dev", "split": "dev", "setup": {}}
+    msmarco = {"dataset": "msmarco", "split": "dev", "setup": {"eval_split": {"name": "dev"}}}
+    assert development_splits([carved, old, msmarco, {"dataset": "x", "split": "test"}]) == ["debian-desc-dev", "wn"]
 
 
 def test_site_cli_refuses_an_empty_root(tmp_path, capsys):
@@ -59,10 +70,10 @@ def test_sorting_filtering_links_and_widths(site):
         table = driver.find_element("css selector", "#glance + p + div table")
         first = lambda: driver.execute_script(  # noqa: E731
             "return Array.from(arguments[0].tBodies[0].rows).filter(r => r.style.display !== 'none')"
-            ".map(r => r.cells[1].textContent);", table)
+            ".map(r => r.cells[2].textContent);", table)
         driver.execute_script("document.getElementById('track').value = 'all'; applyFilters();")
         before = first()
-        head = table.find_elements("css selector", "th")[1]      # Dataset: text, first click ascending
+        head = table.find_elements("css selector", "th")[2]      # Dataset: text, first click ascending
         head.click()
         after = first()
         assert len(set(before)) == 2 and after == sorted(before)

@@ -79,6 +79,12 @@ def test_the_tuner_sees_only_the_dev_split(tuned):
     assert code == 0 and seen and set(seen) == {"dev"}
     records, problems = read_records(tmp / "out" / "results.jsonl")
     assert not problems and {r["split"] for r in records} == {"dev"}
+    # every record says its split was carved out of the labeled train queries: the report calls it a development split
+    assert {json.dumps(r["setup"]["eval_split"], sort_keys=True) for r in records} == {
+        json.dumps({"name": "dev", "carved_from_train": 300, "seed": 0}, sort_keys=True)}
+    from benchmark.report.document import build_report
+    build_report(tmp / "out", out_dir=tmp / "report")
+    assert "**Development split, not a test result**: `quick-dev`" in (tmp / "report" / "leaderboard.md").read_text()
 
 
 def test_every_method_gets_the_same_budget_and_trial_0_is_its_defaults(tuned):

@@ -124,6 +124,13 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
                     f"{len(datasets)} dataset(s), tracks (code bytes/vector): "
                     f"{', '.join(rt.track_name(t) for t in tracks) or 'none'}. Quality measure: **{quality}**. "
                     f"Values are mean ± std over seeds (plain value with one seed).")
+    dev = rt.development_splits(records)
+    summary["development"] = dev
+    if dev:
+        doc.add("text", f"**Development split, not a test result**: {', '.join(f'`{d}`' for d in dev)} "
+                        f"evaluate(s) on labeled train queries held out from training to choose params (tuning, "
+                        f"defaults, ablations). The test split is never loaded here; test results are in the "
+                        f"reports that use the chosen params.")
     doc.add("text", "How to read it: methods compete only inside a **track** (the same code size in bytes per "
                     "vector); nothing here ranks across tracks. Each track is ranked twice: **exhaustive** (the "
                     "quantizer alone: nprobe = nlist, or no IVF) and **pruned** (IVF scanning a fixed share of its "

@@ -107,14 +107,15 @@ def render_index(summaries: dict[str, dict[str, Any]]) -> str:
              '<option value="exhaustive" selected>exhaustive</option><option value="pruned">pruned</option>'
              "</select></label></p>"]
     # at a glance: one row per report, dataset and track
-    columns = ["Report", "Dataset", "Track", "best exhaustive", "exhaustive", "tied with it (exhaustive)",
+    columns = ["Report", "Split", "Dataset", "Track", "best exhaustive", "exhaustive", "tied with it (exhaustive)",
                "best pruned", "pruned"]
     rows, attrs, report_links, dataset_links = [], [], [], []
     for name, s in summaries.items():
         for g in s.get("glance", []):
             pruned_key = next((k for k in g if k.startswith("best ") and k != "best exhaustive"), None)
             quality = s.get("quality", "nDCG@10")
-            rows.append([name, g["Dataset"], g["Track"], g.get("best exhaustive", "—"),
+            rows.append([name, "dev" if g["Dataset"] in s.get("development", []) else "test", g["Dataset"],
+                         g["Track"], g.get("best exhaustive", "—"),
                          g.get(f"{quality} (exhaustive)", "—"), g.get("tied with it (exhaustive)", "—"),
                          g.get(pruned_key, "—") if pruned_key else "—", g.get(f"{quality} (pruned)", "—")])
             attrs.append({"track": str(g["Track"]).split(" ")[0]})
@@ -122,7 +123,8 @@ def render_index(summaries: dict[str, dict[str, Any]]) -> str:
             dataset_links.append(f"{name}/{PAGE}#{slug(str(g['Dataset']))}")
     parts += ['<h2 id="glance">At a glance</h2>',
               "<p>The best variant of every report, dataset and track (click a header to sort; the selectors "
-              "filter by track).</p>", _table(columns, rows, attrs, {0: report_links, 1: dataset_links}, wrap=True)]
+              "filter by track; *dev* rows are development splits that chose params, not test results).</p>",
+              _table(columns, rows, attrs, {0: report_links, 2: dataset_links}, wrap=True)]
     # across datasets
     cross = [(name, s) for name, s in summaries.items() if s.get("cross_dataset")]
     if cross:
@@ -141,12 +143,14 @@ def render_index(summaries: dict[str, dict[str, Any]]) -> str:
                              f'{html.escape(point)}</h4>{_table(columns, [[r[c] for c in columns] for r in table])}'
                              "</div>")
     # the reports
-    columns = ["Report", "Datasets", "Tracks (B)", "Records", "Quality measure", "Pruned point"]
+    columns = ["Report", "Split", "Datasets", "Tracks (B)", "Records", "Quality measure", "Pruned point"]
     rows, links = [], []
     for name, s in summaries.items():
         datasets = sorted({g["Dataset"] for g in s.get("glance", [])})
         rule = "; ".join(f"{ds}: {b.get('how', '')}" for ds, b in (s.get("latency_budget_ms") or {}).items())
-        rows.append([name, ", ".join(datasets), ", ".join(sorted({str(g["Track"]) for g in s.get("glance", [])})),
+        split = "development (tuning, not test)" if s.get("development") else "test"
+        rows.append([name, split, ", ".join(datasets),
+                     ", ".join(sorted({str(g["Track"]) for g in s.get("glance", [])})),
                      s.get("records", 0), s.get("quality", ""), rule[:160]])
         links.append(f"{name}/{PAGE}")
     parts += ['<h2 id="reports">Reports</h2>', _table(columns, rows, None, {0: links}, wrap=True)]

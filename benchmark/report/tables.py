@@ -91,6 +91,19 @@ def ablation_text(method: str, label_fraction: float) -> str:
     return ""
 
 
+def development_splits(records: list[dict[str, Any]]) -> list[str]:
+    """The datasets of ``records`` evaluated on a development split: one carved out of the labeled train queries
+    (``setup.eval_split.carved_from_train``, recorded since it existed; before that, split ``dev`` of a dataset alias
+    ending in ``-dev``, the convention of every dev config here). MS MARCO's ``dev`` (dev.small) is its evaluation
+    split, not a development one."""
+    out = set()
+    for rec in records:
+        carved = ((rec.get("setup") or {}).get("eval_split") or {}).get("carved_from_train")
+        if carved or (rec.get("split") == "dev" and str(rec.get("dataset", "")).endswith("-dev")):
+            out.add(str(rec.get("dataset")))
+    return sorted(out)
+
+
 def ranked(rows: pd.DataFrame) -> pd.DataFrame:
     """The rows a track ranks: every row but the ablations (:func:`ablation_text`)."""
     return rows[~rows["ablation"].fillna("").astype(bool)] if "ablation" in rows else rows
