@@ -458,6 +458,7 @@ def test_html_self_contained(run):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert page.count('<div class="scroll"><table class="sortable">') == page.count("<table")  # no overflow
     assert "CUDA out of memory" in page and "†" in page and "<em>index B/vec</em>" in page
+    assert '<a href="tables/table2_16B.csv"><code>tables/table2_16B.csv</code></a>' in page   # files are links
     links, ids = re.findall(r'href="#([^"]+)"', page), re.findall(r' id="([^"]+)"', page)
     assert len(ids) == len(set(ids)) and set(links) <= set(ids)  # the contents list points at unique anchors
     assert {"toy-a", "toy-a-track-16-b-vector", "toy-b-track-16-b-vector", "across-datasets"} <= set(links)

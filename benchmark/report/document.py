@@ -364,7 +364,8 @@ def _paper_tables(doc: rt.Doc, rows: pd.DataFrame, datasets: list[str], tracks: 
         write = rt.write_table2 if stem.startswith("table2_") else rt.write_table
         paths = write(table, out / "tables", stem, caption)
         written.update({p.relative_to(out).as_posix(): p for p in paths})
-        items.append(f"{stem}: " + ", ".join(f"`{p.relative_to(out).as_posix()}`" for p in paths))
+        items.append(f"{stem}: " + ", ".join(f"[`{p.relative_to(out).as_posix()}`]({p.relative_to(out).as_posix()})"
+                                             for p in paths))
     doc.add("list", items)
     return written
 

@@ -180,7 +180,8 @@ def table_cell(value) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape, then turn Markdown ``code``, **bold** and *italic* spans into tags."""
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    """Escape, then turn Markdown links ``[text](relative/path)``, ``code``, **bold** and *italic* spans into tags."""
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', html.escape(text, quote=False))
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
     return re.sub(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])", r"<em>\1</em>", text)
