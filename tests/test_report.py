@@ -615,3 +615,25 @@ def test_ablation_rows_are_listed_apart(run):
     from benchmark.report.tables import ablation_text
     assert ablation_text("distill-vq-pq-only", float("nan")) == "ablation of distill-vq"
     assert ablation_text("distill-vq", 1.0) == "" and ablation_text("no-such-method", 0.25) == "label budget 25%"
+
+
+def test_label_budget_plot_draws_a_run_without_the_param_at_100_percent(tmp_path):
+    """The full-data run of a swept variant often has no label_fraction param (NaN): it is drawn at 100%, and the
+    panel is drawn at all (a NaN tick once left the whole panel blank)."""
+    import matplotlib.image
+
+    from benchmark.report import plots
+    rows = pd.DataFrame([{"track": 16.0, "nDCG@10": v, "nDCG@10_std": 0.002, "label_fraction": f,
+                          "base_label_fraction": "distill-vq (M=16)", "tlabel": "distill-vq", "family": "distillation",
+                          "method": "distill-vq"}
+                         for f, v in ((float("nan"), 0.50), (0.01, 0.40), (0.1, 0.45))]
+                        + [{"track": 16.0, "nDCG@10": v, "nDCG@10_std": 0.002, "label_fraction": f,
+                            "base_label_fraction": "jpq (M=16)", "tlabel": "jpq", "family": "contrastive",
+                            "method": "jpq"} for f, v in ((1.0, 0.52), (0.01, 0.41), (0.1, 0.46))]
+                        + [{"track": 16.0, "nDCG@10": 0.39, "nDCG@10_std": 0.0, "label_fraction": float("nan"),
+                            "base_label_fraction": "faiss-opq", "tlabel": "faiss-opq", "family": "reconstruction",
+                            "method": "faiss-opq"}])
+    path = plots.label_budget(rows, "nDCG@10", 0.6, "t", tmp_path / "lb.png")
+    image = matplotlib.image.imread(path)
+    panel = image[:, : image.shape[1] // 2, :3]               # the panel (the legend is on the right)
+    assert (panel.mean(axis=2) < 0.9).mean() > 0.02             # ink: axes, grid, the curve; ~0.3% when blank

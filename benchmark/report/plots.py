@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from benchmark._io import atomic_path
 from benchmark.registry import FAMILIES, REFERENCE_FAMILY
@@ -255,6 +255,8 @@ def label_budget(rows: pd.DataFrame, quality: str, reference: float | None, titl
         return None
     tracks = sorted({t for t, _ in swept.index})
     curves = rows[rows.set_index(["track", "base_label_fraction"]).index.isin(swept.index)]
+    # a swept variant's run without the param trains on every labeled query: its point sits at 100%
+    curves = curves.assign(label_fraction=curves["label_fraction"].fillna(1.0))
     style = styles(curves.assign(tlabel=curves["base_label_fraction"]))
     fig, axes = _panels(len(tracks))
     flat_handles = []
@@ -269,13 +271,16 @@ def label_budget(rows: pd.DataFrame, quality: str, reference: float | None, titl
         for family, fam in others.groupby("family"):
             best = fam.loc[fam[quality].idxmax()]
             ax.axhline(best[quality], color=family_colour(family), ls="--", lw=1.2)
-            ax.annotate(f"{best['tlabel']} (no label_fraction param)", (0.02, best[quality]),
-                        xycoords=("axes fraction", "data"), fontsize=7, color=family_colour(family), va="bottom")
+            ax.annotate(f"{best['tlabel']} (no label_fraction param)", (0.98, best[quality]),   # right: the
+                        xycoords=("axes fraction", "data"), fontsize=7, color=family_colour(family), va="bottom",
+                        ha="right")                                      # curves start low at the left
             flat_handles.append(family)
         if reference is not None:
             ax.axhline(reference, color="black", lw=1.2)
-        ticks = sorted(sub["label_fraction"].unique())
+        ticks = sorted(sub["label_fraction"].dropna().unique())
+        ax.set_xscale("log")   # fractions span 1% to 100%: log spacing keeps their ticks apart
         ax.set_xticks(ticks, [f"{t:.0%}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_title(f"{track_name(track)}/vector")
         ax.set_xlabel("fraction of labeled training queries")
     axes[0].set_ylabel(f"{quality} (mean ± std over seeds)")
