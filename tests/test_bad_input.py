@@ -69,7 +69,7 @@ CASES = [
      ["error: --param 'M': expected KEY=VALUE, e.g. --param M=32"]),
     ("param-undeclared", ["--methods", "faiss-pq", "--param", "bogus=1"], {},
      ["error: --param ['bogus']: no selected method declares it; params of the selected methods: "
-      "['M', 'max_train_points']"]),
+      "['M', 'max_train_points', 'pq_assign']"]),
     ("nprobes-0", ["--nprobes", "0", "--quick"], {},
      ["error: --nprobes: expected comma-separated integers >= 1 (e.g. 1,4,16), got '0'"]),
     ("nprobes-abc", ["--nprobes", "abc", "--quick"], {},
