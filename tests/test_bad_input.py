@@ -62,7 +62,8 @@ CASES = [
      ["error: --param nlist=0: faiss-ivfpq: nlist=0: expected int >= 1"]),
     ("param-M-abc", ["--methods", "faiss-pq", "--param", "M=abc"], {},
      ["error: --param M=abc: faiss-pq: M='abc': expected int >= 1"]),
-    ("param-M-0", ["--methods", "faiss-pq", "--param", "M=0"], {}, ["error: --param M=0: faiss-pq: M=0: expected int >= 1"]),
+    ("param-M-0", ["--methods", "faiss-pq", "--param", "M=0"], {},
+     ["error: --param M=0: faiss-pq: M=0: expected int >= 1"]),
     ("param-M-neg", ["--methods", "faiss-pq", "--param", "M=-4"], {},
      ["error: --param M=-4: faiss-pq: M=-4: expected int >= 1"]),
     ("param-no-equals", ["--methods", "faiss-pq", "--param", "M"], {},
@@ -186,8 +187,8 @@ def test_M_not_dividing_the_dim_is_found_before_training(tmp_path, capsys, monke
     monkeypatch.setattr(runner, "execute_fit", lambda *a, **k: pytest.fail("a fit started"))
     code, _, err = run(capsys, "--quick", "--methods", "faiss-opq", "--param", "M=5", "--out", str(tmp_path))
     assert code == 2
-    assert "error: synthetic:quick faiss-opq(M=5,opq_niter=5) seed=0: M=5 must be a positive divisor of the embedding dim 64" \
-           in err
+    assert ("error: synthetic:quick faiss-opq(M=5,opq_niter=5) seed=0: M=5 must be a positive divisor of the "
+            "embedding dim 64") in err
 
 
 def test_failed_fits_exit_1_with_a_summary_and_keep_their_records(tmp_path, capsys, monkeypatch):
