@@ -30,6 +30,11 @@ Rules:
   CPU seconds of this process, train seconds); ``tuning.md`` sums them per method, so a cheap objective is not
   hidden behind an expensive one. ``best.toml`` holds each method's chosen params as ``[[runs]]`` tables for the
   test config.
+- **Shards.** ``--shard i/n`` tunes every n-th study (round robin over the plan's studies) into its own ``--out``;
+  each study's trials are the same as in one process (a study's sampler sees only its own trials), so n processes
+  or machines share the budget's wall time, not its trials. ``--merge DIR [DIR ...]`` joins the shards' records and
+  traces into ``--out`` (or the config's out) and writes the chosen configs and the budget table of the whole tuning;
+  a study whose trial has different fits in two shards is refused.
 """
 from __future__ import annotations
 
@@ -45,11 +50,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmark._io import write_text
-from benchmark.config import ConfigError, Job, Plan, load_config, plan
+from benchmark.config import ConfigError, Job, Plan, load_config, plan, select_shard
 from benchmark.data import RetrievalDataset
 from benchmark.metrics import MEASURES
 from benchmark.params import Space, search_space
-from benchmark.records import read_records
+from benchmark.records import RecordError, merge_results, read_records
 from benchmark.registry import MethodError, get_method
 
 TUNE_KEYS = ("trials", "sampler_seed", "measure", "nprobe")
@@ -265,12 +270,57 @@ class Tuner:
                 "sampler": f"optuna.TPESampler(seed={self.settings.sampler_seed})"}
 
     def _write(self, trace: list[dict[str, Any]]) -> None:
-        """The whole trace (this run's view, resumed trials included), the chosen configs and the budget table."""
-        folder = self.trials_path.parent
-        write_text(self.trials_path, "".join(json.dumps(t, sort_keys=True) + "\n" for t in trace))
-        write_text(folder / "best.json", json.dumps(best_configs(trace), indent=1, sort_keys=True) + "\n")
-        write_text(folder / "best.toml", best_toml(trace, self.trials_path.as_posix()))
-        write_text(folder / "tuning.md", budget_table(trace, self.settings))
+        write_trace(self.trials_path, trace, self.settings)
+
+
+def write_trace(path: Path, trace: list[dict[str, Any]], settings: TuneSettings) -> None:
+    """The whole trace at ``path`` (a run's view, resumed trials included) and beside it the chosen configs
+    (best.json, best.toml) and the budget table (tuning.md)."""
+    folder = path.parent
+    write_text(path, "".join(json.dumps(t, sort_keys=True) + "\n" for t in trace))
+    write_text(folder / "best.json", json.dumps(best_configs(trace), indent=1, sort_keys=True) + "\n")
+    write_text(folder / "best.toml", best_toml(trace, path.as_posix()))
+    write_text(folder / "tuning.md", budget_table(trace, settings))
+
+
+def _study_key(t: dict[str, Any]) -> tuple[str, str, str]:
+    return t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True)
+
+
+def shard_jobs(jobs: list[Job], shard: str | None) -> list[Job]:
+    """The jobs of the studies in shard ``i/n`` (every n-th study of the plan, from the i-th)."""
+    keep = {(st.dataset, st.method, st.fixed) for st in select_shard(studies(jobs), shard)}
+    return [j for j in jobs if (j.dataset, j.method, tuple(sorted(j.params.items()))) in keep]
+
+
+def merge_traces(traces: dict[str, list[dict[str, Any]]], order: list[Study]) -> list[dict[str, Any]]:
+    """One trace from several (by where each was read): one entry per (study, trial), the one that carries its
+    seconds where only one does, in round-robin order (trial, then the plan's study order). The same trial with
+    different fits in two traces (shards of different configs or code) raises :class:`ConfigError`."""
+    rank = {(st.dataset, st.method, json.dumps(dict(st.fixed), sort_keys=True)): k for k, st in enumerate(order)}
+    merged: dict[tuple, tuple[str, dict[str, Any]]] = {}
+    problems = []
+    for where, trace in traces.items():
+        for t in trace:
+            key = (*_study_key(t), t["trial"])
+            if key not in merged or merged[key][1].get("cpu_seconds") is None and t.get("cpu_seconds") is not None:
+                if key in merged and merged[key][1]["fit_id"] != t["fit_id"]:
+                    problems.append(f"{t['dataset']} {t['method']} trial {t['trial']}: fit {t['fit_id']} in "
+                                    f"{where}, {merged[key][1]['fit_id']} in {merged[key][0]}")
+                merged[key] = (where, t)
+            elif merged[key][1]["fit_id"] != t["fit_id"]:
+                problems.append(f"{t['dataset']} {t['method']} trial {t['trial']}: fit {t['fit_id']} in {where}, "
+                                f"{merged[key][1]['fit_id']} in {merged[key][0]}")
+    if problems:
+        raise ConfigError(problems + ["--merge: these traces are not shards of one tuning (same config, same "
+                                      "code): merge only the shards of one run"])
+    return sorted((t for _, t in merged.values()), key=lambda t: (t["trial"], rank.get(_study_key(t), len(rank))))
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The trials of a trace file (none when it is missing)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def best_configs(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -404,6 +454,25 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _merge(out: Path, shards: list[Path], order: list[Study], settings: TuneSettings,
+           argv: list[str] | None) -> int:
+    """``--merge``: the shards' records and traces joined into ``out`` (under its lock; a shard still being tuned
+    is refused), then the whole tuning's chosen configs and budget table."""
+    from benchmark.lock import check_unlocked, folder_lock
+    shards = [d for d in shards if d.resolve() != out.resolve()]
+    problems = [f"--merge: {d} holds no tuning (no {d / 'results.jsonl'} and {d / TRIALS_FILE})" for d in shards
+                if not ((d / "results.jsonl").is_file() and (d / TRIALS_FILE).is_file())]
+    problems += [p for d in shards for p in check_unlocked(d, "--merge")]
+    if problems:
+        raise ConfigError(problems)
+    trace = merge_traces({str(d / TRIALS_FILE): read_trace(d / TRIALS_FILE) for d in [out, *shards]}, order)
+    with folder_lock(out, " ".join(["python -m benchmark.tune", *(argv or sys.argv[1:])])):
+        n = merge_results([d / "results.jsonl" for d in shards], out / "results.jsonl")
+        write_trace(out / TRIALS_FILE, trace, settings)
+    print(f"merged {len(shards)} shard(s) into {out}: {n} records, {len(trace)} trials")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmark.harness import SearchSettings
     from benchmark.lock import folder_lock
@@ -420,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status", action="store_true", help="print where the tuning stands (trials per study, best dev "
                                                          "value, CPU seconds spent and left) and exit: reads the "
                                                          "trace only, safe beside a running tuning")
+    p.add_argument("--shard", metavar="I/N", help="tune only every N-th study of the plan, from the I-th (0-based), "
+                                                  "into this shard's own --out; join the shards with --merge")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="join shard folders (each tuned with --shard) into "
+                                                             "--out (default: the config's out): records, sidecars "
+                                                             "and traces; then the chosen configs and budget table")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -427,13 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.trials is not None:
             settings = tune_settings({**cfg.get("tune", {}), "trials": args.trials}, "--trials")
         planned = plan(config=args.config, methods=args.methods)
+        planned = Plan(shard_jobs(planned.jobs, args.shard), planned.datasets, planned.search, planned.out)
         out = Path(args.out or planned.out or "reports/tuning")
         if args.status:
-            path = out / TRIALS_FILE
-            lines = path.read_text().splitlines() if path.exists() else []
-            trace = [json.loads(line) for line in lines if line.strip()]
-            print(status(studies(planned.jobs), trace, settings))
+            print(status(studies(planned.jobs), read_trace(out / TRIALS_FILE), settings))
             return 0
+        if args.merge:
+            return _merge(out, [Path(d) for d in args.merge], studies(planned.jobs), settings, argv)
         _, problems = read_records(out / "results.jsonl")   # a torn line anywhere: refused before any work
         if problems:
             raise ConfigError(problems + [f"{out / 'results.jsonl'} has unreadable lines (above): move them aside "
@@ -447,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                 Tuner(runner, settings).run(planned)
         finally:
             signal.signal(signal.SIGTERM, previous)
-    except (ConfigError, MethodError) as exc:
+    except (ConfigError, MethodError, RecordError) as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2

@@ -268,3 +268,36 @@ def test_status_reads_the_trace_and_prices_the_rest_per_study(tuned, capsys):
     assert tune.main(["--config", str(_config(tmp)), "--status"]) == 0
     printed = capsys.readouterr().out
     assert "quick-dev jpq(M=8,epochs=0.5,opq_niter=5)" in printed and "3/3" in printed and "~0 CPU s left" in printed
+
+
+def test_shards_tune_the_same_trials_and_merge_into_one_tuning(tuned, tmp_path, monkeypatch, capsys):
+    tmp, _, _ = tuned
+    monkeypatch.setenv("VQBENCH_DATA_DIR", str(tmp / "cache"))
+    config = _config(tmp)
+    for i in (0, 1):
+        assert tune.main(["--config", str(config), "--threads", "1", "--shard", f"{i}/2",
+                          "--out", str(tmp_path / f"s{i}")]) == 0
+    shard0 = tune.read_trace(tmp_path / "s0" / tune.TRIALS_FILE)
+    assert {t["method"] for t in shard0} == {"jpq", "test-tunable"}      # studies 0 and 2 of the plan's four
+    assert tune.main(["--config", str(config), "--out", str(tmp_path / "all"),
+                      "--merge", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
+    assert "merged 2 shard(s)" in capsys.readouterr().out
+
+    def trials(folder):   # what a study asked and got, per trial
+        return [(t["method"], json.dumps(t["fixed"], sort_keys=True), t["trial"], t["fit_id"], t["value"])
+                for t in tune.read_trace(folder / tune.TRIALS_FILE)]
+    assert trials(tmp_path / "all") == trials(tmp / "out")                  # the same trials, in round-robin order
+    one, merged = (read_records(f / "results.jsonl")[0] for f in (tmp / "out", tmp_path / "all"))
+    assert sorted(r["fit_id"] for r in merged) == sorted(r["fit_id"] for r in one)
+    assert all((tmp_path / "all" / r["per_query"]).exists() for r in merged if r.get("per_query"))
+    def picks(folder):    # each study's chosen config (the seconds are each process's own)
+        return [(b["method"], b["params"], b["trial"], b["dev_value"], b["trials"])
+                for b in json.loads((folder / "tuning" / "best.json").read_text())]
+    assert picks(tmp_path / "all") == picks(tmp / "out")
+    # a shard of another tuning (a trial with a different fit) is refused, naming the trial
+    t = tune.read_trace(tmp_path / "s1" / tune.TRIALS_FILE)
+    t[-1] = {**t[-1], "fit_id": "0" * 16}
+    (tmp_path / "s1" / tune.TRIALS_FILE).write_text("".join(json.dumps(x) + "\n" for x in t))
+    assert tune.main(["--config", str(config), "--out", str(tmp_path / "all"), "--merge", str(tmp_path / "s1")]) == 2
+    err = capsys.readouterr().err
+    assert f"trial {t[-1]['trial']}: fit 0000000000000000" in err and "not shards of one tuning" in err
