@@ -4,7 +4,9 @@ Reads no vectors: a dataset's sizes come from the ``.npy`` headers (``npy:``), l
 BEIR catalog (``msmarco``, ``beir/<name>``) or the generator's options (``synthetic``). Per dataset and distinct
 (method, params) it prints every stage of a fit (faiss init, teacher top-K / negative mining, training, index build,
 exact reference top-k, evaluation) with its estimated seconds on this machine and on a GPU, its anonymous memory and
-its disk, then the totals for the planned seeds.
+its disk, then the totals for the planned seeds. The totals are what the command would do now: fits already recorded
+in the output folder are resumed, not run again, and a stage whose result is cached (the faiss init per layout and
+seed, the teacher's top-K per dataset, the exact reference per run) is counted once, not once per fit.
 
 The model is operation counts over rates measured now (:class:`Rates`), nothing fitted, each on all cores: float work
 in large matrix products (IVF k-means and assignment, the OPQ rotation, exact top-k) at the sgemm rate; sub-quantizer
@@ -61,6 +63,7 @@ class Facts:
     texts: bool          # its vectors are encoded from texts (unless cached)
     encoder: str | None
     source: str
+    split: str = "test"  # the split evaluated (what a record's fit id names)
 
 
 @dataclass
@@ -119,24 +122,27 @@ def dataset_facts(loader: str, options: dict[str, Any]) -> Facts:
         qrels = _find_qrels_dir(folder, options.get("qrels_dir"))
         train = _qrels_queries(qrels / "train.tsv")
         evaluated = dev or _qrels_queries(qrels / f"{split}.tsv")
-        return Facts(docs, dim, train - dev, evaluated, False, options.get("encoder"), "npy headers, qrels")
+        return Facts(docs, dim, train - dev, evaluated, False, options.get("encoder"), "npy headers, qrels",
+                     "dev" if dev else split)
     if loader.startswith("synthetic"):
         values = {k: p.default for k, p in OPTIONS.items()}
         values.update(SYNTHETIC_PRESETS.get(rest or "default", {}))
         values.update({k: v for k, v in options.items() if k in values})
         return Facts(values["num_docs"], values["dim"], values["num_train"] + values["num_unlabeled"] - dev,
-                     dev or values["num_test"], False, None, "generator options")
+                     dev or values["num_test"], False, None, "generator options", "dev" if dev else "test")
     model = options.get("model") or "minilm"
     dim = encoder_info(model).get("dim") or 768
     if prefix == "beir" and rest:
         folder = Path(rest)
         split = options.get("split") or "test"
         return Facts(_count_lines(folder / "corpus.jsonl"), dim, _qrels_queries(folder / "qrels" / "train.tsv") - dev,
-                     dev or _qrels_queries(folder / "qrels" / f"{split}.tsv"), True, model, "line counts")
+                     dev or _qrels_queries(folder / "qrels" / f"{split}.tsv"), True, model, "line counts",
+                     "dev" if dev else split)
     name = loader.split("/", 1)[1] if "/" in loader else loader
     entry = load_catalog().get(name, {})
     return Facts(int(entry.get("num_docs", 0)), dim, int(entry.get("num_train_queries", 0)) - dev,
-                 dev or int(entry.get("num_queries", 0)), True, model, "BEIR catalog")
+                 dev or int(entry.get("num_queries", 0)), True, model, "BEIR catalog",
+                 "dev" if dev else options.get("split") or entry.get("eval_split", "test"))
 
 
 def measure_machine(cache: Path) -> Machine:
@@ -213,6 +219,8 @@ class Stage:
     pq_encode: float = 0.0  # float work in PQ encoding (faiss's compute_codes)
     scan_single: float = 0.0  # bytes of codes scanned by single-query searches on 1 thread (the timing protocol)
     sq8_scan: float = 0.0   # bytes of 8-bit scalar-quantized vectors scanned (the ivf teacher's search)
+    cached: str = ""        # "": every fit does it; "seed": once per seed and key; "once": once per key (a dataset's)
+    key: str = ""           # what the cache is keyed on besides the dataset (and the seed)
 
     def seconds(self, rates: Rates, step_seconds: float) -> float:
         return (self.flops / rates.flops + self.scan / rates.scan + self.pq_train / rates.pq_train
@@ -255,7 +263,8 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
         flat = cfg.get("pq_assign") == "flat-index"
         stages.append(Stage(f"faiss init ({factory or 'k-means'})", flops=big, ram=sample * d * 4 * 2,
                             pq_train=opq_kmeans + pq_n * 256 * d * 2 * KMEANS_ITERS + encode * flat,
-                            pq_encode=encode * (not flat)))
+                            pq_encode=encode * (not flat), cached="seed",   # benchmark.vq.faiss_init's cache key
+                            key=f"init|{factory}|{sample}|{opq}|{opq_n}|{cfg.get('pq_assign')}|{cfg.get('coarse')}"))
     candidates = str(cfg.get("candidates", ""))
     epochs = float(cfg.get("epochs") or 0)
     if "topk" in candidates.split("+"):
@@ -270,9 +279,12 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
                      + check * n * d * 2 + q * tl * d * 2)          # exact top-K of the check samples, coarse search
             how = "given" if (teacher or {}).get("nprobe") else f"calibrated; assumed nlist/{TEACHER_ASSUMED_SHARE}"
             stages.append(Stage(f"teacher top-{k} (IVF{tl},SQ8, nprobe {tp}: {how})", flops=flops,
-                                sq8_scan=q * tp / tl * n * d, ram=n * d + q * k * 8, disk=n * d + q * k * 8))
-        else:
-            stages.append(Stage(f"teacher top-{k} (exact)", flops=q * n * d * 2.0, ram=q * k * 8, disk=q * k * 8))
+                                sq8_scan=q * tp / tl * n * d, ram=n * d + q * k * 8, disk=n * d + q * k * 8,
+                                cached="seed"))
+        else:   # benchmark.vq.mining's top-K cache: the docs, the queries (a seeded label fraction's) and K
+            stages.append(Stage(f"teacher top-{k} (exact)", flops=q * n * d * 2.0, ram=q * k * 8, disk=q * k * 8,
+                                cached="once" if float(cfg.get("label_fraction") or 1.0) >= 1.0 else "seed",
+                                key=f"teacher|{method.name}|{k}|{cfg.get('label_fraction')}"))
     negatives = cfg.get("negatives")
     if negatives is not None or "hard_k" in cfg:
         pool = int(cfg.get("pool_size") or cfg.get("hard_k") or 200)
@@ -293,7 +305,7 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
                         pq_encode=0 if mode == "codes" else n * 256 * d * 2,
                         disk=n * (code + 8) if save_index else 0))
     stages.append(Stage(f"exact reference top-{RUN_DEPTH} ({e:,} queries)", flops=e * n * d * 2.0,
-                        ram=e * RUN_DEPTH * 8))
+                        ram=e * RUN_DEPTH * 8, cached="once"))   # the runner's ExactReference: once per run
     # each operating point: the evaluated run (all queries, k = RUN_DEPTH), then the timing protocol's repetitions,
     # each a batch search of all queries and latency_queries single-query searches on 1 thread (after a warm-up)
     timing = SearchSettings()
@@ -323,12 +335,14 @@ def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
     from benchmark.data.encoders import get_encoder
     from benchmark.harness import nprobe_sweep
     from benchmark.registry import make_method
+    from benchmark.runner import Runner, job_fit_id
 
+    recorded = Runner(out, settings=plan.settings(), datasets=plan.datasets).complete_fits() if out.is_dir() else set()
     machine = measure_machine(cache_root())
     load = os.getloadavg()[0]
     busy = (f" (at a 1-min load average of {load:.1f} on {machine.cores} cores: an idle machine is faster)"
             if load > 0.5 * machine.cores else "")
-    lines = [f"dry run: {len(plan.jobs)} fit(s) into {out}; nothing is loaded, trained or written",
+    lines = ["dry run: {n} fit(s) into {out}{done}; nothing is loaded, trained or written",
              f"this machine: {machine.cores} cores, {_fmt_b(machine.ram)} RAM, {_fmt_b(machine.disk_free)} free "
              f"for the caches; measured now{busy}: sgemm {machine.flops / 1e9:,.0f} GFLOP/s, PQ scan "
              f"{machine.scan / 1e9:,.1f} GB/s, sub-quantizer k-means {machine.pq_train / 1e9:,.0f} and PQ encoding "
@@ -339,6 +353,7 @@ def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
     # the ivf teacher searches faiss's CPU index on a GPU machine too (an exact teacher is what runs on the GPU)
     gpu_rates = Rates(GPU_FLOPS, GPU_SCAN, GPU_PQ_FLOPS, GPU_PQ_FLOPS, here.scan_single, here.sq8_scan)
     totals = {"cpu": 0.0, "gpu": 0.0, "disk": 0.0, "ram": 0.0}
+    done_fits, seen = 0, set()   # recorded fits; the cached stages already counted, by (dataset, key, seed)
     for alias, (loader, options) in plan.datasets.items():
         f = dataset_facts(loader, options)
         jobs = [j for j in plan.jobs if j.dataset == alias]
@@ -366,22 +381,36 @@ def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
             stages = fit_stages(method, f, sweep, save_index, options.get("teacher") and {
                 "kind": options.get("teacher"), "nlist": options.get("teacher_nlist", 0),
                 "nprobe": options.get("teacher_nprobe", 0)})
+            todo = [j for j in group if job_fit_id(j, f.split, method) not in recorded]
+            done_fits += len(group) - len(todo)
             cpu = sum(s.seconds(here, STEP_SECONDS) for s in stages)
             gpu = sum(s.seconds(gpu_rates, GPU_STEP_SECONDS) for s in stages)
             ram = max(s.ram for s in stages)
             disk = sum(s.disk for s in stages)
-            lines.append(f"  {label} x {len(group)} seed(s): {_fmt_s(cpu)} per fit here, {_fmt_s(gpu)} on a GPU; "
-                         f"peak anonymous memory ~{_fmt_b(ram)}; disk {_fmt_b(disk)}")
-            totals["cpu"] += cpu * len(group)
-            totals["gpu"] += gpu * len(group)
-            totals["disk"] += disk * len(group)
-            totals["ram"] = max(totals["ram"], ram)
+            for job in todo:     # a cached stage once per cache key, every other stage once per fit
+                for st in stages:
+                    key = (alias, st.key or st.name, job.seed if st.cached == "seed" else None)
+                    if st.cached and key in seen:
+                        continue
+                    seen.add(key)
+                    totals["cpu"] += st.seconds(here, STEP_SECONDS)
+                    totals["gpu"] += st.seconds(gpu_rates, GPU_STEP_SECONDS)
+                    totals["disk"] += st.disk
+            left = f", {len(todo)} to run" if len(todo) < len(group) else ""
+            lines.append(f"  {label} x {len(group)} seed(s){left}: {_fmt_s(cpu)} per fit here, {_fmt_s(gpu)} on a GPU "
+                         f"(cached stages included); peak anonymous memory ~{_fmt_b(ram)}; disk {_fmt_b(disk)}")
+            if todo:
+                totals["ram"] = max(totals["ram"], ram)
             if group[0].method in shown:   # each method's stages once per dataset; its other variants in one line
                 continue
             shown.add(group[0].method)
-            for s in stages:
-                lines.append(f"    {s.name:<58} {_fmt_s(s.seconds(here, STEP_SECONDS)):>10} here "
-                             f"{_fmt_s(s.seconds(gpu_rates, GPU_STEP_SECONDS)):>10} GPU  RAM {_fmt_b(s.ram):>10}")
+            for st in stages:
+                once = {"seed": "  (cached: once per seed)", "once": "  (cached: once per dataset)"}.get(st.cached, "")
+                lines.append(f"    {st.name:<58} {_fmt_s(st.seconds(here, STEP_SECONDS)):>10} here "
+                             f"{_fmt_s(st.seconds(gpu_rates, GPU_STEP_SECONDS)):>10} GPU  RAM {_fmt_b(st.ram):>10}"
+                             f"{once}")
+    lines[0] = lines[0].format(n=len(plan.jobs), out=out, done=f" ({done_fits} recorded there: resumed, not run "
+                               f"again; the totals count the rest)" if done_fits else "")
     warn = []
     if totals["ram"] > 0.8 * machine.ram:
         warn.append(f"peak anonymous memory {_fmt_b(totals['ram'])} is over 80% of this machine's RAM")

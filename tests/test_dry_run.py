@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import benchmark.runner  # noqa: F401  (imported before a test patches benchmark.data.load_dataset: it binds it)
 from benchmark.cli import main
 from benchmark.estimate import Facts, Rates, dataset_facts, fit_stages
 from benchmark.registry import make_method
@@ -85,3 +86,28 @@ def test_stage_counts_follow_the_sizes():
 def test_catalog_sizes_for_a_dataset_not_downloaded():
     f = dataset_facts("msmarco", {"model": "mpnet"})
     assert (f.docs, f.dim, f.train_queries, f.eval_queries, f.texts) == (8_841_823, 768, 502_939, 6_980, True)
+    assert f.split == "dev"      # the catalog's eval split: what the records' fit ids name
+
+
+def test_totals_count_cached_stages_once_and_skip_recorded_fits(npy_dir, tmp_path, capsys, monkeypatch):
+    """Each stage priced at 100 s: distill-vq x 3 seeds = 3 seeds x (training, index build, evaluation) + the faiss
+    init once per seed + the teacher's top-K and the exact reference once: 1,400 s, not 3 x 6 stages = 1,800 s.
+    A fit already recorded in the output folder is resumed, so it is not counted."""
+    import benchmark.estimate as est
+    monkeypatch.setattr(est.Stage, "seconds", lambda self, rates, step: 100.0)
+    monkeypatch.setattr(est, "measure_machine", lambda cache: est.Machine(2, 8 * est.GiB, 100 * est.GiB, 1e11, 1e10,
+                                                                           "none", 5e10, 1e10, 4e9))
+    args = ["--datasets", f"npy:{npy_dir}", "--methods", "distill-vq", "--param", "nlist=16", "--param", "M=8",
+            "--param", "epochs=0.2", "--param", "opq_niter=2", "--nprobes", "16", "--out", str(tmp_path / "out")]
+    assert main([*args, "--seeds", "3", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "total: 1,400 s on this machine" in text and "recorded there" not in text
+    assert "(cached: once per seed)" in text and "(cached: once per dataset)" in text
+    monkeypatch.setenv("VQBENCH_DATA_DIR", str(tmp_path / "cache"))
+    assert main([*args, "--seeds", "1", "--threads", "1"]) == 0         # seed 0 fitted and recorded
+    capsys.readouterr()
+    assert main([*args, "--seeds", "3", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    # seeds 1 and 2 left: 2 x 3 stages + 2 inits + the teacher and the exact reference (this run computes them again)
+    assert "dry run: 3 fit(s)" in text and "(1 recorded there: resumed" in text and "2 to run" in text
+    assert "total: 1,000 s on this machine" in text
