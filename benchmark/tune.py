@@ -34,7 +34,8 @@ Rules:
   each study's trials are the same as in one process (a study's sampler sees only its own trials), so n processes
   or machines share the budget's wall time, not its trials. ``--merge DIR [DIR ...]`` joins the shards' records and
   traces into ``--out`` (or the config's out) and writes the chosen configs and the budget table of the whole tuning;
-  a study whose trial has different fits in two shards is refused.
+  per study the shard that ran it (the one holding most of its trials) is kept whole; two shards that ran the same
+  study with different fits are refused.
 """
 from __future__ import annotations
 
@@ -293,28 +294,40 @@ def shard_jobs(jobs: list[Job], shard: str | None) -> list[Job]:
     return [j for j in jobs if (j.dataset, j.method, tuple(sorted(j.params.items()))) in keep]
 
 
-def merge_traces(traces: dict[str, list[dict[str, Any]]], order: list[Study]) -> list[dict[str, Any]]:
-    """One trace from several (by where each was read): one entry per (study, trial), the one that carries its
-    seconds where only one does, in round-robin order (trial, then the plan's study order). The same trial with
-    different fits in two traces (shards of different configs or code) raises :class:`ConfigError`."""
+def merge_traces(traces: dict[str, list[dict[str, Any]]], order: list[Study]) -> tuple[list[dict[str, Any]],
+                                                                                  list[str]]:
+    """One trace from several (by where each was read) and what was set aside. Per study, the trace holding the most
+    of its trials is the one that ran it (a shard folder starts as a copy of the main one, so the others hold an older
+    view of that study, or none): its entries are taken whole, in round-robin order (trial, then the plan's study
+    order). An older view that differs from it (a trial refitted with another value, so the sampler went another way
+    from there) is listed in the second value. Two traces holding the same number of trials of a study with different
+    fits are not shards of one tuning: :class:`ConfigError`."""
     rank = {(st.dataset, st.method, json.dumps(dict(st.fixed), sort_keys=True)): k for k, st in enumerate(order)}
-    merged: dict[tuple, tuple[str, dict[str, Any]]] = {}
-    problems = []
+    views: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for where, trace in traces.items():
         for t in trace:
-            key = (*_study_key(t), t["trial"])
-            if key not in merged or merged[key][1].get("cpu_seconds") is None and t.get("cpu_seconds") is not None:
-                if key in merged and merged[key][1]["fit_id"] != t["fit_id"]:
-                    problems.append(f"{t['dataset']} {t['method']} trial {t['trial']}: fit {t['fit_id']} in "
-                                    f"{where}, {merged[key][1]['fit_id']} in {merged[key][0]}")
-                merged[key] = (where, t)
-            elif merged[key][1]["fit_id"] != t["fit_id"]:
-                problems.append(f"{t['dataset']} {t['method']} trial {t['trial']}: fit {t['fit_id']} in {where}, "
-                                f"{merged[key][1]['fit_id']} in {merged[key][0]}")
+            views.setdefault(_study_key(t), {}).setdefault(where, []).append(t)
+
+    def fits(ts: list[dict[str, Any]]) -> list[tuple]:
+        return sorted((t["trial"], t["fit_id"], t["value"]) for t in ts)
+    merged, superseded, problems = [], [], []
+    for key, by_where in views.items():
+        where, chosen = max(by_where.items(), key=lambda item: len(item[1]))   # the first of equals
+        for other, ts in by_where.items():
+            if other == where or fits(ts) == fits(chosen)[:len(ts)]:
+                continue
+            if len(ts) == len(chosen):
+                problems.append(f"{key[0]} {key[1]} {key[2]}: {len(ts)} trials with different fits in {other} and "
+                                f"{where}")
+            else:
+                first = min(a[0] for a, b in zip(fits(ts), fits(chosen)) if a != b)
+                superseded.append(f"{key[0]} {key[1]}: {other} held {len(ts)} trials, from trial {first} on not "
+                                  f"those of {where} ({len(chosen)} trials), which are kept")
+        merged += chosen
     if problems:
         raise ConfigError(problems + ["--merge: these traces are not shards of one tuning (same config, same "
                                       "code): merge only the shards of one run"])
-    return sorted((t for _, t in merged.values()), key=lambda t: (t["trial"], rank.get(_study_key(t), len(rank))))
+    return sorted(merged, key=lambda t: (t["trial"], rank.get(_study_key(t), len(rank)))), superseded
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
@@ -465,11 +478,14 @@ def _merge(out: Path, shards: list[Path], order: list[Study], settings: TuneSett
     problems += [p for d in shards for p in check_unlocked(d, "--merge")]
     if problems:
         raise ConfigError(problems)
-    trace = merge_traces({str(d / TRIALS_FILE): read_trace(d / TRIALS_FILE) for d in [out, *shards]}, order)
+    trace, superseded = merge_traces({str(d / TRIALS_FILE): read_trace(d / TRIALS_FILE) for d in [out, *shards]},
+                                     order)
     with folder_lock(out, " ".join(["python -m benchmark.tune", *(argv or sys.argv[1:])])):
         n = merge_results([d / "results.jsonl" for d in shards], out / "results.jsonl")
         write_trace(out / TRIALS_FILE, trace, settings)
     print(f"merged {len(shards)} shard(s) into {out}: {n} records, {len(trace)} trials")
+    for line in superseded:   # the records of those older trials stay in results.jsonl: fits, not trials
+        print(f"superseded: {line}")
     return 0
 
 

@@ -294,10 +294,20 @@ def test_shards_tune_the_same_trials_and_merge_into_one_tuning(tuned, tmp_path, 
         return [(b["method"], b["params"], b["trial"], b["dev_value"], b["trials"])
                 for b in json.loads((folder / "tuning" / "best.json").read_text())]
     assert picks(tmp_path / "all") == picks(tmp / "out")
-    # a shard of another tuning (a trial with a different fit) is refused, naming the trial
+    # an older view of a study (a shard folder copied before the study went on, one trial refitted with another
+    # value) is set aside, and said so: the shard holding most of the study's trials ran it
+    old = [t for t in tune.read_trace(tmp_path / "s0" / tune.TRIALS_FILE) if t["method"] == "jpq" and t["trial"] < 2]
+    old[1] = {**old[1], "value": old[1]["value"] + 0.01}
+    (tmp_path / "old" / "tuning").mkdir(parents=True)
+    (tmp_path / "old" / tune.TRIALS_FILE).write_text("".join(json.dumps(x) + "\n" for x in old))
+    (tmp_path / "old" / "results.jsonl").write_text("")
+    assert tune.main(["--config", str(config), "--out", str(tmp_path / "all"), "--merge", str(tmp_path / "old")]) == 0
+    assert "superseded: quick-dev jpq:" in capsys.readouterr().out
+    assert trials(tmp_path / "all") == trials(tmp / "out")
+    # two shards that ran the same study to the same length with different fits are refused
     t = tune.read_trace(tmp_path / "s1" / tune.TRIALS_FILE)
     t[-1] = {**t[-1], "fit_id": "0" * 16}
     (tmp_path / "s1" / tune.TRIALS_FILE).write_text("".join(json.dumps(x) + "\n" for x in t))
     assert tune.main(["--config", str(config), "--out", str(tmp_path / "all"), "--merge", str(tmp_path / "s1")]) == 2
     err = capsys.readouterr().err
-    assert f"trial {t[-1]['trial']}: fit 0000000000000000" in err and "not shards of one tuning" in err
+    assert f"{t[-1]['method']}" in err and "3 trials with different fits" in err and "not shards of one tuning" in err
