@@ -169,6 +169,7 @@ class Tuner:
         self.settings = settings
         self.log = log
         self.trials_path = runner.out_dir / TRIALS_FILE
+        self._file: list[dict[str, Any]] = []   # the trace file as this run found it
 
     def _previous(self) -> dict[tuple[str, str, str], dict[str, Any]]:
         """Trials already in the trace, by (dataset, method, fit_id): their seconds survive a resume."""
@@ -194,6 +195,7 @@ class Tuner:
                 raise ConfigError(f"{st.label}: {st.method} declares no search space (Param(search=...)); "
                                   "nothing to tune")
         previous, trace = self._previous(), []
+        self._file = read_trace(self.trials_path)   # kept in every write: studies this run does not tune (--methods)
         setups = []
         for st in todo:
             declared = get_method(st.method).declared_params()
@@ -253,8 +255,7 @@ class Tuner:
                                   wall, cpu, train_s, None, nprobe, machine))
         self.log(f"{st.label} trial {number + 1}/{self.settings.trials}: {self.settings.measure} "
                  f"{'failed' if value is None else f'{value:.4f}'}")
-        seen = {(t["dataset"], t["method"], t["fit_id"]) for t in trace}
-        self._write(trace + [t for k, t in previous.items() if k not in seen])   # after every trial
+        self._write(trace)   # after every trial
         return value
 
     def _record(self, st: Study, number: int, params: dict[str, Any], fid: str | None, value: float | None,
@@ -271,7 +272,14 @@ class Tuner:
                 "sampler": f"optuna.TPESampler(seed={self.settings.sampler_seed})"}
 
     def _write(self, trace: list[dict[str, Any]]) -> None:
-        write_trace(self.trials_path, trace, self.settings)
+        """``trace`` with the trials of the file this run started from that it has not (yet) redone (other studies'
+        in a run of some --methods, or its own beyond where a resumed run has got), in round-robin order."""
+        mine = {(*_study_key(t), t["trial"]) for t in trace}
+        rank: dict[tuple, int] = {}   # round-robin order: trial, then the study's place in the file (or this run)
+        for t in self._file + trace:
+            rank.setdefault(_study_key(t), len(rank))
+        whole = trace + [t for t in self._file if (*_study_key(t), t["trial"]) not in mine]
+        write_trace(self.trials_path, sorted(whole, key=lambda t: (t["trial"], rank[_study_key(t)])), self.settings)
 
 
 def write_trace(path: Path, trace: list[dict[str, Any]], settings: TuneSettings) -> None:

@@ -129,6 +129,20 @@ def test_a_resumed_tuning_refits_nothing_and_keeps_the_trace(tuned, monkeypatch)
     assert (tmp / "out" / "results.jsonl").read_text().count("\n") == lines
 
 
+def test_tuning_some_methods_keeps_the_other_studies_trials(tuned, monkeypatch):
+    tmp, _, _ = tuned
+    monkeypatch.setenv("VQBENCH_DATA_DIR", str(tmp / "cache"))
+    path = tmp / "out" / tune.TRIALS_FILE
+    before = tune.read_trace(path)
+    assert tune.main(["--config", str(_config(tmp)), "--threads", "1", "--methods", "jpq"]) == 0
+    after = tune.read_trace(path)
+    key = lambda t: (t["method"], json.dumps(t["fixed"], sort_keys=True), t["trial"])   # noqa: E731
+    assert sorted(map(key, after)) == sorted(map(key, before))          # every study's trials, not only jpq's
+    seconds = {key(t): t["cpu_seconds"] for t in before}
+    assert all(t["cpu_seconds"] == seconds[key(t)] for t in after if t["method"] != "jpq")
+    assert [key(t) for t in after] == [key(t) for t in before]           # in the same round-robin order
+
+
 def test_a_dataset_with_a_test_split_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     import benchmark.runner as runner
     monkeypatch.setattr(runner, "execute_fit", lambda *a, **k: pytest.fail("a trial trained"))
