@@ -22,8 +22,7 @@ EXPECTED_FITS = {"debian-desc.toml": 187, "debian-desc-dev.toml": 18, "real-text
 # Configs whose report is not committed yet, or only in part (their runs take many CPU hours on 2 cores), with the
 # reason; once the report is complete the config leaves this list and the test below checks it holds every fit.
 PENDING = {"four-collections.toml": "mpnet encodes of three collections still running (issue #28)",
-           "tune-wordnet-rd.toml": "24 trials x 8 objectives on wordnet-rd, in progress (issue #26)",
-           "real-text.toml": "wordnet-rd's fits wait for its tuning (issue #26); debian-desc's are merged",
+           "real-text.toml": "wordnet-rd's tuned learned fits are running (issue #26); debian-desc's are merged",
            "msmarco.toml": "needs the user's MS MARCO embeddings and days on 2 cores (issue #29: see its --dry-run)",
            "msmarco-beir.toml": "needs the MS MARCO download and its encode (issue #29: see its --dry-run)"}
 
