@@ -172,15 +172,9 @@ class Tuner:
         self._file: list[dict[str, Any]] = []   # the trace file as this run found it
 
     def _previous(self) -> dict[tuple[str, str, str], dict[str, Any]]:
-        """Trials already in the trace, by (dataset, method, fit_id): their seconds survive a resume."""
-        out = {}
-        if self.trials_path.exists():
-            for line in self.trials_path.read_text().splitlines():
-                if line.strip():
-                    t = json.loads(line)
-                    if t["state"] != "repeat":   # a repeat costs nothing: the seconds are the first trial's
-                        out[(t["dataset"], t["method"], t["fit_id"])] = t
-        return out
+        """Trials of the trace file this run found, by (dataset, method, fit_id): their seconds survive a resume."""
+        # a repeat costs nothing: the seconds are the first trial's
+        return {(t["dataset"], t["method"], t["fit_id"]): t for t in self._file if t["state"] != "repeat"}
 
     def run(self, plan_: Plan) -> list[dict[str, Any]]:
         import optuna
@@ -194,8 +188,8 @@ class Tuner:
             if not search_space(get_method(st.method).declared_params()):
                 raise ConfigError(f"{st.label}: {st.method} declares no search space (Param(search=...)); "
                                   "nothing to tune")
-        previous, trace = self._previous(), []
         self._file = read_trace(self.trials_path)   # kept in every write: studies this run does not tune (--methods)
+        previous, trace = self._previous(), []
         setups = []
         for st in todo:
             declared = get_method(st.method).declared_params()
@@ -292,7 +286,10 @@ def write_trace(path: Path, trace: list[dict[str, Any]], settings: TuneSettings)
     write_text(folder / "tuning.md", budget_table(trace, settings))
 
 
-def _study_key(t: dict[str, Any]) -> tuple[str, str, str]:
+def _study_key(t: dict[str, Any] | Study) -> tuple[str, str, str]:
+    """A study's key, of a trial of the trace or of a :class:`Study`."""
+    if isinstance(t, Study):
+        return t.dataset, t.method, json.dumps(dict(t.fixed), sort_keys=True)
     return t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True)
 
 
@@ -310,7 +307,7 @@ def merge_traces(traces: dict[str, list[dict[str, Any]]], order: list[Study]) ->
     order). An older view that differs from it (a trial refitted with another value, so the sampler went another way
     from there) is listed in the second value. Two traces holding the same number of trials of a study with different
     fits are not shards of one tuning: :class:`ConfigError`."""
-    rank = {(st.dataset, st.method, json.dumps(dict(st.fixed), sort_keys=True)): k for k, st in enumerate(order)}
+    rank = {_study_key(st): k for k, st in enumerate(order)}
     views: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for where, trace in traces.items():
         for t in trace:
@@ -348,12 +345,12 @@ def best_configs(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per study, the trial with the best dev value (the earliest of ties: the defaults win a tie)."""
     best: dict[tuple, dict[str, Any]] = {}
     for t in trace:
-        key = (t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True))
+        key = _study_key(t)
         if t["value"] is not None and (key not in best or t["value"] > best[key]["value"]):
             best[key] = t
     spent: dict[tuple, list[dict[str, Any]]] = {}
     for t in trace:
-        spent.setdefault((t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True)), []).append(t)
+        spent.setdefault(_study_key(t), []).append(t)
     return [{"dataset": t["dataset"], "method": t["method"], "params": t["params"], "dev_value": t["value"],
              "trial": t["trial"], "measure": t["measure"], "trials": len(spent[key]),
              "cpu_seconds": round(sum(x["cpu_seconds"] or 0.0 for x in spent[key]), 1),
@@ -395,7 +392,7 @@ def budget_table(trace: list[dict[str, Any]], settings: TuneSettings) -> str:
              "best | best trial |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for t in trace:
-        groups.setdefault((t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True)), []).append(t)
+        groups.setdefault(_study_key(t), []).append(t)
     for (dataset, method, fixed), ts in groups.items():
         ok = [t for t in ts if t["value"] is not None]
         best = max(ok, key=lambda t: t["value"], default=None)
@@ -447,8 +444,7 @@ def status(study_list: list[Study], trace: list[dict[str, Any]], settings: TuneS
     spent = left = wall = cpu_known = 0.0
     unknown = []
     for st in study_list:
-        ts = [t for t in trace if (t["dataset"], t["method"], json.dumps(t["fixed"], sort_keys=True))
-              == (st.dataset, st.method, json.dumps(dict(st.fixed), sort_keys=True))]
+        ts = [t for t in trace if _study_key(t) == _study_key(st)]
         done = len({t["trial"] for t in ts})
         values = [t["value"] for t in ts if t["value"] is not None]
         fitted = [t for t in ts if t["state"] in ("ok", "failed") and t["cpu_seconds"] is not None]
