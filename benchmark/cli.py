@@ -90,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"other options it repairs the folder, then does what the command without --repair does "
                         f"(a run, --merge, --report-only). A run refuses a results file with unreadable lines "
                         f"(exit 2) until it is repaired")
+    p.add_argument("--stamp-encoders", metavar="DIR",
+                   help="with --config: name the encoder in DIR's records written without one (npy: datasets before "
+                        "their config declared encoder = ...), from the config's dataset declarations; metrics and "
+                        "ids stay, provenance.encoder_stamped says so; then the report is rebuilt")
     p.add_argument("--list-methods", action="store_true", help="each method's description and typed params")
     p.add_argument("--list-datasets", action="store_true")
     return p.parse_args(argv)
@@ -169,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             return _retime(args, argv)
         if args.merge:
             return _merge(args, argv)
+        if args.stamp_encoders:
+            return _stamp_encoders(args, argv)
         if args.repair and not _runs_a_grid(args):
             return _repair_only(args, argv)
         return _run(args, argv)
@@ -183,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, RecordWriteError) and exc.errno not in ENVIRONMENT_ERRNOS:
             raise
         print(f"error: {_environment_error(exc)}", file=sys.stderr)
-        if not (args.report_only or args.merge or args.retime or args.repair and not _runs_a_grid(args)):
+        if not (args.report_only or args.merge or args.retime or args.stamp_encoders
+                or args.repair and not _runs_a_grid(args)):
             print(f"resume with: {resume_command(argv)}", file=sys.stderr)
         return 3
 
@@ -327,6 +334,36 @@ def _merge(args: argparse.Namespace, argv: list[str]) -> int:
         n = merge_results([Path(d) / "results.jsonl" for d in args.merge], out / "results.jsonl")
         print(f"merged {n} records from {len(args.merge)} shard(s) into {out / 'results.jsonl'}")
         _report(out)
+    return 0
+
+
+def _stamp_encoders(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--stamp-encoders DIR --config C``: name the encoder of DIR's records from C's datasets, under DIR's lock."""
+    from benchmark.records import stamp_encoders
+    from benchmark.runner import declared_encoder
+
+    folder = Path(args.stamp_encoders)
+    problems = check_results_dir(folder, "--stamp-encoders")
+    problems += [] if problems else _records_problems(folder, "--stamp-encoders")
+    encoders = {}
+    if not args.config:
+        problems.append("--stamp-encoders: needs --config (its [datasets.<alias>] declare each dataset's encoder)")
+    else:
+        try:
+            encoders = {alias: enc for alias, (_, options) in plan(config=args.config).datasets.items()
+                        if (enc := declared_encoder(options)) is not None}
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    with folder_lock(folder, command=_command(argv), flag="--stamp-encoders"):
+        stamped = stamp_encoders(folder / "results.jsonl", encoders, source=_command(argv))
+        for alias, n in sorted(stamped.items()):
+            print(f"{alias}: {n} record(s) now name encoder {encoders[alias]['model_id']}")
+        if not stamped:
+            print(f"nothing to stamp: every record of {folder / 'results.jsonl'} of a dataset {args.config} declares "
+                  f"an encoder for already names it")
+        _report(folder)
     return 0
 
 

@@ -21,6 +21,7 @@ that fails (disk full, quota, I/O error) is undone: the file is truncated back t
 """
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import gzip
 import hashlib
@@ -345,3 +346,39 @@ def merge_results(sources: Iterable[str | Path], dest: str | Path) -> int:
     write_text(dest, "".join(json.dumps(merged[rid], sort_keys=True, default=_json_default) + "\n"
                              for rid in sorted(merged)))
     return len(merged)
+
+
+def stamp_encoders(path: str | Path, encoders: dict[str, dict[str, Any]], source: str) -> dict[str, int]:
+    """Name the encoder of records written without one: every record of a dataset in ``encoders`` (alias -> what
+    :func:`benchmark.runner.declared_encoder` says) whose ``encoder`` names no model gets that encoder, and
+    ``provenance.encoder_stamped`` = ``{"by": source, "timestamp"}`` says it came afterwards. Metrics, ids and every
+    other field stay. Returns the records stamped per dataset. A record whose dimension differs from the declared
+    encoder's, or that already names another model, raises :class:`RecordError` (every such line listed) before
+    anything is written; the file is rewritten atomically, in its order, only when something changed."""
+    path = Path(path)
+    records, _ = read_records(path, strict=True)
+    problems, stamped = [], {}
+    for rec in records:
+        declared = encoders.get(rec["dataset"])
+        have = rec.get("encoder") or {}
+        if declared is None or have.get("model_id") == declared["model_id"]:
+            continue
+        if have.get("model_id") is not None:
+            problems.append(f"{path}: {rec['dataset']} record {rec['run_id']} names encoder {have['model_id']!r}, "
+                            f"the config declares {declared['model_id']!r}")
+        elif have.get("dim") not in (None, declared["dim"]):
+            problems.append(f"{path}: {rec['dataset']} record {rec['run_id']} holds {have['dim']}-d vectors, the "
+                            f"declared encoder {declared['model_id']!r} makes {declared['dim']}-d")
+        else:
+            stamped[rec["dataset"]] = stamped.get(rec["dataset"], 0) + 1
+    if problems:
+        raise RecordError("\n".join(problems))
+    if stamped:
+        when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        for rec in records:
+            declared = encoders.get(rec["dataset"])
+            if declared is not None and (rec.get("encoder") or {}).get("model_id") is None:
+                rec["encoder"] = dict(declared)
+                rec["provenance"]["encoder_stamped"] = {"by": source, "timestamp": when}
+        write_text(path, "".join(json.dumps(rec, sort_keys=True, default=_json_default) + "\n" for rec in records))
+    return stamped

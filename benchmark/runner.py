@@ -151,16 +151,22 @@ def record_header(job: Job, method: BaseMethod, split: str, device: str) -> dict
             "schema_version": SCHEMA_VERSION, "provenance": provenance(job.seed, device)}
 
 
+def declared_encoder(options: dict[str, Any]) -> dict[str, Any] | None:
+    """What encoded a dataset, from its loader options (a config's ``[datasets.<alias>]`` or a loaded dataset's
+    ``meta``): ``npy:`` files name it with ``encoder``, texts with ``model`` (+ ``max_length`` / ``normalize``);
+    None when neither is given. Nothing is loaded."""
+    if options.get("encoder"):   # embeddings brought as files, their encoder declared (npy: encoder = "minilm")
+        return encoder_info(options["encoder"])
+    if options.get("model"):
+        return encoder_info(options["model"], options.get("max_length"), options.get("normalize"))
+    return None
+
+
 def dataset_encoder(ds: RetrievalDataset) -> dict[str, Any]:
     """What encoded ``ds`` (model id, dim, max length, normalisation: :func:`benchmark.data.encoders.encoder_info`),
-    for every record; embeddings brought as files (``npy:``) name it with their ``encoder`` option, else say only
-    their dim."""
-    if ds.meta.get("encoder"):   # embeddings brought as files, their encoder declared (npy: encoder = "minilm")
-        return encoder_info(ds.meta["encoder"])
-    model = ds.meta.get("model")
-    if not model:
-        return {"encoder": None, "model_id": None, "dim": ds.dim, "max_length": None, "normalize": None}
-    return encoder_info(model, ds.meta.get("max_length"), ds.meta.get("normalize"))
+    for every record; embeddings brought as files without an ``encoder`` option say only their dim."""
+    return declared_encoder(ds.meta) or {"encoder": None, "model_id": None, "dim": ds.dim, "max_length": None,
+                                         "normalize": None}
 
 
 def execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, *, device: str = "cpu",

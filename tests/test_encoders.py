@@ -277,3 +277,48 @@ def test_npy_embeddings_declare_their_encoder(tmp_path):
         load_dataset(f"npy:{folder}", encoder="mpnet")
     with pytest.raises(DatasetError, match="did you mean 'minilm'"):
         load_dataset(f"npy:{folder}", encoder="minlm")
+
+
+def test_stamp_encoders_names_the_encoder_of_old_npy_records_and_changes_nothing_else(tmp_path, capsys):
+    """Records of npy embeddings written before their config declared ``encoder = ...`` get it named by
+    ``--stamp-encoders`` (metrics, ids and order unchanged; provenance says so); a declaration that contradicts the
+    records (another dimension) is refused with the file untouched; a second stamp has nothing to do."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_bad_input import tiny_npy
+    from benchmark import cli
+    from benchmark.records import read_records
+    folder = tiny_npy(tmp_path / "d", docs=300, dim=384)
+    out = tmp_path / "out"
+
+    def config(encoder: str | None) -> str:
+        path = tmp_path / f"c-{encoder}.toml"
+        path.write_text(f'out = "{out}"\n[datasets.d]\nname = "npy:{folder}"\n'
+                        + (f'encoder = "{encoder}"\n' if encoder else "")
+                        + '[[runs]]\nmethods = ["flat", "faiss-pq"]\nparams = { M = 8 }\n')
+        return str(path)
+
+    assert cli.main(["--config", config(None)]) == 0
+    before, _ = read_records(out / "results.jsonl")
+    assert len(before) == 2 and all(r["encoder"]["model_id"] is None and r["encoder"]["dim"] == 384 for r in before)
+    text = (out / "results.jsonl").read_text()
+    capsys.readouterr()
+    assert cli.main(["--stamp-encoders", str(out), "--config", config("mpnet")]) == 2
+    assert "holds 384-d vectors, the declared encoder 'sentence-transformers/all-mpnet-base-v2' makes 768-d" \
+        in capsys.readouterr().err
+    assert (out / "results.jsonl").read_text() == text
+    assert cli.main(["--stamp-encoders", str(out)]) == 2
+    assert "needs --config" in capsys.readouterr().err
+
+    assert cli.main(["--stamp-encoders", str(out), "--config", config("minilm")]) == 0
+    assert "d: 2 record(s) now name encoder sentence-transformers/all-MiniLM-L6-v2" in capsys.readouterr().out
+    after, _ = read_records(out / "results.jsonl")
+    assert [r["run_id"] for r in after] == [r["run_id"] for r in before]
+    for old, new in zip(before, after):
+        assert new["encoder"] == {"encoder": "minilm", "model_id": "sentence-transformers/all-MiniLM-L6-v2",
+                                  "dim": 384, "max_length": 256, "normalize": True}
+        assert "--stamp-encoders" in new["provenance"].pop("encoder_stamped")["by"]
+        assert {**new, "encoder": None} == {**old, "encoder": None}
+    text = (out / "results.jsonl").read_text()
+    assert cli.main(["--stamp-encoders", str(out), "--config", config("minilm")]) == 0
+    assert "nothing to stamp" in capsys.readouterr().out and (out / "results.jsonl").read_text() == text
