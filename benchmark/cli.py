@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmark.config import (ConfigError, check_out, check_results_dir, plan, select_shard)
+from benchmark.config import (ConfigError, check_out, check_results_dir, close, plan, select_shard)
 from benchmark.data import DatasetError
 from benchmark.harness import SearchSettings
 from benchmark.lock import check_unlocked, folder_lock, holder
@@ -70,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N, 0-based: 0/4, 1/4, 2/4, 3/4 cover a grid "
                                                   "(round robin); merge the shard folders with --merge")
     p.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="merge shard folders into --out, then report")
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   help="with --merge and --config (repeatable): take the merged folders' records of dataset OLD as "
+                        "the config's dataset NEW (the same data and encoder under another alias: ids recomputed, "
+                        "provenance.merged_from kept), and only the fits the config plans")
     p.add_argument("--no-resume", action="store_true", help="re-run fits already recorded in --out")
     p.add_argument("--report-only", metavar="DIR", help="rebuild the report of DIR from its results.jsonl (a folder "
                                                          "another run is writing is read as it is, with a note)")
@@ -171,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--refit-missing: only with --retime DIR (it saves the indexes a re-time needs)")
         if args.retime:
             return _retime(args, argv)
+        if args.rename and not args.merge:
+            raise ConfigError("--rename: only with --merge (it renames the datasets of the merged folders)")
         if args.merge:
             return _merge(args, argv)
         if args.stamp_encoders:
@@ -319,6 +325,7 @@ def _merge(args: argparse.Namespace, argv: list[str]) -> int:
     from benchmark.records import merge_results
     out = Path(args.out) if args.out else DEFAULT_OUT
     problems = [p for d in args.merge for p in check_results_dir(d, "--merge")] + check_out(out)
+    rename, planned, problems = _renames(args, problems)
     if problems:
         raise ConfigError(problems)
     # a shard another run is still writing is refused; every unreadable line (shards and target) is listed
@@ -326,15 +333,79 @@ def _merge(args: argparse.Namespace, argv: list[str]) -> int:
     problems = [p for d in shards for p in check_unlocked(d, "--merge") + _records_problems(d, "--merge")]
     if not args.repair:
         problems += _records_problems(out, "--out")
+    if rename and not problems:
+        problems += _rename_problems([Path(d) for d in args.merge], rename, planned)
     if problems:
         raise ConfigError(problems)
     with folder_lock(out, command=_command(argv)):
         if args.repair:
             _repair(out)
-        n = merge_results([Path(d) / "results.jsonl" for d in args.merge], out / "results.jsonl")
-        print(f"merged {n} records from {len(args.merge)} shard(s) into {out / 'results.jsonl'}")
+        n = merge_results([Path(d) / "results.jsonl" for d in args.merge], out / "results.jsonl",
+                          rename=rename or None, only_fits=set(planned) if rename else None)
+        what = f" (datasets {', '.join(f'{a} as {b}' for a, b in rename.items())})" if rename else ""
+        print(f"merged {len(args.merge)} folder(s){what} into {out / 'results.jsonl'}: {n} records there")
         _report(out)
     return 0
+
+
+def _renames(args: argparse.Namespace, problems: list[str]) -> tuple[dict[str, str], dict[str, dict], list[str]]:
+    """``--rename OLD=NEW`` as {OLD: NEW}, the fits ``--config`` plans ({fit id: NEW's declared encoder or None}),
+    and the problems found so far plus those of the options."""
+    from benchmark.estimate import dataset_facts
+    from benchmark.runner import declared_encoder, job_fit_id
+
+    rename: dict[str, str] = {}
+    for item in args.rename:
+        old, eq, new = item.partition("=")
+        if not (eq and old and new):
+            problems.append(f"--rename {item!r}: expected OLD=NEW (dataset names), e.g. --rename "
+                            f"debian-desc=debian-desc/minilm")
+        else:
+            rename[old] = new
+    if not rename:
+        return rename, {}, problems
+    if not args.config:
+        return rename, {}, problems + ["--rename: needs --config (the config that plans the renamed datasets' fits)"]
+    try:
+        planned = plan(config=args.config)
+    except ConfigError as exc:
+        return rename, {}, problems + exc.problems
+    for old, new in rename.items():
+        if new not in planned.datasets:
+            problems.append(f"--rename {old}={new}: {args.config} has no dataset {new!r}"
+                            f"{close(new, list(planned.datasets))}")
+    if len(set(rename.values())) < len(rename):
+        problems.append("--rename: two datasets renamed to one name")
+    fits = {}
+    for alias in set(rename.values()) & set(planned.datasets):
+        loader, options = planned.datasets[alias]
+        split = dataset_facts(loader, options).split
+        encoder = declared_encoder(options)
+        fits.update((job_fit_id(job, split), encoder) for job in planned.jobs if job.dataset == alias)
+    return rename, fits, problems
+
+
+def _rename_problems(folders: list[Path], rename: dict[str, str], planned: dict[str, dict]) -> list[str]:
+    """A renamed dataset missing from every folder, or whose records name another encoder than the config declares
+    for its new name (the same data under another alias is what --rename asserts)."""
+    from benchmark.records import run_id
+    seen, problems, told = set(), [], set()
+    for folder in folders:
+        for rec in read_records(folder / "results.jsonl")[0]:
+            new = rename.get(rec["dataset"])
+            if new is None:
+                continue
+            seen.add(rec["dataset"])
+            fid = run_id(new, rec["split"], rec["method"], rec["params"], rec["seed"], "fit")
+            declared, have = planned.get(fid), (rec.get("encoder") or {})
+            if declared and have.get("model_id") != declared["model_id"] and (folder, new) not in told:
+                told.add((folder, new))      # one line per folder and dataset
+                problems.append(f"--rename {rec['dataset']}={new}: {folder / 'results.jsonl'} record "
+                                f"{rec['run_id']} names encoder {have.get('model_id')!r}, the config declares "
+                                f"{declared['model_id']!r} for {new!r}")
+    problems += [f"--rename {old}={new}: no record of dataset {old!r} in {', '.join(map(str, folders))}"
+                 for old, new in rename.items() if old not in seen]
+    return problems
 
 
 def _stamp_encoders(args: argparse.Namespace, argv: list[str]) -> int:

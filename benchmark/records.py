@@ -318,9 +318,16 @@ def repair_records(path: str | Path) -> list[str]:
     return [f"{path}:{n}: {reason}" for n, _raw, reason in bad]
 
 
-def merge_results(sources: Iterable[str | Path], dest: str | Path) -> int:
+def merge_results(sources: Iterable[str | Path], dest: str | Path, rename: dict[str, str] | None = None,
+                  only_fits: set[str] | None = None) -> int:
     """Merge several results.jsonl files into ``dest``: the records already in ``dest`` stay, a source's record
     replaces one with the same run_id (deduplicated, sorted for a stable file).
+
+    ``rename`` (old dataset name -> new) takes only the sources' records of those datasets, under their new name: the
+    same fits of the same data, planned in another config under another alias. Their run and fit ids are those of
+    the new name (:func:`run_id`: what a run of that config would have written), their sidecar (and saved index, when
+    the source has it) is copied under the new id, and ``provenance.merged_from`` keeps the file, name and ids they
+    came from. ``only_fits``: only records whose (new) fit id is in it are taken.
 
     Per-query sidecars are copied next to ``dest``. Returns the number of records written. Written atomically.
     A missing source, or an unreadable line in a source or in ``dest``, raises :class:`RecordError` before anything
@@ -337,15 +344,45 @@ def merge_results(sources: Iterable[str | Path], dest: str | Path) -> int:
     for src in sources:
         records, _ = read_records(src, strict=True)
         for rec in records:
-            if rec.get("per_query"):
-                sidecar = src.parent / rec["per_query"]
-                target = dest.parent / rec["per_query"]
-                if sidecar.exists() and sidecar.resolve() != target.resolve():
-                    write_bytes(target, sidecar.read_bytes())
+            files = {rec["per_query"]: rec["per_query"]} if rec.get("per_query") else {}
+            if rename is not None:
+                if rec["dataset"] not in rename:
+                    continue
+                rec, files = _renamed(rec, rename[rec["dataset"]], src)
+            if only_fits is not None and rec["fit_id"] not in only_fits:
+                continue
+            for old, new in files.items():
+                for a, b in [(old, new)] + ([(old[:-6] + ".query_map.npy", new[:-6] + ".query_map.npy")]
+                                            if old.endswith(".faiss") else []):
+                    source, target = src.parent / a, dest.parent / b
+                    if source.exists() and source.resolve() != target.resolve():
+                        write_bytes(target, source.read_bytes())
             merged[rec["run_id"]] = rec
     write_text(dest, "".join(json.dumps(merged[rid], sort_keys=True, default=_json_default) + "\n"
                              for rid in sorted(merged)))
     return len(merged)
+
+
+def _renamed(rec: dict[str, Any], name: str, src: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """``rec`` as dataset ``name`` would have recorded it, and its files (old relative path -> new)."""
+    new = json.loads(json.dumps(rec, default=_json_default))
+    new["dataset"] = name
+    new["run_id"] = run_id(name, rec["split"], rec["method"], rec["params"], rec["seed"], rec["nprobe"])
+    new["fit_id"] = run_id(name, rec["split"], rec["method"], rec["params"], rec["seed"], "fit")
+    new["provenance"]["merged_from"] = {"results": str(src), "dataset": rec["dataset"], "run_id": rec["run_id"],
+                                        "fit_id": rec["fit_id"]}
+    files = {}
+    if rec.get("per_query"):
+        suffix = Path(rec["per_query"]).name.split(".", 1)[1]        # json or json.gz, as written
+        new["per_query"] = f"per_query/{new['run_id']}.{suffix}"
+        files[rec["per_query"]] = new["per_query"]
+    saved = (rec.get("index") or {}).get("path") or f"indexes/{rec['fit_id']}.faiss"
+    if (src.parent / saved).is_file():
+        new["index"]["path"] = f"indexes/{new['fit_id']}.faiss"
+        files[saved] = new["index"]["path"]
+    elif (rec.get("index") or {}).get("path"):
+        del new["index"]["path"]     # not in the source: the new folder has no such file
+    return new, files
 
 
 def stamp_encoders(path: str | Path, encoders: dict[str, dict[str, Any]], source: str) -> dict[str, int]:

@@ -146,3 +146,50 @@ def test_dataset_options_reach_the_loader_of_every_selected_dataset():
     from benchmark.config import plan
     p = plan(datasets="synthetic:quick", methods="flat", dataset_opts=["num_test=50", "dev_queries=20"])
     assert p.datasets == {"synthetic:quick": ("synthetic:quick", {"num_test": 50, "dev_queries": 20})}
+
+
+def test_merge_with_rename_brings_another_configs_fits_under_this_configs_alias(tmp_path, capsys):
+    """``--merge DIR --rename old=new --config C``: the same fits of the same data, run under alias ``old`` by one
+    config, become C's fits of ``new`` (ids as a run of C computes them, sidecars and saved indexes copied under them):
+    a run of C then resumes them and fits only what C plans beyond them; fits C does not plan are left behind. A
+    source whose records name another encoder than C declares is refused before anything is written."""
+    from test_bad_input import tiny_npy
+    from benchmark import cli
+    folder = tiny_npy(tmp_path / "d", docs=300, dim=384)
+    src, dest = tmp_path / "src", tmp_path / "dest"
+
+    def config(name: str, alias: str, out: Path, encoder: str | None, runs: str) -> str:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'out = "{out}"\n[datasets."{alias}"]\nname = "npy:{folder}"\n'
+                        + (f'encoder = "{encoder}"\n' if encoder else "") + runs)
+        return str(path)
+
+    a = config("a", "coll", src, None, '[[runs]]\nmethods = ["flat", "faiss-ivfpq"]\nparams = { M = 8, nlist = 4 }\n'
+               '[[runs]]\nmethods = ["faiss-pq"]\nparams = { M = 16 }\n')
+    b = config("b", "coll/minilm", dest, "minilm",
+               '[[runs]]\nmethods = ["flat", "faiss-ivfpq", "faiss-pq"]\nparams = { M = 8, nlist = 4 }\n')
+    assert cli.main(["--config", a, "--save-index"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--merge", str(src), "--out", str(dest), "--rename", "coll=coll/minilm", "--config", b]) == 2
+    assert "names encoder None, the config declares 'sentence-transformers/all-MiniLM-L6-v2'" in capsys.readouterr().err
+    assert not (dest / "results.jsonl").exists()
+    assert cli.main(["--merge", str(src), "--out", str(dest), "--rename", "col=coll/minilm", "--config", b]) == 2
+    assert "no record of dataset 'col'" in capsys.readouterr().err
+    assert cli.main(["--merge", str(src), "--out", str(dest), "--rename", "coll=coll/minilm"]) == 2
+    assert "--rename: needs --config" in capsys.readouterr().err
+
+    assert cli.main(["--stamp-encoders", str(src), "--config", config("a2", "coll", src, "minilm", "")]) == 0
+    assert cli.main(["--merge", str(src), "--out", str(dest), "--rename", "coll=coll/minilm", "--config", b]) == 0
+    source = {r["run_id"]: r for r in read_records(src / "results.jsonl")[0]}
+    merged = read_records(dest / "results.jsonl")[0]
+    assert sorted(r["method"] for r in source.values()) == ["faiss-ivfpq"] * 3 + ["faiss-pq", "flat"]
+    assert sorted(r["method"] for r in merged) == ["faiss-ivfpq"] * 3 + ["flat"]   # faiss-pq M=16: not planned by b
+    for rec in merged:
+        old = source[rec["provenance"]["merged_from"]["run_id"]]
+        assert rec["dataset"] == "coll/minilm" and rec["run_id"] != old["run_id"]
+        assert rec["metrics"] == old["metrics"] and rec["params"] == old["params"]
+        assert read_sidecar(dest / rec["per_query"]) == read_sidecar(src / old["per_query"])
+        assert (dest / rec["index"]["path"]).read_bytes() == (src / old["index"]["path"]).read_bytes()
+    capsys.readouterr()
+    assert cli.main(["--config", b]) == 0
+    assert "(1 run, 2 already recorded, 0 failed)" in capsys.readouterr().out
