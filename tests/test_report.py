@@ -410,7 +410,12 @@ def test_glance_and_cross_dataset(run):
     assert not glance.isin(["nan", "NaN"]).any().any()   # a point with no row reads "—"
     cross = _part(md, "## Across datasets")
     exhaustive = _md_tables(_part(_part(cross, "### Track 16 B/vector"), "#### exhaustive"))[0]
-    assert list(exhaustive.columns) == ["Family", "toy-a", "toy-b", "Average", "Avg rank", "W / T / L vs best recon."]
+    assert list(exhaustive.columns) == ["Family", "Index B/vec", "toy-a", "toy-b", "Average", "Avg rank",
+                                        "W / T / L vs best recon."]
+    # IVF stores a list id per doc and its centroids beside the 16 code bytes; flat PQ only its codebooks
+    ivf_bpv = [float(v) for v in exhaustive.loc["faiss-ivfopq", "Index B/vec"].split("–")]
+    assert all(v > 16 for v in ivf_bpv) and ivf_bpv == sorted(ivf_bpv)
+    assert float(exhaustive.loc["flat (exact search, not ranked)", "Index B/vec"].split("–")[0]) >= 4 * 16
     assert exhaustive.index[0] == "flat (exact search, not ranked)"
     a, sa = _expected(records, "toy-a", "faiss-ivfopq", IVFOPQ, 16)
     b, sb = _expected(records, "toy-b", "faiss-ivfopq", IVFOPQ, 16)
@@ -546,7 +551,7 @@ def test_committed_reports_regenerate(tmp_path, name):
     assert contested
     for track in contested:  # tracks holding both families (faiss-native budgets have no learned row)
         table = _md_tables(_part(_part(cross, f"### Track {track} B/vector"), "#### exhaustive"))[0]
-        assert list(table.columns) == ["Family", name, f"{name}-copy", "Average", "Avg rank",
+        assert list(table.columns) == ["Family", "Index B/vec", name, f"{name}-copy", "Average", "Avg rank",
                                        "W / T / L vs best recon."]
         learned = table[table["Family"] == "contrastive"]
         assert len(learned) and set(learned[f"{name}-copy"]) == {"—"} and set(learned["Average"]) == {"—"}

@@ -181,7 +181,9 @@ def _cross_dataset(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, point
                    notes: list[str]) -> None:
     doc.add("heading", (2, "Across datasets"))
     doc.add("text", f"{quality} per dataset in BEIR's layout, one table per track and operating point (pruned: "
-                    "within each dataset's own latency budget); the average is over every dataset (— when a variant "
+                    "within each dataset's own latency budget); *Index B/vec* is what a row's index stores per "
+                    "document (codes, IVF list ids, codebooks and centroids: the range over the datasets), the track "
+                    "is its code bytes; the average is over every dataset (— when a variant "
                     f"misses one or is over the budget on one). {TIE} after a value: the row is in the tie group of "
                     "that dataset's track table at this operating point; *(untested)*: it has no tie test there.")
     ref = points[points["family"] == REFERENCE_FAMILY]

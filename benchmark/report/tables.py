@@ -652,7 +652,9 @@ def glance(views: dict[str, pd.DataFrame], budgets: dict[str, Budget], quality: 
 def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: float,
                   reference: pd.DataFrame | None = None) -> pd.DataFrame:
     """BEIR-shaped table of one track: a row per variant, a column per dataset (mean ± std of ``quality`` over
-    seeds, † marks, ◆ for the dataset's tie group, "(untested)" for a row with no tie test), the average over datasets
+    seeds, † marks, ◆ for the dataset's tie group, "(untested)" for a row with no tie test), the index bytes per
+    document (its range over the datasets: IVF rows store list ids and centroids beside the track's code bytes), the
+    average over datasets
     (— unless the variant has every dataset), the average rank (per dataset the variants of the track ranked by mean
     quality, 1 = best, ties share the mean rank; averaged over the datasets the variant has) and wins / ties / losses
     against each dataset's best reconstruction baseline (:func:`wins_ties_losses`). Rows by average, best first; the
@@ -671,6 +673,9 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
               for s, t in zip(significant, status)]
     marks = sub.assign(_m=suffix).pivot_table(index=["tlabel", "family"], columns="dataset", values="_m",
                                               aggfunc="first").reindex(index=table.index, columns=datasets)
+    bpv = (sub.pivot_table(index=["tlabel", "family"], columns="dataset", values="index_bpv", aggfunc="first")
+           .reindex(index=table.index, columns=datasets) if "index_bpv" in sub else
+           pd.DataFrame(math.nan, index=table.index, columns=datasets))
     avg = table.mean(axis=1).where(table.notna().all(axis=1))
     ranks = table.rank(axis=0, ascending=False, method="average").mean(axis=1)
     wtl = wins_ties_losses(sub, table.index)
@@ -678,12 +683,14 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
     out = []
     if reference is not None and not reference.empty:
         ref = reference.groupby("dataset")[quality].max().reindex(datasets)
+        ref_bpv = (reference.groupby("dataset")["index_bpv"].max().reindex(datasets) if "index_bpv" in reference
+                   else pd.Series(math.nan, index=datasets))
         out.append({"Method": f"{reference['label'].iloc[0]} (exact search, not ranked)", "Family": REFERENCE_FAMILY,
-                    **{d: _cell(ref[d]) for d in datasets},
+                    "Index B/vec": _bpv_range(ref_bpv), **{d: _cell(ref[d]) for d in datasets},
                     "Average": _cell(ref.mean() if ref.notna().all() else math.nan), "Avg rank": DASH,
                     "W / T / L vs best recon.": DASH})
     for tlabel, family in order:
-        cells = {"Method": tlabel, "Family": family}
+        cells = {"Method": tlabel, "Family": family, "Index B/vec": _bpv_range(bpv.loc[(tlabel, family)])}
         for d in datasets:
             value, spread = table.at[(tlabel, family), d], stds.at[(tlabel, family), d]
             mark = marks.at[(tlabel, family), d]
@@ -693,11 +700,21 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
         cells["Avg rank"] = DASH if pd.isna(ranks[(tlabel, family)]) else f"{ranks[(tlabel, family)]:.1f}"
         cells["W / T / L vs best recon."] = wtl.get((tlabel, family), DASH)
         out.append(cells)
-    table = pd.DataFrame(out, columns=["Method", "Family", *datasets, "Average", "Avg rank",
+    table = pd.DataFrame(out, columns=["Method", "Family", "Index B/vec", *datasets, "Average", "Avg rank",
                                        "W / T / L vs best recon."])
     labels = dict(zip(sub["tlabel"], sub["label"]))
     table.attrs["row_links"] = ([None] if len(out) > len(order) else []) + [labels.get(t) for t, _ in order]
     return table
+
+
+def _bpv_range(values: pd.Series) -> str:
+    """Index bytes per vector of one row over the datasets: one value, or the range when the datasets differ (IVF's
+    list ids and centroids weigh more on a smaller corpus)."""
+    values = values.dropna()
+    if values.empty:
+        return DASH
+    low, high = f"{values.min():.1f}", f"{values.max():.1f}"
+    return low if low == high else f"{low}–{high}"
 
 
 def wins_ties_losses(sub: pd.DataFrame, index: pd.Index) -> dict[tuple[str, str], str]:
