@@ -216,7 +216,7 @@ def test_tuned_runs_carry_their_budget_into_the_records_and_the_report(tmp_path,
                                  "best_trial": 3}
     assert tuned["faiss-opq"] is None
     md = (out / "leaderboard.md").read_text()
-    assert "| 24 trials, 2.0 CPU-h |" in md and "| defaults |" in md
+    assert "| 24 trials, 2.0 CPU-h (t) |" in md and "| defaults |" in md
     (tmp_path / "bad.toml").write_text(run.replace("trials = 24", "trails = 24"))
     capsys.readouterr()
     assert main(["--config", str(tmp_path / "bad.toml"), "--quick", "--out", str(tmp_path / "o2")]) == 2

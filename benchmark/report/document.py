@@ -137,7 +137,9 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
                     "lists, nprobe ≤ nlist/16 unless the report was built with a latency budget; the rule per "
                     "dataset is below; flat layouts cannot prune and are listed after the rows that do). "
                     "*index B/vec* counts everything the index stores per document (IVF list ids, codebooks), "
-                    "*code B/vec* only the code. Each track "
+                    "*code B/vec* only the code. *Tuning*: the dev-split trials (and CPU hours) that chose a "
+                    "row's params and the tuning report they come from (another collection's: params transferred), "
+                    "or *defaults*. Each track "
                     f"opens with a one-line verdict per operating point; its *tie* column marks with {TIE} the rows "
                     "whose difference from the track's best is not significant after Holm's correction (the rule "
                     "is in the notes under each table).")

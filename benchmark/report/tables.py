@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import numpy as np
@@ -132,12 +132,19 @@ def _flatten(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def _tuning_source(trace: str) -> str:
+    """The tuning report a trace belongs to (``reports/tuning-x/tuning/trials.jsonl`` -> ``tuning-x``)."""
+    parent = PurePosixPath(trace).parent
+    return (parent.parent if parent.name == "tuning" and parent.parent.name else parent).name or trace
+
+
 def setup_cells(rec: dict[str, Any]) -> dict[str, str]:
     """What a row is, beside its method: ``layout`` (IVF, or no IVF: one flat scan), ``query_side`` (the linear
     adapter or none), ``trained_on`` (the training queries, whether their labels were read, and an approximate
     teacher's index and measured recall when the teacher's top-K was not exact) and ``tuning`` (the trials and CPU
-    time that chose its params, or "defaults"). From the record's ``setup`` / ``tuning`` fields; records written before
-    those existed: layout from nlist, query side from the ``query_adapter`` param, training queries unknown (—)."""
+    time that chose its params and the tuning report they come from, or "defaults"). From the record's ``setup`` /
+    ``tuning`` fields; records written before those existed: layout from nlist, query side from the
+    ``query_adapter`` param, training queries unknown (—)."""
     setup = rec.get("setup") or {}
     nlist = (rec.get("index") or {}).get("nlist")
     layout = setup.get("layout") or ("IVF" if nlist else "no IVF" if nlist == 0 else DASH)
@@ -157,6 +164,8 @@ def setup_cells(rec: dict[str, Any]) -> dict[str, str]:
     tuned = (f"{tuning.get('trials', '?')} trials, {tuning['cpu_seconds'] / 3600:.1f} CPU-h"
              if tuning and "cpu_seconds" in tuning else f"{tuning.get('trials', '?')} trials" if tuning
              else "defaults")
+    if tuning and tuning.get("trace"):   # where the params were chosen: a collection's own tuning, or another's
+        tuned += f" ({_tuning_source(tuning['trace'])})"
     return {"layout": layout, "query_side": query, "trained_on": trained, "tuning": tuned}
 
 
