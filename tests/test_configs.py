@@ -23,7 +23,6 @@ EXPECTED_FITS = {"debian-desc.toml": 187, "debian-desc-dev.toml": 18, "real-text
 # reason; once the report is complete the config leaves this list and the test below checks it holds every fit.
 PENDING = {"four-collections.toml": "re-planned with tuned params (issue #28): the minilm rows are merged or running, "
                                     "the mpnet encodes to come",
-           "real-text.toml": "wordnet-rd's tuned learned fits are running (issue #26); debian-desc's are merged",
            "msmarco.toml": "needs the user's MS MARCO embeddings and days on 2 cores (issue #29: see its --dry-run)",
            "msmarco-beir.toml": "needs the MS MARCO download and its encode (issue #29: see its --dry-run)"}
 
