@@ -150,7 +150,7 @@ def append_records(path: str | Path, recs: list[dict[str, Any]]) -> None:
         validate_record(rec)
     if not recs:
         return
-    data = "".join(json.dumps(rec, sort_keys=True, default=_json_default) + "\n" for rec in recs).encode()
+    data = _lines(recs).encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     held = {signal.SIGINT, signal.SIGTERM}
@@ -201,6 +201,11 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
+
+
+def _lines(records: Iterable[dict[str, Any]]) -> str:
+    """``records`` as results.jsonl lines (sorted keys, one record per line)."""
+    return "".join(json.dumps(rec, sort_keys=True, default=_json_default) + "\n" for rec in records)
 
 
 def read_records(path: str | Path, strict: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
@@ -358,8 +363,7 @@ def merge_results(sources: Iterable[str | Path], dest: str | Path, rename: dict[
                     if source.exists() and source.resolve() != target.resolve():
                         write_bytes(target, source.read_bytes())
             merged[rec["run_id"]] = rec
-    write_text(dest, "".join(json.dumps(merged[rid], sort_keys=True, default=_json_default) + "\n"
-                             for rid in sorted(merged)))
+    write_text(dest, _lines(merged[rid] for rid in sorted(merged)))
     return len(merged)
 
 
@@ -394,7 +398,7 @@ def stamp_encoders(path: str | Path, encoders: dict[str, dict[str, Any]], source
     anything is written; the file is rewritten atomically, in its order, only when something changed."""
     path = Path(path)
     records, _ = read_records(path, strict=True)
-    problems, stamped = [], {}
+    problems, stamped, todo = [], {}, []
     for rec in records:
         declared = encoders.get(rec["dataset"])
         have = rec.get("encoder") or {}
@@ -408,14 +412,13 @@ def stamp_encoders(path: str | Path, encoders: dict[str, dict[str, Any]], source
                             f"declared encoder {declared['model_id']!r} makes {declared['dim']}-d")
         else:
             stamped[rec["dataset"]] = stamped.get(rec["dataset"], 0) + 1
+            todo.append(rec)
     if problems:
         raise RecordError("\n".join(problems))
-    if stamped:
+    if todo:
         when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        for rec in records:
-            declared = encoders.get(rec["dataset"])
-            if declared is not None and (rec.get("encoder") or {}).get("model_id") is None:
-                rec["encoder"] = dict(declared)
-                rec["provenance"]["encoder_stamped"] = {"by": source, "timestamp": when}
-        write_text(path, "".join(json.dumps(rec, sort_keys=True, default=_json_default) + "\n" for rec in records))
+        for rec in todo:
+            rec["encoder"] = dict(encoders[rec["dataset"]])
+            rec["provenance"]["encoder_stamped"] = {"by": source, "timestamp": when}
+        write_text(path, _lines(records))
     return stamped
