@@ -367,6 +367,12 @@ def merge_results(sources: Iterable[str | Path], dest: str | Path, rename: dict[
     return len(merged)
 
 
+def saved_index(rec: dict[str, Any]) -> str:
+    """Where a fit's ``--save-index`` index is, relative to its results folder (the record's ``index.path``, or the
+    rule it was written by)."""
+    return (rec.get("index") or {}).get("path") or f"indexes/{rec['fit_id']}.faiss"
+
+
 def _renamed(rec: dict[str, Any], name: str, src: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """``rec`` as dataset ``name`` would have recorded it, and its files (old relative path -> new)."""
     new = json.loads(json.dumps(rec, default=_json_default))
@@ -380,7 +386,7 @@ def _renamed(rec: dict[str, Any], name: str, src: Path) -> tuple[dict[str, Any],
         suffix = Path(rec["per_query"]).name.split(".", 1)[1]        # json or json.gz, as written
         new["per_query"] = f"per_query/{new['run_id']}.{suffix}"
         files[rec["per_query"]] = new["per_query"]
-    saved = (rec.get("index") or {}).get("path") or f"indexes/{rec['fit_id']}.faiss"
+    saved = saved_index(rec)
     if (src.parent / saved).is_file():
         new["index"]["path"] = f"indexes/{new['fit_id']}.faiss"
         files[saved] = new["index"]["path"]

@@ -31,12 +31,11 @@ from benchmark._io import write_text
 from benchmark.harness import SearchSettings, index_searchers, time_points
 from benchmark.provenance import git_sha, provenance
 from benchmark.vq import fold_query_map
-from benchmark.records import read_records
+from benchmark.records import read_records, saved_index
 
 
 def _saved(run_dir: Path, rec: dict[str, Any]) -> tuple[Path, Path | None] | None:
-    rel = (rec.get("index") or {}).get("path")
-    path = run_dir / (rel or f"indexes/{rec['fit_id']}.faiss")
+    path = run_dir / saved_index(rec)
     if not path.is_file():
         return None
     qmap = path.with_name(path.name[:-len(".faiss")] + ".query_map.npy")
