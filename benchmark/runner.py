@@ -217,6 +217,8 @@ def _execute_fit(job: Job, ds: RetrievalDataset, settings: SearchSettings, devic
         exact_top = exact_top_k(ds, settings, exact)
         facts = _index_facts(vq, index, info)
         header = {**record_header(job, method, split.name, device), "encoder": dataset_encoder(ds)}
+        if ds.meta.get("encode"):   # the dataset's encodes by this project: seconds, threads, load, CPU
+            header["provenance"]["encode"] = ds.meta["encode"]
         fid = header["fit_id"]
         files: dict[str, bytes] = {}
         if save_index:

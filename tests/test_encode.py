@@ -23,7 +23,8 @@ def test_cache_hit_skips_model(tmp_path, fake_model):
     assert len(fake_model.loads) == 1 and fake_model.calls == [2]
     np.testing.assert_array_equal(first, second)
     assert first.dtype == np.float32 and first.shape == (2, 16)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{cache_key(TEXTS, 'some/model', None, True)}.npy"]
+    key = cache_key(TEXTS, 'some/model', None, True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.json", f"{key}.npy"]   # the array and its log
 
 
 def test_malformed_cache_file_is_recomputed(tmp_path, fake_model):
@@ -157,7 +158,8 @@ def test_chunked_encoding_equals_one_call(tmp_path, fake_model):
     assert fake_model.calls == [16, 16, 8] and chunked.shape == (40, 16)
     whole = fake_model.encode(texts, 64, False, True, True)
     np.testing.assert_array_equal(chunked, whole)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{cache_key(texts, 'm', None, True)}.npy"]  # no temp file
+    key = cache_key(texts, 'm', None, True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.json", f"{key}.npy"]  # no temp file
 
 
 def test_failed_encoding_leaves_no_file(tmp_path, fake_model, monkeypatch):

@@ -230,14 +230,22 @@ def test_interrupted_encode_resumes_from_saved_chunks(tmp_path, fake_model, monk
     key = cache_key(texts, "m", None, True)
     assert not (tmp_path / f"{key}.npy").exists()
     assert sorted(p.name for p in (tmp_path / f"{key}.partial").iterdir()) == \
-        ["rows-000000000-000000016.npy", "rows-000000016-000000032.npy"]
+        ["rows-000000000-000000016.json", "rows-000000000-000000016.npy",
+         "rows-000000016-000000032.json", "rows-000000016-000000032.npy"]
+    (tmp_path / f"{key}.partial" / "rows-000000016-000000032.json").unlink()   # as if saved before the encode log
 
     monkeypatch.setattr(fake_model, "encode", real)
     fake_model.calls.clear()
     out = encode_texts(texts, "m", cache_dir=tmp_path, batch_size=64)  # another batch size: chunks still reused
     assert fake_model.calls == [8]  # only the rows no chunk holds
     np.testing.assert_allclose(out, whole, rtol=1e-6, atol=1e-6)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{key}.npy"]  # the partial chunks are gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.json", f"{key}.npy"]  # the partial chunks are gone
+    log = encode.encode_stats(out)   # the encode log sums the chunks that kept theirs, across both runs
+    assert (log["texts"], log["dim"], log["timed_texts"], log["untimed_texts"]) == (40, 16, 24, 16)
+    assert log["model"] == "m" and log["seconds"] >= 0 and log["batch_size"] == 64 and log["device"] == "cpu"
+    assert log["cpu"] and isinstance(log["load1_max"], float)
+    assert encode.encode_stats(encode_texts(texts, "m", cache_dir=tmp_path)) == log   # a cache hit reads it back
+    assert encode.encode_stats(np.zeros((2, 2), np.float32)) is None
 
 
 def test_unusable_partial_chunks_are_ignored(tmp_path, fake_model):
@@ -322,3 +330,27 @@ def test_stamp_encoders_names_the_encoder_of_old_npy_records_and_changes_nothing
     text = (out / "results.jsonl").read_text()
     assert cli.main(["--stamp-encoders", str(out), "--config", config("minilm")]) == 0
     assert "nothing to stamp" in capsys.readouterr().out and (out / "results.jsonl").read_text() == text
+
+
+def test_records_carry_the_encode_log_and_the_report_shows_it(data_dir, fake_model, tmp_path):
+    """A text dataset encoded here: its corpus and query encode logs reach every record (provenance.encode) and the
+    report's dataset section; a second load (cache hits) carries the same logs."""
+    from benchmark.config import Job
+    from benchmark.harness import SearchSettings
+    from benchmark.report.document import encode_lines
+    from benchmark.runner import Runner
+    ds = load_dataset(f"beir:{FIXTURE}", model="some/model")
+    logs = ds.meta["encode"]
+    assert sorted(logs) == ["corpus", "queries"] and logs["corpus"]["texts"] == ds.num_docs == 12
+    assert logs["corpus"]["dim"] == 16 and logs["corpus"]["untimed_texts"] == 0 and logs["queries"]["texts"] > 0
+    loads = len(fake_model.loads)
+    assert load_dataset(f"beir:{FIXTURE}", model="some/model").meta["encode"] == logs
+    assert len(fake_model.loads) == loads   # read back from the cache, nothing encoded again
+    runner = Runner(tmp_path / "out", SearchSettings(), cache_dir=None, log=lambda _: None,
+                    datasets={"tiny": (f"beir:{FIXTURE}", {"model": "some/model"})})
+    [rec] = runner.run([Job("tiny", "flat")])
+    assert rec["status"] == "ok" and rec["provenance"]["encode"] == logs
+    [line] = encode_lines([rec, dict(rec)], "tiny")   # one line per distinct log, not per record
+    assert line.startswith("Encoded by this project with `some/model`") and "corpus 12 texts in " in line
+    assert f"queries {logs['queries']['texts']} texts" in line and "untimed" not in line
+    assert encode_lines([rec], "other") == []

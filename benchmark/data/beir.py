@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from benchmark.data.catalog import CATALOG_PATH, check_catalog_name, load_catalog
 from benchmark.data.dataset import (DatasetError, Qrels, RetrievalDataset, Split, check_embeddings, check_qrels,
                                     check_unique, option_hint)
-from benchmark.data.encode import DEFAULT_MODEL, cache_root, encode_texts
+from benchmark.data.encode import DEFAULT_MODEL, cache_root, encode_stats, encode_texts
 from benchmark.data.npy import UNLABELED_SPLIT, as_float32, find_file, open_matrix, read_qrels
 from benchmark.params import Param
 
@@ -409,6 +409,9 @@ def load_beir_dataset(name: str, split: str | None = None, model: str = DEFAULT_
     meta = {"source": str(folder.resolve()), "embeddings": str(embeddings) if embeddings is not None else None,
             "model": None if embeddings is not None else model, "max_length": max_length, "normalize": normalize,
             "dropped_qrels": dropped}
+    if embeddings is None:   # how long the encodes took, where they were timed (encodes cached before the log: none)
+        logs = {"corpus": encode_stats(doc_emb), "queries": encode_stats(query_emb)}
+        meta["encode"] = {k: v for k, v in logs.items() if v is not None}
     return RetrievalDataset(name=name, doc_ids=doc_ids, doc_emb=doc_emb, splits=splits, eval_split=eval_split,
                             doc_texts=doc_texts, meta=meta,
                             ignore_identical_ids=bool(entry.get("ignore_identical_ids", False)

@@ -14,6 +14,13 @@ rows they miss. When every row is there the chunks are copied into the cache fil
 memory) and the ``.partial`` folder is removed. sentence-transformers sorts texts by length within one ``encode``
 call, so a chunk pads to the longest text of its own batches: the same numbers up to float rounding.
 
+Encode log: each chunk's wall seconds, torch threads and 1-minute load average are saved beside it
+(``rows-<begin>-<end>.json``), and a finished encode writes ``<key>.json`` beside the cache file: texts, dim, the
+seconds summed over the chunks (pauses between resumed runs excluded), texts/s, threads, the highest load seen, CPU
+and device (:func:`encode_stats` reads it for an array :func:`encode_texts` returned; the BEIR loader puts it in the
+dataset's ``meta["encode"]``, and every record of the dataset carries it as ``provenance.encode``). Rows encoded by an
+older version without chunk logs count as ``untimed_texts``.
+
 ``model`` may be an encoder catalog name (``minilm``, ``mpnet``; :mod:`benchmark.data.encoders`), a
 sentence-transformers name or a local folder (:func:`resolve_model`).
 """
@@ -35,7 +42,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmark._io import atomic_path
+from benchmark._io import atomic_path, write_json
 from benchmark.data.dataset import check_embeddings
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -147,8 +154,51 @@ def _load_model(model: str, device: str, max_length: int | None):
     return st
 
 
+def _torch_threads() -> int | None:
+    import sys
+    torch = sys.modules.get("torch")   # sentence-transformers imported it to encode
+    return int(torch.get_num_threads()) if torch is not None else None
+
+
 def _chunk_name(begin: int, stop: int) -> str:
     return f"rows-{begin:09d}-{stop:09d}.npy"
+
+
+def _log_name(begin: int, stop: int) -> str:
+    return f"rows-{begin:09d}-{stop:09d}.json"
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing or unreadable (a log is never worth a failure)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _encode_log(partial: Path, saved: dict[int, int], n: int, dim: int, model: str, max_length: int | None,
+                normalize: bool, device: str, batch_size: int) -> dict:
+    """The finished encode's log (see module doc) from the chunk logs in ``partial``."""
+    from benchmark.provenance import cpu
+    logs = [(stop - begin, _read_json(partial / _log_name(begin, stop))) for begin, stop in sorted(saved.items())]
+    timed = [(rows, c) for rows, c in logs if c and isinstance(c.get("seconds"), (int, float))]
+    seconds = sum(c["seconds"] for _, c in timed)
+    timed_texts = sum(rows for rows, _ in timed)
+    loads = [c["load1"] for _, c in timed if isinstance(c.get("load1"), (int, float))]
+    return {"texts": n, "dim": dim, "model": model, "max_length": max_length, "normalize": bool(normalize),
+            "seconds": round(seconds, 3), "timed_texts": timed_texts, "untimed_texts": n - timed_texts,
+            "texts_per_s": round(timed_texts / seconds, 3) if seconds > 0 else None,
+            "threads": sorted({c["threads"] for _, c in timed if isinstance(c.get("threads"), int)}),
+            "load1_max": round(max(loads), 2) if loads else None, "device": device, "batch_size": batch_size,
+            "cpu": cpu(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def encode_stats(emb: np.ndarray) -> dict | None:
+    """The encode log (module doc) of an array :func:`encode_texts` returned, or None when the encode predates the log
+    (or ``emb`` is not a cache file)."""
+    name = getattr(emb, "filename", None)
+    return _read_json(Path(name).with_suffix(".json")) if name else None
 
 
 def _saved_chunks(partial: Path, n: int) -> dict[int, int]:
@@ -229,6 +279,7 @@ def encode_texts(texts: Sequence[str], model: str = DEFAULT_MODEL, *, batch_size
         t0 = time.perf_counter()
         with tqdm(total=len(texts), initial=done, desc=f"encoding {what} ({model})", unit=" texts") as bar:
             for begin, stop in _todo(saved, len(texts), chunk):
+                started = time.perf_counter()
                 part = np.asarray(st.encode(list(texts[begin:stop]), batch_size=batch_size,
                                             show_progress_bar=False, normalize_embeddings=normalize,
                                             convert_to_numpy=True), dtype=np.float32)
@@ -247,6 +298,9 @@ def encode_texts(texts: Sequence[str], model: str = DEFAULT_MODEL, *, batch_size
                 with atomic_path(partial / _chunk_name(begin, stop)) as tmp:
                     with open(tmp, "wb") as f:
                         np.save(f, part)
+                write_json(partial / _log_name(begin, stop),
+                           {"seconds": round(time.perf_counter() - started, 3), "threads": _torch_threads(),
+                            "load1": round(os.getloadavg()[0], 2), "device": device, "batch_size": batch_size})
                 saved[begin] = stop
                 dim = part.shape[1]
                 encoded += len(part)
@@ -261,7 +315,10 @@ def encode_texts(texts: Sequence[str], model: str = DEFAULT_MODEL, *, batch_size
             out[begin:stop] = part
         check_embeddings(out, f"embeddings of {what} ({len(texts)} texts) from model {model!r}")
         out.flush()
+        dim = out.shape[1]
         del out
+    write_json(path.with_suffix(".json"), _encode_log(partial, saved, len(texts), dim, model, max_length, normalize,
+                                                      device, batch_size))
     shutil.rmtree(partial, ignore_errors=True)
     log.info("encoded %s: %d texts with %s -> %s (%d encoded now in %.1f s, %.2f texts/s%s)", what, len(texts), model,
              path, encoded, secs, encoded / secs if secs > 0 and encoded else 0.0,

@@ -170,7 +170,7 @@ def _report_records(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, reco
     for ds in datasets:
         summary["latency_budget_ms"][ds] = {"ms": _json_value(budgets[ds].ms), "how": budgets[ds].how}
         written.update(_dataset_section(doc, summary, df, points, views, ds, budgets[ds], quality, test, notes,
-                                        out, [p for p in peers if p["dataset"] == ds]))
+                                        out, [p for p in peers if p["dataset"] == ds], encode_lines(records, ds)))
     written.update(_paper_tables(doc, views["exhaustive"], datasets, tracks, quality, out))
     doc.add("heading", (2, "Provenance"))
     doc.add("list", provenance_lines(records))
@@ -212,13 +212,14 @@ def _protocol(rows: pd.DataFrame) -> str:
 
 def _dataset_section(doc: rt.Doc, summary: dict[str, Any], df: pd.DataFrame, points: pd.DataFrame,
                      views: dict[str, pd.DataFrame], ds: str, budget: rt.Budget, quality: str, test: str,
-                     notes: list[str], out: Path, peers: list[dict[str, Any]]) -> dict[str, Path]:
+                     notes: list[str], out: Path, peers: list[dict[str, Any]],
+                     encodes: list[str] | None = None) -> dict[str, Path]:
     doc.add("heading", (2, ds))
     cpus = df.loc[df["dataset"] == ds, "cpu"].dropna().unique() if "cpu" in df else []
     hardware = ", ".join(sorted(str(c) for c in cpus if c)) or "not recorded"
     ceiling = rt.reference_line(points, ds, quality)
     doc.add("list", [*([ceiling] if ceiling else []), *rt.sanity_lines(points, ds, quality),
-                     f"Latency budget of the pruned point: {budget.text} ({budget.how})."])
+                     f"Latency budget of the pruned point: {budget.text} ({budget.how}).", *(encodes or [])])
     written = _dataset_plots(doc, points, views, ds, budget, quality, out, first=True)
     titles = {"exhaustive": "exhaustive (nprobe = nlist, or no IVF)",
               "pruned": f"pruned: best nprobe with {budget.text}"}
@@ -397,6 +398,34 @@ def row_provenance(df: pd.DataFrame, records: list[dict[str, Any]]) -> dict[str,
                 "command": sorted({" ".join(p.get("argv") or []) for p in prov})}
         out[label] = entry
     return out
+
+
+def encode_lines(records: list[dict[str, Any]], ds: str) -> list[str]:
+    """One line per distinct encode log (:func:`benchmark.data.encode.encode_stats`) the records of ``ds`` carry in
+    ``provenance.encode``: what this project encoded, how long it took and under what load; none for embeddings
+    brought as files or encoded before the log existed."""
+    seen: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        if rec.get("dataset") == ds:
+            logs = (rec.get("provenance") or {}).get("encode") or {}
+            if logs:
+                seen.setdefault(json.dumps(logs, sort_keys=True), logs)
+    lines = []
+    for logs in seen.values():
+        parts = []
+        for what, log in sorted(logs.items()):
+            rate = log.get("texts_per_s")
+            threads = "/".join(map(str, log.get("threads") or [])) or "?"
+            untimed = log.get("untimed_texts") or 0
+            parts.append(f"{what} {log.get('texts', 0):,} texts in {log.get('seconds', 0):,.0f} s"
+                         + (f" ({rate:g} texts/s" if rate else " (") + f", {threads} torch thread(s), highest 1-min "
+                         f"load {log.get('load1_max')}" + (f"; {untimed:,} texts encoded before the log, untimed"
+                                                           if untimed else "") + ")")
+        first = next(iter(logs.values()))
+        lines.append(f"Encoded by this project with `{first.get('model')}` on {first.get('cpu')} "
+                     f"({first.get('device')}): " + "; ".join(parts) + " (wall seconds of the encode chunks, pauses "
+                     "between resumed runs excluded).")
+    return lines
 
 
 def provenance_lines(records: list[dict[str, Any]]) -> list[str]:
