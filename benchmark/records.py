@@ -357,7 +357,7 @@ def merge_results(sources: Iterable[str | Path], dest: str | Path, rename: dict[
             if only_fits is not None and rec["fit_id"] not in only_fits:
                 continue
             for old, new in files.items():
-                for a, b in [(old, new)] + ([(old[:-6] + ".query_map.npy", new[:-6] + ".query_map.npy")]
+                for a, b in [(old, new)] + ([(query_map_beside(old), query_map_beside(new))]
                                             if old.endswith(".faiss") else []):
                     source, target = src.parent / a, dest.parent / b
                     if source.exists() and source.resolve() != target.resolve():
@@ -371,6 +371,11 @@ def saved_index(rec: dict[str, Any]) -> str:
     """Where a fit's ``--save-index`` index is, relative to its results folder (the record's ``index.path``, or the
     rule it was written by)."""
     return (rec.get("index") or {}).get("path") or f"indexes/{rec['fit_id']}.faiss"
+
+
+def query_map_beside(index_path: str) -> str:
+    """The ``<fit>.query_map.npy`` an index saved before query maps were folded into it keeps beside it."""
+    return index_path[:-len(".faiss")] + ".query_map.npy"
 
 
 def _renamed(rec: dict[str, Any], name: str, src: Path) -> tuple[dict[str, Any], dict[str, str]]:

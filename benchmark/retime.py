@@ -31,14 +31,14 @@ from benchmark._io import write_text
 from benchmark.harness import SearchSettings, index_searchers, time_points
 from benchmark.provenance import git_sha, provenance
 from benchmark.vq import fold_query_map
-from benchmark.records import read_records, saved_index
+from benchmark.records import query_map_beside, read_records, saved_index
 
 
 def _saved(run_dir: Path, rec: dict[str, Any]) -> tuple[Path, Path | None] | None:
     path = run_dir / saved_index(rec)
     if not path.is_file():
         return None
-    qmap = path.with_name(path.name[:-len(".faiss")] + ".query_map.npy")
+    qmap = run_dir / query_map_beside(saved_index(rec))
     return path, qmap if qmap.is_file() else None
 
 
