@@ -411,7 +411,7 @@ def test_glance_and_cross_dataset(run):
     cross = _part(md, "## Across datasets")
     exhaustive = _md_tables(_part(_part(cross, "### Track 16 B/vector"), "#### exhaustive"))[0]
     assert list(exhaustive.columns) == ["Family", "Index B/vec", "toy-a", "toy-b", "Average", "Avg rank",
-                                        "W / T / L vs best recon."]
+                                        "W / T / L vs best recon.", "In best group ◆"]
     # IVF stores a list id per doc and its centroids beside the 16 code bytes; flat PQ only its codebooks
     ivf_bpv = [float(v) for v in exhaustive.loc["faiss-ivfopq", "Index B/vec"].split("–")]
     assert all(v > 16 for v in ivf_bpv) and ivf_bpv == sorted(ivf_bpv)
@@ -427,6 +427,10 @@ def test_glance_and_cross_dataset(run):
     assert exhaustive.loc[DISTILL_TRACK, "W / T / L vs best recon."] == "2 / 0 / 0"
     assert exhaustive.loc["jpq", "W / T / L vs best recon."] == "0 / 1 / 0"   # toy-a only, noise: a tie
     assert exhaustive.loc["faiss-ivfopq", "W / T / L vs best recon."] == "—"  # baselines are not compared
+    # distill-vq is each dataset's best; a reconstruction baseline far below it is in neither tie group
+    assert exhaustive.loc[DISTILL_TRACK, "In best group ◆"] == "2 / 2"
+    assert exhaustive.loc["faiss-ivfopq", "In best group ◆"] == "0 / 2"
+    assert exhaustive.loc["flat (exact search, not ranked)", "In best group ◆"] == "—"
     assert exhaustive.loc["jpq", "toy-b"] == "—" and exhaustive.loc["jpq", "Average"] == "—"
     averages = [float(v) for v in exhaustive["Average"].iloc[1:] if v != "—"]
     assert averages == sorted(averages, reverse=True)
@@ -552,7 +556,7 @@ def test_committed_reports_regenerate(tmp_path, name):
     for track in contested:  # tracks holding both families (faiss-native budgets have no learned row)
         table = _md_tables(_part(_part(cross, f"### Track {track} B/vector"), "#### exhaustive"))[0]
         assert list(table.columns) == ["Family", "Index B/vec", name, f"{name}-copy", "Average", "Avg rank",
-                                       "W / T / L vs best recon."]
+                                       "W / T / L vs best recon.", "In best group ◆"]
         learned = table[table["Family"] == "contrastive"]
         assert len(learned) and set(learned[f"{name}-copy"]) == {"—"} and set(learned["Average"]) == {"—"}
         recon = table[table["Family"] == "reconstruction"]

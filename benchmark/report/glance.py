@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark._io import write_text
+from benchmark.report.tables import CROSS_SUMMARY
 
 BLOCK = re.compile(r"<!-- (glance|winners) (\S+) (\S+)(?: (\S+))? -->\n.*?<!-- /\1 -->", re.S)
 VALUE = re.compile(r"^-?\d+\.\d+")
@@ -36,7 +37,7 @@ def glance_table(report: str | Path, track: str = "16", point: str = "exhaustive
         known = ", ".join(summary.get("cross_dataset", {})) or "none: a report of one dataset"
         raise ValueError(f"{folder / 'summary.json'}: no cross-dataset table {key!r} (it has: {known})")
     columns = list(rows[0])
-    fixed = {"Method", "Family", "Index B/vec", "Average", "Avg rank", "W / T / L vs best recon."}
+    fixed = {"Method", "Family", "Index B/vec", *CROSS_SUMMARY}
     datasets = [c for c in columns if c not in fixed]
     best = {d: max((v for r in rows if REFERENCE not in r["Method"] and (v := _value(r[d])) is not None),
                    default=None) for d in datasets}

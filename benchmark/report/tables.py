@@ -658,6 +658,11 @@ def glance(views: dict[str, pd.DataFrame], budgets: dict[str, Budget], quality: 
     return pd.DataFrame(out)
 
 
+BEST_GROUP = f"In best group {TIE}"
+CROSS_SUMMARY = ("Average", "Avg rank", "W / T / L vs best recon.", BEST_GROUP)   # cross_dataset's columns after
+#                                                                                   the datasets'
+
+
 def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: float,
                   reference: pd.DataFrame | None = None) -> pd.DataFrame:
     """BEIR-shaped table of one track: a row per variant, a column per dataset (mean ± std of ``quality`` over
@@ -666,8 +671,9 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
     average over datasets
     (— unless the variant has every dataset), the average rank (per dataset the variants of the track ranked by mean
     quality, 1 = best, ties share the mean rank; averaged over the datasets the variant has) and wins / ties / losses
-    against each dataset's best reconstruction baseline (:func:`wins_ties_losses`). Rows by average, best first; the
-    reference row, when given, comes first and is not ranked."""
+    against each dataset's best reconstruction baseline (:func:`wins_ties_losses`), and in how many of the datasets
+    where it has a tie test the variant is in the best row's tie group (◆: the verdict that holds, or not, across
+    datasets). Rows by average, best first; the reference row, when given, comes first and is not ranked."""
     sub = ranked(rows[(rows["track"] == track)]).dropna(subset=[quality])
     sub = sub[sub["fits"].map(is_true)]
     table = sub.pivot_table(index=["tlabel", "family"], columns="dataset", values=quality, aggfunc="first")
@@ -680,6 +686,9 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
     status = sub["tie_status"] if "tie_status" in sub else pd.Series(None, index=sub.index, dtype=object)
     suffix = [(" †" if s else "") + (f" {TIE}" if _in_group(t) else " (untested)" if t == "untested" else "")
               for s, t in zip(significant, status)]
+    tested = status.isin(["best", "tied", "not tied"])
+    group = (sub.assign(_in=status.map(_in_group) & tested, _tested=tested)
+             .groupby(["tlabel", "family"])[["_in", "_tested"]].sum())
     marks = sub.assign(_m=suffix).pivot_table(index=["tlabel", "family"], columns="dataset", values="_m",
                                               aggfunc="first").reindex(index=table.index, columns=datasets)
     bpv = (sub.pivot_table(index=["tlabel", "family"], columns="dataset", values="index_bpv", aggfunc="first")
@@ -697,7 +706,7 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
         out.append({"Method": f"{reference['label'].iloc[0]} (exact search, not ranked)", "Family": REFERENCE_FAMILY,
                     "Index B/vec": _bpv_range(ref_bpv), **{d: _cell(ref[d]) for d in datasets},
                     "Average": _cell(ref.mean() if ref.notna().all() else math.nan), "Avg rank": DASH,
-                    "W / T / L vs best recon.": DASH})
+                    "W / T / L vs best recon.": DASH, BEST_GROUP: DASH})
     for tlabel, family in order:
         cells = {"Method": tlabel, "Family": family, "Index B/vec": _bpv_range(bpv.loc[(tlabel, family)])}
         for d in datasets:
@@ -708,9 +717,10 @@ def cross_dataset(rows: pd.DataFrame, quality: str, datasets: list[str], track: 
         cells["Average"] = _cell(avg[(tlabel, family)])
         cells["Avg rank"] = DASH if pd.isna(ranks[(tlabel, family)]) else f"{ranks[(tlabel, family)]:.1f}"
         cells["W / T / L vs best recon."] = wtl.get((tlabel, family), DASH)
+        n_in, n_tested = (int(v) for v in group.loc[(tlabel, family)])
+        cells[BEST_GROUP] = f"{n_in} / {n_tested}" if n_tested else DASH
         out.append(cells)
-    table = pd.DataFrame(out, columns=["Method", "Family", "Index B/vec", *datasets, "Average", "Avg rank",
-                                       "W / T / L vs best recon."])
+    table = pd.DataFrame(out, columns=["Method", "Family", "Index B/vec", *datasets, *CROSS_SUMMARY])
     labels = dict(zip(sub["tlabel"], sub["label"]))
     table.attrs["row_links"] = ([None] if len(out) > len(order) else []) + [labels.get(t) for t, _ in order]
     return table
