@@ -35,10 +35,11 @@ from benchmark.records import query_map_beside, read_records, saved_index
 
 
 def _saved(run_dir: Path, rec: dict[str, Any]) -> tuple[Path, Path | None] | None:
-    path = run_dir / saved_index(rec)
+    rel = saved_index(rec)
+    path = run_dir / rel
     if not path.is_file():
         return None
-    qmap = run_dir / query_map_beside(saved_index(rec))
+    qmap = run_dir / query_map_beside(rel)
     return path, qmap if qmap.is_file() else None
 
 

@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -155,17 +156,13 @@ def _load_model(model: str, device: str, max_length: int | None):
 
 
 def _torch_threads() -> int | None:
-    import sys
     torch = sys.modules.get("torch")   # sentence-transformers imported it to encode
     return int(torch.get_num_threads()) if torch is not None else None
 
 
-def _chunk_name(begin: int, stop: int) -> str:
-    return f"rows-{begin:09d}-{stop:09d}.npy"
-
-
-def _log_name(begin: int, stop: int) -> str:
-    return f"rows-{begin:09d}-{stop:09d}.json"
+def _chunk_name(begin: int, stop: int, suffix: str = ".npy") -> str:
+    """A saved chunk of rows ``begin..stop-1`` (``.npy``) or its log (``.json``)."""
+    return f"rows-{begin:09d}-{stop:09d}{suffix}"
 
 
 def _read_json(path: Path) -> dict | None:
@@ -181,7 +178,8 @@ def _encode_log(partial: Path, saved: dict[int, int], n: int, dim: int, model: s
                 normalize: bool, device: str, batch_size: int) -> dict:
     """The finished encode's log (see module doc) from the chunk logs in ``partial``."""
     from benchmark.provenance import cpu
-    logs = [(stop - begin, _read_json(partial / _log_name(begin, stop))) for begin, stop in sorted(saved.items())]
+    logs = [(stop - begin, _read_json(partial / _chunk_name(begin, stop, ".json")))
+            for begin, stop in sorted(saved.items())]
     timed = [(rows, c) for rows, c in logs if c and isinstance(c.get("seconds"), (int, float))]
     seconds = sum(c["seconds"] for _, c in timed)
     timed_texts = sum(rows for rows, _ in timed)
@@ -298,7 +296,7 @@ def encode_texts(texts: Sequence[str], model: str = DEFAULT_MODEL, *, batch_size
                 with atomic_path(partial / _chunk_name(begin, stop)) as tmp:
                     with open(tmp, "wb") as f:
                         np.save(f, part)
-                write_json(partial / _log_name(begin, stop),
+                write_json(partial / _chunk_name(begin, stop, ".json"),
                            {"seconds": round(time.perf_counter() - started, 3), "threads": _torch_threads(),
                             "load1": round(os.getloadavg()[0], 2), "device": device, "batch_size": batch_size})
                 saved[begin] = stop
