@@ -24,8 +24,8 @@ measured / estimated, so the dry-run's model is checked against every run (issue
 **Resume** (``--resume``): a size's folder is kept; a finished generation (``generated.json``, written last), the
 caches, the exact top-k and each finished method's ``result-<method>.json`` are reused, so an interrupted sweep of
 hours goes on where it stopped. ``--paper``: MS MARCO passage's shape (8,841,823 x 768, 6,980 evaluated and 100k
-train queries, 32 B, faiss-ivfopq / jpq-ivf / distill-vq, the IVF teacher, JPQ's negatives from nlist/16 lists) at
-100k / 1M / 8.8M docs.
+train queries, 32 B, IVF10000 as configs/msmarco.toml, faiss-ivfopq / jpq-ivf / distill-vq, the IVF teacher, nprobe and
+JPQ's negatives from nlist/16 = 625 lists) at 100k / 1M / 8.8M docs.
 
 Choices (overridable): nlist = 4*sqrt(n) rounded to the nearest power of two, M = 48 (8 dims per sub-vector at d=384,
 48 bytes/doc = 32x compression of float32, i.e. the 96-sub-vector setting of JPQ/Distill-VQ at d=768),
@@ -431,12 +431,12 @@ def summary(results: list[dict], exps: dict[str, float | None]) -> str:
 
 
 PAPER = {"sizes": "100000,1000000,8841823", "dim": 768, "M": 32, "train_queries": 100_000, "test_queries": 6980,
-         "K": 50, "methods": "faiss-ivfopq,jpq-ivf,distill-vq", "teacher": "ivf", "coarse": "two-level",
-         "pq_assign": "flat-index"}
+         "K": 50, "nlist": 10000, "methods": "faiss-ivfopq,jpq-ivf,distill-vq", "teacher": "ivf",
+         "coarse": "two-level", "pq_assign": "flat-index"}
 # --paper: MS MARCO passage's shape (8,841,823 docs x 768-d, the 6,980 dev.small queries, >= 100k train queries,
-# 32 B codes, two-level lists and the flat-index PQ assignment as configs/msmarco.toml) on the structured synthetic
-# generator, at three sizes for the growth plot; jpq-ivf's negatives from nlist/16 of the lists (--mine-nprobe 0 =
-# nlist/16 under --paper)
+# 32 B codes, IVF10000 by two-level lists and the flat-index PQ assignment, all as configs/msmarco.toml, so that its
+# --dry-run is checked against this run's stages) on the structured synthetic generator, at three sizes for the growth
+# plot; nprobe and jpq-ivf's negatives from nlist/16 = 625 of the lists (--mine-nprobe 0 = nlist/16 under --paper)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

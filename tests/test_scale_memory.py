@@ -112,3 +112,32 @@ def test_scale_sweep_shares_a_size_between_methods_and_resumes(tmp_path):
     again = json.loads((tmp_path / "w" / "scale-results.json").read_text())["results"]
     assert all(r["resumed"] for r in again)
     assert [r["metrics"] for r in again] == [r["metrics"] for r in first]
+    # the committed scale report is built from those result files: every number from them, cached stages marked
+    spec = importlib.util.spec_from_file_location("bench_scale_report", SCALE.with_name("scale_report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    text = report.write_report([tmp_path / "w"], tmp_path / "rep").read_text()
+    jpq = next(r for r in first if r["method"] == "jpq-ivf")
+    section = text.split("· jpq-ivf ·")[1]
+    assert f"| faiss init (OPQ, IVF lists, PQ; in fit) \\* | {jpq['stages']['init']['seconds']:,.1f} |" in section
+    assert f"| exact reference top-k of the eval queries \\* | {jpq['stages']['exact']['seconds']:,.1f} |" in section
+    assert f"nDCG@10 {jpq['metrics']['nDCG@10']:.4f}" in section
+    assert (tmp_path / "rep" / "growth.png").stat().st_size > 10_000
+    assert sorted(p.name for p in (tmp_path / "rep" / "runs").iterdir()) == ["n2000-faiss-ivfopq.json",
+                                                                            "n2000-jpq-ivf.json"]
+
+
+def test_paper_shape_is_the_msmarco_config():
+    """bench/scale.py --paper runs configs/msmarco.toml's setting (IVF lists, PQ bytes, two-level lists, flat-index
+    assignment, jpq-ivf's mining lists, the pruned nprobe), so that config's --dry-run is checked against it."""
+    import tomllib
+    scale = _scale()
+    args = scale.parse_args(["--paper"])
+    cfg = tomllib.loads((SCALE.parent.parent / "configs" / "msmarco.toml").read_text())
+    ivf = cfg["runs"][1]["params"]
+    assert args.nlist == ivf["nlist"] == 10000 and args.M in ivf["M"]
+    assert args.coarse == ivf["coarse"] and args.pq_assign == ivf["pq_assign"]
+    assert args.nlist // 16 == ivf["mine_nprobe"] and args.nlist // 16 in cfg["search"]["nprobes"]
+    assert args.teacher == cfg["datasets"]["msmarco"]["teacher"] and args.test_queries == 6980
+    assert set(args.method_list) <= set(cfg["runs"][0]["methods"] + cfg["runs"][1]["methods"])
+    assert scale.parse_args(["--paper", "--nlist", "4096"]).nlist == 4096     # explicit flags win
