@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import faiss
@@ -116,7 +117,24 @@ def test_scale_sweep_shares_a_size_between_methods_and_resumes(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_scale_report", SCALE.with_name("scale_report.py"))
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
-    text = report.write_report([tmp_path / "w"], tmp_path / "rep").read_text()
+    nlist = first[0]["nlist"]
+    config = tmp_path / "msmarco-like.toml"   # configs/msmarco.toml's form: npy: ${VQBENCH_MSMARCO}, the run's layout
+    config.write_text(f'out = "{tmp_path / "planned"}"\n[datasets.synth]\nname = "npy:${{VQBENCH_MSMARCO:-nowhere}}"\n'
+                      f'split = "dev"\n[search]\nnprobes = [1, {nlist}]\n[[runs]]\nmethods = ["faiss-ivfopq"]\n'
+                      f'params = {{ M = 8, nlist = {nlist} }}\n[[runs]]\nmethods = ["jpq-ivf"]\n'
+                      f'params = {{ M = 8, nlist = {nlist}, mine_nprobe = {nlist // 16} }}\n')
+    env_before = os.environ.get("VQBENCH_MSMARCO")
+    text = report.write_report([tmp_path / "w"], tmp_path / "rep", config).read_text()
+    layout = tmp_path / "w" / "npy-n2000"
+    assert (layout / "corpus.npy").resolve() == (tmp_path / "w" / "n2000" / "docs.npy").resolve()
+    assert len((layout / "qrels" / "dev.tsv").read_text().splitlines()) > 50      # header + >= 1 judgment per query
+    dry = (tmp_path / "rep" / "dry-run.txt").read_text()
+    assert "2,000 docs x 64-d, 200 train queries, 50 evaluated queries" in dry
+    rows = [line.split(" | ") for line in text.split("## The `--dry-run`")[1].split("## Per size")[0].splitlines()
+            if line.startswith("| faiss-ivfopq") or line.startswith("| jpq-ivf")]
+    assert [r[0][2:] for r in rows if r[1].startswith("faiss init")] == ["faiss-ivfopq"]    # counted where it ran
+    assert any(r[0] == "| jpq-ivf" and r[1].startswith("teacher top-K / negative pool") for r in rows)
+    assert os.environ.get("VQBENCH_MSMARCO") == env_before                                # restored
     jpq = next(r for r in first if r["method"] == "jpq-ivf")
     section = text.split("· jpq-ivf ·")[1]
     assert f"| faiss init (OPQ, IVF lists, PQ; in fit) \\* | {jpq['stages']['init']['seconds']:,.1f} |" in section
