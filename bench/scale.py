@@ -64,8 +64,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-STAGES = ("generate", "fit", "init", "mining", "train", "train/epoch", "build", "exact", "eval")
-PARTS_OF_FIT = ("init", "mining", "train", "train/epoch")  # from info; inside ``fit``
+STAGES = ("generate", "fit", "init", "mining", "teacher_pass", "train", "train/epoch", "build", "exact", "eval")
+PARTS_OF_FIT = ("init", "mining", "teacher_pass", "train", "train/epoch")  # from info; inside ``fit``
 MiB = 1024.0
 
 
@@ -202,7 +202,8 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
               "mine_nprobe": max(1, nlist // 16) if args.mine_nprobe == -1 else args.mine_nprobe,
               "coarse": None if args.coarse == "kmeans" else args.coarse, "opq_niter": args.opq_niter or None,
               "opq_train_points": args.opq_train_points or None,
-              "pq_assign": None if args.pq_assign == "tables" else args.pq_assign}
+              "pq_assign": None if args.pq_assign == "tables" else args.pq_assign,
+              "teacher_scores": None if args.teacher_scores == "per-step" else args.teacher_scores}
     params = {k: v for k, v in wanted.items() if k in cls_params and v is not None
               and not (k == "mine_nprobe" and not getattr(plain, "ivf", False))}
     method = make_method(method_name, params)
@@ -242,15 +243,24 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
     train = train_data(ds, args.seed, args.device, str(cache_dir))
     if args.teacher != "exact":
         train = replace(train, teacher={"kind": args.teacher, "nlist": 0, "nprobe": 0})
+    mined_before = {p.name for p in cache_dir.glob("topk-*.npy")}
     with stage("fit"):   # the first method of a size trains the faiss init and mines; later ones read the cache
         vq = method.fit(train)
     info = vq.info
     epochs = float(info.get("epochs", cfg.get("epochs", 1.0)))
-    for name, key in (("init", "init_seconds"), ("mining", "mining_seconds"), ("train", "train_loop_seconds")):
+    for name, key in (("init", "init_seconds"), ("mining", "mining_seconds"), ("teacher_pass", "teacher_pass_seconds"),
+                      ("train", "train_loop_seconds")):
         if key in info:
             cpu_key = "train_loop_cpu_seconds" if name == "train" else None
             result["stages"][name] = {"seconds": float(info[key]),
                                       "cpu_seconds": float(info[cpu_key]) if cpu_key in info else None}
+    if "mining" in result["stages"]:   # the size's mining ledger: what a method's mining took when it ran; a
+        ledger = size_dir / "mining-seconds.json"     # later (resumed) fit that read its top-K from the cache is
+        known = json.loads(ledger.read_text()) if ledger.is_file() else {}   # marked, with that time
+        if {p.name for p in cache_dir.glob("topk-*.npy")} - mined_before:
+            _atomic_json(ledger, {**known, method_name: {"seconds": result["stages"]["mining"]["seconds"]}})
+        elif method_name in known:
+            result["stages"]["mining"] = {**known[method_name], "cpu_seconds": None, "cached": True}
     if info.get("init_cached"):   # read from the size's cache: measured when an earlier method trained it
         result["stages"]["init"] = {"seconds": float(info["cached_init_seconds"]), "cpu_seconds": None,
                                     "cached": True}
@@ -432,7 +442,7 @@ def summary(results: list[dict], exps: dict[str, float | None]) -> str:
 
 PAPER = {"sizes": "100000,1000000,8841823", "dim": 768, "M": 32, "train_queries": 100_000, "test_queries": 6980,
          "K": 50, "nlist": 10000, "methods": "faiss-ivfopq,jpq-ivf,distill-vq", "teacher": "ivf",
-         "coarse": "two-level", "pq_assign": "flat-index"}
+         "coarse": "two-level", "pq_assign": "flat-index", "teacher_scores": "one-pass"}
 # --paper: MS MARCO passage's shape (8,841,823 docs x 768-d, the 6,980 dev.small queries, >= 100k train queries,
 # 32 B codes, IVF10000 by two-level lists and the flat-index PQ assignment, all as configs/msmarco.toml, so that its
 # --dry-run is checked against this run's stages) on the structured synthetic generator, at three sizes for the growth
@@ -463,6 +473,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pq-assign", choices=("tables", "flat-index"), default="tables",
                     help="how the faiss init encodes sub-vectors (the methods' pq_assign param): faiss's distance "
                          "tables, or an IndexFlatL2 search per sub-quantizer (~12x faster encoding at 16-d)")
+    ap.add_argument("--teacher-scores", choices=("per-step", "one-pass"), default="per-step",
+                    help="distill-vq's teacher_scores: the candidates' doc vectors gathered each step, or one read of "
+                         "the corpus in row order (a memory-mapped corpus larger than RAM)")
     ap.add_argument("--teacher", choices=("exact", "ivf"), default="exact",
                     help="how the teacher's top-K is mined: exact scan, or the IVF-SQ8 teacher (recall recorded)")
     ap.add_argument("--mine-nprobe", type=int, default=None,

@@ -30,10 +30,11 @@ if str(REPO) not in sys.path:
 
 MiB = 1024.0
 GiB = 1024.0 ** 3
-TABLE_STAGES = ("generate", "init", "mining", "train", "fit", "build", "exact", "eval")
-PLOT_STAGES = ("init", "mining", "train", "build", "exact", "eval", "total")
+TABLE_STAGES = ("generate", "init", "mining", "teacher_pass", "train", "fit", "build", "exact", "eval")
+PLOT_STAGES = ("init", "mining", "teacher_pass", "train", "build", "exact", "eval", "total")
 STAGE_TEXT = {"generate": "generate the corpus (once per size)", "init": "faiss init (OPQ, IVF lists, PQ; in fit)",
-              "mining": "teacher top-K / negative pool (in fit)", "train": "training loop (in fit)",
+              "mining": "teacher top-K / negative pool (in fit)",
+              "teacher_pass": "teacher scores, one read of the corpus (in fit)", "train": "training loop (in fit)",
               "fit": "fit (init + mining + training + glue)", "build": "index build (write-back)",
               "exact": "exact reference top-k of the eval queries", "eval": "evaluation (search + latency passes)"}
 
@@ -84,8 +85,8 @@ def stage_table(r: dict) -> list[str]:
             f"overlap@10 with exact {_f(fid.get('overlap@10'), '.3f')}; peak RSS of the process (ru_maxrss) "
             f"{r['child_maxrss_mb'] / MiB:.2f} GiB; docs {r['docs_bytes'] / GiB:.1f} GiB on disk, the size's folder "
             f"{r.get('disk_bytes', 0) / GiB:.1f} GiB")
-    lines = [head, "",
-             "| stage | wall s | CPU s | peak anon GiB | peak file GiB | 1-min load | dry-run est. s | measured / est. |",
+    lines = [head, "", "| stage | wall s | CPU s | peak anon GiB | peak file GiB | 1-min load | dry-run est. s "
+                       "| measured / est. |",
              "|---|---:|---:|---:|---:|---|---:|---:|"]
     for name in TABLE_STAGES:
         s = r["stages"].get(name)
@@ -141,7 +142,8 @@ def growth_plot(results: list[dict], out: Path, scale) -> None:
     fig = Figure(figsize=(4.4 * (len(methods) + 1), 4.2), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(methods) + 1, squeeze=False)[0]
-    colours = dict(zip(PLOT_STAGES, ("#0072B2", "#D55E00", "#CC79A7", "#E69F00", "#56B4E9", "#009E73", "#000000")))
+    colours = dict(zip(PLOT_STAGES, ("#0072B2", "#D55E00", "#999999", "#CC79A7", "#E69F00", "#56B4E9", "#009E73",
+                                     "#000000")))
     for ax, method in zip(axes, methods):
         mine = [r for r in results if r["method"] == method]
         ns = [r["n"] for r in mine]
@@ -223,12 +225,12 @@ def dry_run_check(config: Path, size_dir: Path, results: list[dict], out: Path) 
                                      f"--dry-run\n{text}\n")
     rates = measure_machine(cache_root()).rates()
     measured = {r["method"]: r for r in results if r["n"] == max(x["n"] for x in results)}
-    lines = [f"## The `--dry-run` of {config} against the measured {max(measured.values(), key=lambda r: r['n'])['n']:,}"
-             f"-doc run", "",
-             f"The config's own dry-run on this synthetic in the `npy:` layout: [dry-run.txt](dry-run.txt). Below, "
-             f"its model's estimate per stage (the same `fit_stages`, this machine's rates measured now, idle) "
-             f"against the measured stage; a stage a method read from an earlier method's cache counts where it "
-             f"ran. Issue #29 asks for a factor of 2 at most.", "",
+    biggest = max(r["n"] for r in measured.values())
+    lines = [f"## The `--dry-run` of {config} against the measured {biggest:,}-doc run", "",
+             "The config's own dry-run on this synthetic in the `npy:` layout: [dry-run.txt](dry-run.txt). Below, "
+             "its model's estimate per stage (the same `fit_stages`, this machine's rates measured now, idle) "
+             "against the measured stage; a stage a method read from an earlier method's cache counts where it "
+             "ran. Issue #29 asks for a factor of 2 at most.", "",
              "| method | stage | dry-run est. s | measured s | measured / est. |", "|---|---|---:|---:|---:|"]
     seen: set[tuple] = set()
     for alias, (loader, options) in planned.datasets.items():
@@ -246,7 +248,7 @@ def dry_run_check(config: Path, size_dir: Path, results: list[dict], out: Path) 
             for st in fit_stages(method, facts, [r["nprobe"]] if r.get("nprobe") else [], teacher=teacher):
                 key = next(v for k, v in scale.ESTIMATE_STAGES.items() if st.name.startswith(k))
                 est[key] = est.get(key, 0.0) + st.seconds(rates, STEP_SECONDS)
-            for name in ("init", "mining", "train", "build", "exact", "eval"):
+            for name in ("init", "mining", "teacher_pass", "train", "build", "exact", "eval"):
                 s = r["stages"].get(name)
                 if s is None or s.get("cached") or name not in est:
                     continue

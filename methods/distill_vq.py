@@ -10,6 +10,10 @@ Candidates per query (:mod:`benchmark.vq.candidates`): its teacher top-K (``topk
 of them), labeled positives (``gt``), uniform ``random`` docs, and in-batch docs (``ib``): with ``ib_docs='top1'`` the
 other queries' teacher top-1 (the shared columns of LibVQ's no-label mode, where each query's 'positive' is its
 teacher top-1), with ``'all'`` the union of the batch's candidates (LibVQ's in-batch scoring); repeats are masked.
+``teacher_scores='one-pass'`` (a scale knob, not a change of method: the same scores up to float summation order)
+computes the teacher's scores of every top-K and positive, and keeps each query's top-1 vector, in one read of the
+corpus in row order before training, for a memory-mapped corpus larger than RAM (MS MARCO: ``configs/msmarco.toml``);
+the default gathers the candidates' vectors each step.
 
 PQ codes: ``fixed`` keeps the faiss codes (JPQ's choice; written back as they are); ``ste`` re-assigns every
 candidate's residual to its nearest codeword at each step, gradient straight through softmax(-||r - c||^2 / T)
@@ -65,8 +69,8 @@ import torch
 from benchmark.params import Param, Space
 from benchmark.registry import BaseMethod, DataFacts, TrainData, register
 from benchmark.vq import WRITEBACK_MODES, VQParams, encode_docs, factory_string
-from benchmark.vq.candidates import (CANDIDATE_SOURCES, IB_DOCS, QUERY_SOURCES, candidate_scores, parse_candidates,
-                                     sample_candidates, training_queries)
+from benchmark.vq.candidates import (CANDIDATE_SOURCES, IB_DOCS, QUERY_SOURCES, TEACHER_SCORES, candidate_scores,
+                                    parse_candidates, sample_candidates, teacher_pass, training_queries)
 from benchmark.vq.faiss_init import INIT_PARAMS, OPQ_THREADS_NOTE, init_for
 from benchmark.vq.torch_vq import TorchVQ, ste_temperature
 from benchmark.vq.train import (LR_SPACE, M_PARAM, NLIST_PARAM, TEMPERATURE_SPACE, Step, Trainer,
@@ -121,6 +125,9 @@ PARAMS = {
                        "codes, or the untouched codebooks when only IVF is trained)",
                        choices=("auto",) + WRITEBACK_MODES),
     **INIT_PARAMS,
+    "teacher_scores": Param("per-step", "teacher scores: the candidates' doc vectors gathered each step, or one read "
+                            "of the corpus in row order before training (for a memory-mapped corpus larger than RAM; "
+                            "benchmark.vq.candidates)", choices=TEACHER_SCORES, legacy=("per-step",)),
 }
 
 
@@ -202,6 +209,9 @@ class DistillVQ(BaseMethod):
             qs = training_queries(train, cfg["queries"], sources, cfg["topk"], cfg["doc_queries"], self.name,
                                   cfg["label_fraction"])
         info["train_queries_from"] = qs.origin
+        if cfg["teacher_scores"] == "one-pass":
+            with timed(info, "teacher_pass"):
+                qs = teacher_pass(qs, train.doc_emb, progress=f"{self.name}: teacher pass")
         train_ivf = cfg.get("train_ivf", False) and init.nlist > 0     # the flat layout has no IVF params
         lrs = {name: cfg[lr] for name, lr, on in (("codebooks", "lr_pq", cfg["train_pq"]), ("centroids", "lr_ivf",
                train_ivf), ("query_map", "lr_adapter", cfg["query_adapter"])) if on}

@@ -417,3 +417,46 @@ def test_label_scope_topk_keeps_positives_inside_the_teacher_top_k(quick, cache)
     assert "label_scope" not in every.record_params()   # the value of the records written before the param existed
     with pytest.raises(MethodError, match="label_scope='topk'"):
         make_method("distill-vq-labeled", {**SMALL, "candidates": "gt+random"}).fit(td)
+
+
+# --- teacher_scores='one-pass' (issue #29: a memory-mapped corpus larger than RAM is never read at random) ------------
+
+def test_teacher_pass_scores_equal_the_gathered_ones(quick, cache, tmp_path):
+    """teacher_pass reads the (memory-mapped) corpus once in row order, in blocks smaller than it; the scores of every
+    top-K and positive pair and the top-1 vectors equal those gathered directly, and a batch's candidate scores equal
+    the per-step ones (random columns, unknown to the pass, are gathered)."""
+    from benchmark.vq.candidates import sample_candidates, teacher_pass, training_queries
+    docs = np.lib.format.open_memmap(tmp_path / "docs.npy", mode="w+", dtype=np.float32, shape=quick.doc_emb.shape)
+    docs[:] = quick.doc_emb
+    docs.flush()
+    train = replace(_train(quick, cache), doc_emb=np.load(tmp_path / "docs.npy", mmap_mode="r"))
+    qs = training_queries(train, "labeled", {"gt", "topk", "ib"}, 20, 0, "test")
+    passed = teacher_pass(qs, train.doc_emb, block=700)                 # 4,000 docs in 6 blocks
+    want = np.einsum("qd,qkd->qk", qs.emb, quick.doc_emb[qs.topk])
+    np.testing.assert_allclose(passed.topk_scores, want, rtol=0, atol=2e-6)
+    rows = np.repeat(np.arange(len(qs)), np.diff(qs.pos_off))
+    np.testing.assert_allclose(passed.pos_scores, np.einsum("ij,ij->i", qs.emb[rows], quick.doc_emb[qs.pos]), atol=2e-6)
+    np.testing.assert_array_equal(passed.top1_emb, quick.doc_emb[qs.topk[:, 0]])
+    vq = TorchVQ(_init(quick, cache))
+    batch = np.arange(5, 69)
+    for sources in ({"gt", "topk", "ib"}, {"topk", "ib", "random"}):
+        got, ref = (sample_candidates(s, batch, np.random.default_rng(3), sources, topk_sample=7, num_random=4,
+                                      ib_docs="top1", num_docs=len(quick.doc_emb)) for s in (passed, qs))
+        np.testing.assert_array_equal(got.own, ref.own)
+        np.testing.assert_array_equal(got.shared, ref.shared)
+        t_got = candidate_scores(vq, qs.emb[batch], got, train.doc_emb, None)[0]
+        t_ref = candidate_scores(vq, qs.emb[batch], ref, train.doc_emb, None)[0]
+        torch.testing.assert_close(t_got, t_ref, rtol=0, atol=2e-6)
+    assert np.isnan(got.own_teacher).sum() == len(batch) * 4 and ref.own_teacher is None   # the random columns
+
+
+def test_one_pass_teacher_trains_like_per_step(quick, cache):
+    """Same seed: teacher_scores='one-pass' follows per-step training up to float summation order; the param stays
+    out of records at its default (committed fit ids unchanged) and its pass is timed."""
+    a = _fit(quick, cache, epochs=0.5)
+    b = _fit(quick, cache, epochs=0.5, teacher_scores="one-pass")
+    np.testing.assert_allclose(a.pq_codebooks, b.pq_codebooks, atol=1e-4)
+    np.testing.assert_allclose(a.ivf_centroids, b.ivf_centroids, atol=1e-4)
+    assert np.abs(a.pq_codebooks - _init(quick, cache).pq_codebooks).max() > 1e-3        # and training moved them
+    assert b.info["teacher_pass_seconds"] > 0 and "teacher_pass_seconds" not in a.info
+    assert "teacher_scores" not in make_method("distill-vq", {}).record_params()

@@ -152,10 +152,13 @@ def test_paper_shape_is_the_msmarco_config():
     scale = _scale()
     args = scale.parse_args(["--paper"])
     cfg = tomllib.loads((SCALE.parent.parent / "configs" / "msmarco.toml").read_text())
-    ivf = cfg["runs"][1]["params"]
-    assert args.nlist == ivf["nlist"] == 10000 and args.M in ivf["M"]
-    assert args.coarse == ivf["coarse"] and args.pq_assign == ivf["pq_assign"]
-    assert args.nlist // 16 == ivf["mine_nprobe"] and args.nlist // 16 in cfg["search"]["nprobes"]
+    runs = {m: r["params"] for r in cfg["runs"] for m in r["methods"]}
+    assert set(args.method_list) <= set(runs)
+    for method in args.method_list:
+        p = runs[method]
+        assert args.nlist == p["nlist"] == 10000 and args.M in p["M"]
+        assert args.coarse == p["coarse"] and args.pq_assign == p["pq_assign"]
+    assert args.nlist // 16 == runs["jpq-ivf"]["mine_nprobe"] and args.nlist // 16 in cfg["search"]["nprobes"]
+    assert args.teacher_scores == runs["distill-vq"]["teacher_scores"] == "one-pass"
     assert args.teacher == cfg["datasets"]["msmarco"]["teacher"] and args.test_queries == 6980
-    assert set(args.method_list) <= set(cfg["runs"][0]["methods"] + cfg["runs"][1]["methods"])
     assert scale.parse_args(["--paper", "--nlist", "4096"]).nlist == 4096     # explicit flags win
