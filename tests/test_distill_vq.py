@@ -421,10 +421,11 @@ def test_label_scope_topk_keeps_positives_inside_the_teacher_top_k(quick, cache)
 
 # --- teacher_scores='one-pass' (issue #29: a memory-mapped corpus larger than RAM is never read at random) ------------
 
-def test_teacher_pass_scores_equal_the_gathered_ones(quick, cache, tmp_path):
+def test_teacher_pass_scores_equal_the_gathered_ones(quick, cache, tmp_path, monkeypatch):
     """teacher_pass reads the (memory-mapped) corpus once in row order, in blocks smaller than it; the scores of every
     top-K and positive pair and the top-1 vectors equal those gathered directly, and a batch's candidate scores equal
     the per-step ones (random columns, unknown to the pass, are gathered)."""
+    from benchmark.vq import candidates
     from benchmark.vq.candidates import sample_candidates, teacher_pass, training_queries
     docs = np.lib.format.open_memmap(tmp_path / "docs.npy", mode="w+", dtype=np.float32, shape=quick.doc_emb.shape)
     docs[:] = quick.doc_emb
@@ -432,6 +433,10 @@ def test_teacher_pass_scores_equal_the_gathered_ones(quick, cache, tmp_path):
     train = replace(_train(quick, cache), doc_emb=np.load(tmp_path / "docs.npy", mmap_mode="r"))
     qs = training_queries(train, "labeled", {"gt", "topk", "ib"}, 20, 0, "test")
     passed = teacher_pass(qs, train.doc_emb, block=700)                 # 4,000 docs in 6 blocks
+    monkeypatch.setattr(candidates, "PAIR_CHUNK", 97)                    # and a block's pairs in chunks
+    again = teacher_pass(qs, train.doc_emb, block=100_000)
+    np.testing.assert_array_equal(again.topk_scores, passed.topk_scores)
+    np.testing.assert_array_equal(again.top1_emb, passed.top1_emb)
     want = np.einsum("qd,qkd->qk", qs.emb, quick.doc_emb[qs.topk])
     np.testing.assert_allclose(passed.topk_scores, want, rtol=0, atol=2e-6)
     rows = np.repeat(np.arange(len(qs)), np.diff(qs.pos_off))

@@ -30,6 +30,7 @@ QUERY_SOURCES = ("labeled", "unlabeled", "docs")
 CANDIDATE_SOURCES = ("gt", "ib", "topk", "random")
 IB_DOCS = ("top1", "all")
 TEACHER_SCORES = ("per-step", "one-pass")
+PAIR_CHUNK = 65536   # (query, doc) pairs scored at once by teacher_pass: two (PAIR_CHUNK, d) float32 arrays
 
 
 @dataclass
@@ -113,8 +114,8 @@ def training_queries(train: Any, source: str, sources: set[str], topk: int, doc_
 
 def teacher_pass(qs: QuerySet, doc_emb: np.ndarray, block: int = DOC_CHUNK, progress: str = "") -> QuerySet:
     """``qs`` with the teacher scores of its top-K and positives and its top-1 vectors, from one read of ``doc_emb``
-    in row order by blocks of ``block`` rows (see module doc). Memory: (Q, K + 1) floats, a (Q, d) array and one
-    block's pairs at a time."""
+    in row order by blocks of ``block`` rows (see module doc). Memory: (Q, K + 1) floats, a (Q, d) array, one block
+    of rows and :data:`PAIR_CHUNK` pairs' vectors at a time."""
     from tqdm.auto import tqdm
     pairs_q, pairs_d = [], []
     if qs.topk is not None:
@@ -138,8 +139,10 @@ def teacher_pass(qs: QuerySet, doc_emb: np.ndarray, block: int = DOC_CHUNK, prog
         if lo == hi and tlo == thi:
             continue
         rows = np.asarray(doc_emb[start:start + block], dtype=np.float32)
-        sel = by_doc[lo:hi]
-        scores[sel] = np.einsum("ij,ij->i", emb[qrow[sel]], rows[doc_sorted[lo:hi] - start])
+        for a in range(lo, hi, PAIR_CHUNK):            # a block may hold every pair (a small corpus): chunked
+            b = min(a + PAIR_CHUNK, hi)
+            sel = by_doc[a:b]
+            scores[sel] = np.einsum("ij,ij->i", emb[qrow[sel]], rows[doc_sorted[a:b] - start])
         vectors[top_by_doc[tlo:thi]] = rows[top_sorted[tlo:thi] - start]
     n_top = qs.topk.size if qs.topk is not None else 0
     return replace(qs, topk_scores=None if qs.topk is None else scores[:n_top].reshape(qs.topk.shape),
