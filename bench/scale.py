@@ -385,8 +385,9 @@ def size_table(r: dict) -> str:
 
 
 def _stage_value(r: dict, name: str, key: str) -> float | None:
-    if name == "total":  # every timed stage (init, mining and train are parts of fit)
-        vals = [s.get(key) for k, s in r["stages"].items() if k not in PARTS_OF_FIT]
+    if name == "total":  # every stage the method needs run alone: the timed ones (init, mining, ... are parts of
+        # fit) and the parts of fit it read from the size's cache, at the time they took when they ran
+        vals = [s.get(key) for k, s in r["stages"].items() if k not in PARTS_OF_FIT or s.get("cached")]
         return None if any(v is None for v in vals) else float(sum(vals))
     return r["stages"].get(name, {}).get(key)
 
