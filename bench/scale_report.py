@@ -199,18 +199,17 @@ def npy_layout(size_dir: Path, out: Path) -> Path:
     return out
 
 
-def dry_run_check(config: Path, size_dir: Path, results: list[dict], out: Path) -> list[str]:
+def dry_run_check(config: Path, size_dir: Path, measured: dict[str, dict], out: Path, scale) -> list[str]:
     """``run_benchmark.py --config CONFIG --dry-run`` on the synthetic in the npy: layout (its text saved as
     ``dry-run.txt``) and a table of the config's per-stage estimates, by the same model (fit_stages) at this
-    machine's rates, against the stages measured on that size. The evaluation is estimated at the measured run's
-    nprobe (the config sweeps five)."""
+    machine's rates, against the stages measured on that size (``measured``: its results by method). The evaluation
+    is estimated at the measured run's nprobe (the config sweeps five)."""
     import os
 
     from benchmark.config import plan
     from benchmark.data.encode import cache_root
     from benchmark.estimate import STEP_SECONDS, dataset_facts, dry_run, fit_stages, measure_machine
     from benchmark.registry import make_method
-    scale = _scale_module()
     layout = npy_layout(size_dir, size_dir.parent / f"npy-{size_dir.name}")
     before = os.environ.get("VQBENCH_MSMARCO")
     os.environ["VQBENCH_MSMARCO"] = str(layout)      # the config's npy: folder (configs/msmarco.toml)
@@ -225,9 +224,7 @@ def dry_run_check(config: Path, size_dir: Path, results: list[dict], out: Path) 
     (out / "dry-run.txt").write_text(f"$ VQBENCH_MSMARCO={layout} python run_benchmark.py --config {config} "
                                      f"--dry-run\n{text}\n")
     rates = measure_machine(cache_root()).rates()
-    measured = {r["method"]: r for r in results if r["n"] == max(x["n"] for x in results)}
-    biggest = max(r["n"] for r in measured.values())
-    lines = [f"## The `--dry-run` of {config} against the measured {biggest:,}-doc run", "",
+    lines = [f"## The `--dry-run` of {config} against the measured {next(iter(measured.values()))['n']:,}-doc run", "",
              "The config's own dry-run on this synthetic in the `npy:` layout: [dry-run.txt](dry-run.txt). Below, "
              "its model's estimate per stage (the same `fit_stages`, this machine's rates measured now, idle) "
              "against the measured stage; a stage a method read from an earlier method's cache counts where it "
@@ -262,6 +259,10 @@ def dry_run_check(config: Path, size_dir: Path, results: list[dict], out: Path) 
 def write_report(paths: list[Path], out: Path, dry_run_config: Path | None = None) -> Path:
     scale = _scale_module()
     results = load_results(paths)
+    biggest = max(r["n"] for r in results)
+    size_dirs = [p / f"n{biggest}" for p in paths if (p / f"n{biggest}" / "splits.pkl").is_file()]
+    if dry_run_config is not None and not size_dirs:       # checked before any work
+        raise SystemExit(f"scale_report: --dry-run needs the n{biggest} folder (docs.npy, splits.pkl) in a --workdir")
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
     runs.mkdir(exist_ok=True)
@@ -276,12 +277,8 @@ def write_report(paths: list[Path], out: Path, dry_run_config: Path | None = Non
              "![growth](growth.png)", "", "## Growth with the number of docs", ""]
     lines += growth_table(results, scale)
     if dry_run_config is not None:
-        biggest = max(r["n"] for r in results)
-        size_dirs = [p / f"n{biggest}" for p in paths if (p / f"n{biggest}" / "splits.pkl").is_file()]
-        if not size_dirs:
-            raise SystemExit(f"scale_report: --dry-run needs the n{biggest} folder (docs.npy, splits.pkl) in a "
-                             f"--workdir")
-        lines += dry_run_check(dry_run_config, size_dirs[0], results, out)
+        lines += dry_run_check(dry_run_config, size_dirs[0], {r["method"]: r for r in results if r["n"] == biggest},
+                               out, scale)
     lines += ["## Per size and method", ""]
     for r in results:
         lines += stage_table(r) + [""]
