@@ -292,11 +292,23 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", action="append", required=True, type=Path,
                     help="a bench/scale.py --workdir (its n*/result-*.json) or a results JSON; repeatable")
-    ap.add_argument("--out", required=True, type=Path, help="report folder (STAGES.md, growth.png, runs/)")
+    ap.add_argument("--out", type=Path, help="report folder (STAGES.md, growth.png, runs/)")
+    ap.add_argument("--layout", type=int, default=None, metavar="N",
+                    help="only write the size of N docs of the (first) --workdir in the npy: layout, as "
+                         "<workdir>/npy-n<N> (e.g. for configs/msmarco-jpq-dev.toml), and stop")
     ap.add_argument("--dry-run", type=Path, default=None, metavar="CONFIG",
                     help="also check CONFIG's --dry-run (its npy: folder is ${VQBENCH_MSMARCO}) against the largest "
                          "size, written in the npy: layout beside it")
     args = ap.parse_args(argv)
+    if args.layout is not None:
+        size_dir = args.workdir[0] / f"n{args.layout}"
+        if not (size_dir / "splits.pkl").is_file():
+            ap.error(f"--layout {args.layout}: {size_dir} holds no generated size (splits.pkl); run bench/scale.py "
+                     f"--sizes {args.layout} --resume --keep-docs --workdir {args.workdir[0]} first")
+        print(npy_layout(size_dir, args.workdir[0] / f"npy-n{args.layout}"))
+        return
+    if args.out is None:
+        ap.error("--out is required (unless --layout)")
     print(write_report(args.workdir, args.out, args.dry_run))
 
 

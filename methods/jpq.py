@@ -9,8 +9,10 @@ ranks them. ``negatives='pool'`` (default): each query's top-``pool_size`` in th
 (faiss, every list, cached; ``mine_nprobe`` probes that many lists instead — not in the paper, a scale knob: at MS
 MARCO size an every-list pool is a PQ scan of 8.8M codes per train query, hours on 2 cores, so
 ``configs/msmarco*.toml`` mine from nlist/16 of the lists; the default stays every list) and re-scored each step
-with the current codebooks (lookup tables, as faiss scores), so
-per-step cost is independent of the corpus; ``info['pool_recall']`` is the share of the exhaustive current
+with the current codebooks (lookup tables, as faiss scores), so per-step cost is independent of the corpus.
+``pool_refresh = R`` (not in the paper either: a pool that follows the model, :class:`PoolMiner`) re-mines the
+pools of each block of R steps' queries from the *current* index just before that block, for the same total mining
+work as the one-time pool. ``info['pool_recall']`` is the share of the exhaustive current
 top-``top_k`` inside the pool (256 queries, after training). ``'dynamic'``: every doc ranked by the current codebooks
 every step, as in JPQ (per-step cost linear in the corpus): on CPU by faiss's scan of the fixed codes with the current
 codebooks copied in (:meth:`TorchVQ.scan_topk`, as JPQ retrieves with its faiss index), on a GPU by torch scores.
@@ -27,20 +29,25 @@ queries dominate the gradient. On the synthetic default (seed 0, RR@10 of the fa
 temperature 1 gives 0.576 at lr 1e-3 and 0.308 at lr 1e-2 (the loss falls while the ranking degrades); 0.02 gives
 0.619 (0.05: 0.608, 0.01: 0.615).
 
-Learning rates. JPQ's rule (``lr='reference'``: 1e-4 for M>=48, 2e-5 for M=32, 5e-6 for M<=24, over 6 epochs of ~400k
-MS MARCO queries) leaves the init unchanged here: one epoch is ~160 steps, so Adam moves a codeword coordinate (size
-~0.09) by at most ~lr * steps ~ 1e-3 (RR@10 0.5896 vs 0.5894). :data:`DEFAULT_LR` 1e-3 was the best of 3e-4 / 1e-3 /
-3e-3 (0.605 / 0.619 / 0.592); more epochs overfit the 5k train queries (3 epochs: train RR@10 0.81, test 0.61). On
-debian-desc's dev split (``configs/debian-desc-dev.toml``) lr 1e-3 / temperature 0.02 were again the best of lr
-{3e-4, 1e-3, 3e-3} x temperature {0.02, 0.05}. ``ivf_lr`` (None = ``lr``) beat 1e-4 and 1e-2. The query adapter (a
-d x d map, identity init, returned as ``VQParams.query_map``): :data:`DEFAULT_ADAPTER_LR` was the best of 1e-3 / 3e-3
-/ 1e-2 / 3e-2 (RR@10 0.702 / 0.794 / 0.855 / 0.827); ``'reference'`` is JPQ's query-encoder lr 5e-6.
+Learning rates. JPQ's rule (``lr='reference'``: 1e-4 for M>=48, 2e-5 for M=32, 5e-6 for M<=24, over 6 epochs of ~400k MS
+MARCO queries) leaves the init unchanged here: one epoch is ~160 steps, so Adam moves a codeword coordinate (size ~0.09)
+by at most ~lr * steps ~ 1e-3 (RR@10 0.5896 vs 0.5894). :data:`DEFAULT_LR` 1e-3 was the best of 3e-4 / 1e-3 / 3e-3
+(0.605 / 0.619 / 0.592); more epochs overfit the 5k train queries (3 epochs: train RR@10 0.81, test 0.61). On debian-
+desc's dev split (``configs/debian-desc-dev.toml``) lr 1e-3 / temperature 0.02 were again the best of lr {3e-4, 1e-3,
+3e-3} x temperature {0.02, 0.05}. ``ivf_lr`` (None = ``lr``) beat 1e-4 and 1e-2. Longer epochs want less: in
+configs/msmarco.toml's setting (IVF10000, M = 32, ~3,000 steps an epoch) lr 1e-3 collapses (nDCG@10 0.149 on the dev
+split of the 1M-doc synthetic, ``configs/msmarco-jpq-dev.toml``, faiss-ivfopq 0.317); 3e-4 / 1e-4 / 'reference' (2e-5)
+gave 0.301 / 0.347 / 0.337, so the MS MARCO configs set ``lr = 1e-4``; a pool re-mined every 100 steps lifted 1e-3 only
+to 0.206 and left 2e-5 at 0.337. The query adapter (a d x d map, identity init, returned as ``VQParams.query_map``):
+:data:`DEFAULT_ADAPTER_LR` was the best of 1e-3 / 3e-3 / 1e-2 / 3e-2 (RR@10 0.702 / 0.794 / 0.855 / 0.827);
+``'reference'`` is JPQ's query-encoder lr 5e-6.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -162,6 +169,36 @@ def first_relevant_rr(grade: torch.Tensor, valid: torch.Tensor, depth: int = 10)
     return float((hit / torch.arange(1, hit.shape[1] + 1, device=hit.device)).max(1).values.mean())
 
 
+class PoolMiner:
+    """``pool_refresh``: before step ``i`` with ``i % every == 0``, each query of steps ``i .. i + every - 1`` gets
+    its pool re-mined, its top-``pool_size`` in the faiss index of the *current* parameters (the fixed codes with the
+    codebooks and centroids as trained so far; ``mine_nprobe`` lists or every list, uncached). Every query is mined
+    once per epoch, just before its use, so the total mining work is the one-time pool's (plus one index build per
+    block), while a pool is never older than ``every`` steps. A :data:`benchmark.vq.train.BeforeStep` hook."""
+
+    def __init__(self, vq: TorchVQ, labels: Labels, doc_emb: np.ndarray, every: int, nprobe: int | None) -> None:
+        self.vq, self.labels, self.doc_emb, self.every, self.nprobe = vq, labels, doc_emb, every, nprobe
+        self.blocks, self.mined, self.refilled = 0, 0, 0
+        self.last: dict = {}
+
+    def __call__(self, step: Step, batches: list[np.ndarray]) -> None:
+        if step.index % self.every:
+            return
+        rows = np.unique(np.concatenate(batches[step.index:step.index + self.every]))
+        queries = self.labels.query_emb[torch.from_numpy(rows).to(self.labels.query_emb.device)]
+        pool, self.last = index_topk(self.vq.to_params(), self.doc_emb, queries.cpu().numpy(),
+                                     self.labels.pool.shape[1], None, self.nprobe)
+        self.labels.pool[torch.from_numpy(rows).to(self.labels.pool.device)] = torch.from_numpy(pool).to(
+            self.labels.pool.device)
+        self.blocks, self.mined = self.blocks + 1, self.mined + len(rows)
+        self.refilled += self.last["refilled"]
+
+    def info(self) -> dict:
+        """What mined the pools (the last block's search) and how often."""
+        return {**self.last, "refilled": self.refilled, "refresh_every_steps": self.every, "blocks": self.blocks,
+                "queries_mined": self.mined, "from": "the current index, before each block of steps"}
+
+
 @register
 class JPQ(BaseMethod):
     """JPQ (Zhan et al. 2021): flat PQ codebooks trained for ranking on hard negatives from the current index."""
@@ -186,6 +223,9 @@ class JPQ(BaseMethod):
         "negatives": Param("pool", "where the top_k come from (module doc)", choices=NEGATIVES,
                            search=Space(choices=NEGATIVES)),
         "pool_size": Param(1000, "per-query pool mined from the init index (negatives='pool'), >= top_k", min=1),
+        "pool_refresh": Param(0, "negatives='pool': re-mine each query's pool from the current index just before "
+                              "the block of this many steps that uses it (0 = mined once from the init index; "
+                              "module doc)", min=0, legacy=(0,)),
         "mine_nprobe": MINE_NPROBE_PARAM,
         "label_fraction": Param(1.0, "share of the labeled queries used (seeded)", min=0, max=1, min_exclusive=True),
         **query_side_params(lr_key="adapter_lr", lr_param=_lr(
@@ -205,6 +245,8 @@ class JPQ(BaseMethod):
         problems = super().check_config()
         if cfg["negatives"] == "pool" and not cfg["top_k"] <= cfg["pool_size"]:
             problems.append(f"pool_size must be >= top_k ({cfg['top_k']}), got {cfg['pool_size']}")
+        if cfg["pool_refresh"] and cfg["negatives"] != "pool":
+            problems.append(f"pool_refresh={cfg['pool_refresh']} needs negatives='pool' (there is no pool to re-mine)")
         problems += mine_nprobe_problems(cfg, self.ivf, cfg["negatives"] == "pool")
         return problems
 
@@ -233,7 +275,11 @@ class JPQ(BaseMethod):
         init, info = self.init_params(train), {}
         info["train_queries_from"] = {"queries": "labeled", "labels_used": True, "n": len(labels.query_emb),
                                       "fraction": cfg["label_fraction"], "from": "train split, with its qrels"}
-        if cfg["negatives"] == "pool":   # each query's top-pool_size in the init index, mined once (cached)
+        refresh = cfg["negatives"] == "pool" and cfg["pool_refresh"] > 0
+        if refresh:    # mined block by block during training (PoolMiner); -1 = not mined yet
+            labels = replace(labels, pool=torch.full((len(labels.query_emb), cfg["pool_size"]), -1,
+                                                     dtype=torch.int32))
+        elif cfg["negatives"] == "pool":   # each query's top-pool_size in the init index, mined once (cached)
             with timed(info, "mining"):
                 pool, info["negative_mining"] = index_topk(init, train.doc_emb, labels.query_emb.numpy(),
                                                            cfg["pool_size"], train.cache_dir, cfg["mine_nprobe"])
@@ -242,9 +288,15 @@ class JPQ(BaseMethod):
         trainer = Trainer(TorchVQ(init, query_adapter=cfg["query_adapter"]), self.learning_rates(), spec,
                           train.seed, train.device, self.name)
         labels = labels.to(trainer.device)
-        trainer.fit(partial(self.step_loss, trainer.vq, labels), len(labels.query_emb))
-        if labels.pool is not None:   # measured on a seeded sample of the queries
-            rows = torch.randperm(len(labels.pool), generator=trainer.gen)[:POOL_CHECK_QUERIES].to(trainer.device)
+        miner = (PoolMiner(trainer.vq, labels, train.doc_emb, cfg["pool_refresh"], cfg["mine_nprobe"]) if refresh
+                 else None)
+        loop = trainer.fit(partial(self.step_loss, trainer.vq, labels), len(labels.query_emb), miner)
+        if miner is not None:
+            info["mining_seconds"] = loop["before_step_seconds"]
+            info["negative_mining"] = miner.info()
+        if labels.pool is not None:   # measured on a seeded sample of the (mined) queries
+            mined = torch.nonzero(labels.pool[:, 0] >= 0).flatten()
+            rows = mined[torch.randperm(len(mined), generator=trainer.gen)[:POOL_CHECK_QUERIES].to(mined.device)]
             info["pool_recall"] = trainer.vq.pool_recall(labels.query_emb[rows], labels.pool[rows], cfg["top_k"])
         return trainer.to_params(cfg["writeback"], **info)
 

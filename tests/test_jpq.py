@@ -263,3 +263,28 @@ def test_lambda_loss_equals_all_pairs_definition(lambda_cut: int) -> None:
     assert torch.allclose(g_got, g_want, rtol=1e-10, atol=1e-14) and g_want.abs().max() > 1e-3
     none = lambda_loss(scores, torch.zeros_like(grade), valid, lambda_cut, 0.05)
     assert none.item() == 0.0 and none.requires_grad
+
+
+def test_pool_refresh_follows_the_model(train: TrainData) -> None:
+    """pool_refresh (issue #29): a pool re-mined from the current index before every step ranks what dynamic
+    negatives rank (the same codebooks); one block as long as training is the one-time pool of the init index; in
+    between, each query is mined once per epoch, in ceil(steps / R) blocks, the mining time kept out of the loop's."""
+    params = {**FAST, "epochs": 0.5, "pool_size": 80}
+    dynamic = make_method("jpq", {**params, "negatives": "dynamic"}).fit(train)
+    every_step = make_method("jpq", {**params, "pool_refresh": 1}).fit(train)
+    np.testing.assert_allclose(every_step.pq_codebooks, dynamic.pq_codebooks, atol=1e-5)
+    steps = every_step.info["steps"]
+    assert every_step.info["negative_mining"]["blocks"] == steps and every_step.info["pool_recall"] == 1.0
+    once = make_method("jpq", params).fit(train)
+    one_block = make_method("jpq", {**params, "pool_refresh": 10 ** 6}).fit(train)
+    np.testing.assert_array_equal(one_block.pq_codebooks, once.pq_codebooks)
+    assert one_block.info["negative_mining"]["blocks"] == 1
+    fit = make_method("jpq-ivf", {**FAST_IVF, "epochs": 0.5, "pool_refresh": 7, "mine_nprobe": 4}).fit(train)
+    mining = fit.info["negative_mining"]
+    assert mining["blocks"] == math.ceil(fit.info["steps"] / 7) and mining["nprobe"] == 4
+    assert mining["queries_mined"] == fit.info["steps"] * fit.info["batch_size"]       # half an epoch: no repeats
+    assert fit.info["mining_seconds"] == fit.info["before_step_seconds"] > 0
+    assert not np.array_equal(fit.pq_codebooks, make_method("jpq-ivf", {**FAST_IVF, "epochs": 0.5,
+                                                                        "mine_nprobe": 4}).fit(train).pq_codebooks)
+    with pytest.raises(MethodError, match="pool_refresh=5 needs negatives='pool'"):
+        make_method("jpq", {**FAST, "negatives": "dynamic", "pool_refresh": 5}).fit(train)

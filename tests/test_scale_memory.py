@@ -146,8 +146,9 @@ def test_scale_sweep_shares_a_size_between_methods_and_resumes(tmp_path):
 
 
 def test_paper_shape_is_the_msmarco_config():
-    """bench/scale.py --paper runs configs/msmarco.toml's setting (IVF lists, PQ bytes, two-level lists, flat-index
-    assignment, jpq-ivf's mining lists, the pruned nprobe), so that config's --dry-run is checked against it."""
+    """bench/scale.py --paper runs configs/msmarco.toml's setting (IVF lists and their training sample, PQ bytes,
+    two-level lists, flat-index assignment, jpq-ivf's mining lists and lr, the pruned nprobe), so that config's
+    --dry-run is checked against it."""
     import tomllib
     scale = _scale()
     args = scale.parse_args(["--paper"])
@@ -158,7 +159,9 @@ def test_paper_shape_is_the_msmarco_config():
         p = runs[method]
         assert args.nlist == p["nlist"] == 10000 and args.M in p["M"]
         assert args.coarse == p["coarse"] and args.pq_assign == p["pq_assign"]
+        assert scale.train_points_for(8_841_823, args.nlist) == p["max_train_points"] == 39 * 10000   # faiss's 39/list
     assert args.nlist // 16 == runs["jpq-ivf"]["mine_nprobe"] and args.nlist // 16 in cfg["search"]["nprobes"]
     assert args.teacher_scores == runs["distill-vq"]["teacher_scores"] == "one-pass"
+    assert args.lr == runs["jpq-ivf"]["lr"] == 1e-4 and args.pool_refresh == runs["jpq-ivf"].get("pool_refresh", 0)
     assert args.teacher == cfg["datasets"]["msmarco"]["teacher"] and args.test_queries == 6980
     assert scale.parse_args(["--paper", "--nlist", "4096"]).nlist == 4096     # explicit flags win

@@ -156,6 +156,7 @@ class Step:
 
 
 LossFn = Callable[[Step], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+BeforeStep = Callable[[Step, "list[np.ndarray]"], None]
 
 
 def num_steps(num_items: int, batch_size: int, epochs: float) -> int:
@@ -243,8 +244,12 @@ class Trainer:
         order = np.concatenate([perm() for _ in range(math.ceil(steps * bs / num_items))])
         return [order[i * bs:(i + 1) * bs] for i in range(steps)]
 
-    def fit(self, loss_fn: LossFn, num_items: int) -> dict[str, Any]:
-        """Run ``epochs`` over ``num_items`` training items; return (and keep) the loop's ``info``."""
+    def fit(self, loss_fn: LossFn, num_items: int, before_step: BeforeStep | None = None) -> dict[str, Any]:
+        """Run ``epochs`` over ``num_items`` training items; return (and keep) the loop's ``info``.
+
+        ``before_step(step, batches)``, when given, runs before each step's loss with every planned batch (e.g. to
+        mine the negatives of the coming steps from the current parameters); its wall and CPU seconds are recorded
+        apart (``before_step_seconds``, ``before_step_cpu_seconds``) and left out of ``train_loop_seconds``."""
         if num_items < 1:
             raise ValueError(f"{self.desc}: nothing to train on (0 training items)")
         spec = self.spec
@@ -260,10 +265,17 @@ class Trainer:
         extras: dict[str, list[float]] = {}
         tail = max(1, steps // TAIL)
         t0, c0 = time.perf_counter(), time.process_time()
-        bar = tqdm(self.batches(num_items, steps), desc=f"{self.desc}: train", leave=False)
+        hook, hook_cpu = 0.0, 0.0
+        batches = self.batches(num_items, steps)
+        bar = tqdm(batches, desc=f"{self.desc}: train", leave=False)
         with deterministic_torch():
             for i, rows in enumerate(bar):
-                out = loss_fn(Step(rows, i, self.rng, self.gen, self.device))
+                step = Step(rows, i, self.rng, self.gen, self.device)
+                if before_step is not None:
+                    h0, hc0 = time.perf_counter(), time.process_time()
+                    before_step(step, batches)
+                    hook, hook_cpu = hook + time.perf_counter() - h0, hook_cpu + time.process_time() - hc0
+                out = loss_fn(step)
                 loss, extra = out if isinstance(out, tuple) else (out, {})
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -274,7 +286,7 @@ class Trainer:
                     extras.setdefault(key, []).append(float(value))
                 bar.set_postfix({"loss": f"{np.mean(losses[-tail:]):.4f}",
                                  **{k: f"{np.mean(v[-tail:]):.3f}" for k, v in extras.items()}}, refresh=False)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        seconds, cpu = time.perf_counter() - t0 - hook, time.process_time() - c0 - hook_cpu
         self.info = {
             "steps": steps, "epochs": spec.epochs, "batch_size": spec.batch_size, "train_queries": num_items,
             "optimizer": spec.optimizer, "schedule": spec.schedule, "warmup_steps": warmup,
@@ -283,7 +295,8 @@ class Trainer:
             **{f"lr_{name}": lr for name, lr in self.lrs.items()},
             **{f"drift_{name}": relative_drift(before[name], p) for name, p in tensors.items()},
             "train_loop_seconds": seconds, "train_loop_cpu_seconds": cpu,
-            "queries_per_s": steps * spec.batch_size / max(seconds, 1e-9), "torch_threads": torch.get_num_threads()}
+            "queries_per_s": steps * spec.batch_size / max(seconds, 1e-9), "torch_threads": torch.get_num_threads(),
+            **({"before_step_seconds": hook, "before_step_cpu_seconds": hook_cpu} if before_step else {})}
         return self.info
 
     def to_params(self, writeback: str = "codes", **info: Any) -> VQParams:
