@@ -69,6 +69,14 @@ PARTS_OF_FIT = ("init", "mining", "teacher_pass", "train", "train/epoch")  # fro
 MiB = 1024.0
 
 
+def _number_or_word(value: str | float | None) -> float | str | None:
+    """A flag's value as a method param: a number when it parses as one, else the word ('reference')."""
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return value
+
+
 def nlist_for(n: int) -> int:
     """4*sqrt(n) rounded (in log2) to the nearest power of two."""
     return 1 << max(0, round(math.log2(4 * math.sqrt(n))))
@@ -203,7 +211,8 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
               "coarse": None if args.coarse == "kmeans" else args.coarse, "opq_niter": args.opq_niter or None,
               "opq_train_points": args.opq_train_points or None,
               "pq_assign": None if args.pq_assign == "tables" else args.pq_assign,
-              "teacher_scores": None if args.teacher_scores == "per-step" else args.teacher_scores}
+              "teacher_scores": None if args.teacher_scores == "per-step" else args.teacher_scores,
+              "pool_refresh": args.pool_refresh or None, "lr": _number_or_word(args.lr)}
     params = {k: v for k, v in wanted.items() if k in cls_params and v is not None
               and not (k == "mine_nprobe" and not getattr(plain, "ivf", False))}
     method = make_method(method_name, params)
@@ -257,7 +266,8 @@ def run_size(args: argparse.Namespace, n: int, method_name: str) -> dict:
     if "mining" in result["stages"]:   # the size's mining ledger: what a method's mining took when it ran; a
         ledger = size_dir / "mining-seconds.json"     # later (resumed) fit that read its top-K from the cache is
         known = json.loads(ledger.read_text()) if ledger.is_file() else {}   # marked, with that time
-        if {p.name for p in cache_dir.glob("topk-*.npy")} - mined_before:
+        refreshed = "refresh_every_steps" in (info.get("negative_mining") or {})   # mined in training, uncached
+        if refreshed or {p.name for p in cache_dir.glob("topk-*.npy")} - mined_before:
             _atomic_json(ledger, {**known, method_name: {"seconds": result["stages"]["mining"]["seconds"]}})
         elif method_name in known:
             result["stages"]["mining"] = {**known[method_name], "cpu_seconds": None, "cached": True}
@@ -443,7 +453,7 @@ def summary(results: list[dict], exps: dict[str, float | None]) -> str:
 
 PAPER = {"sizes": "100000,1000000,8841823", "dim": 768, "M": 32, "train_queries": 100_000, "test_queries": 6980,
          "K": 50, "nlist": 10000, "methods": "faiss-ivfopq,jpq-ivf,distill-vq", "teacher": "ivf",
-         "coarse": "two-level", "pq_assign": "flat-index", "teacher_scores": "one-pass"}
+         "coarse": "two-level", "pq_assign": "flat-index", "teacher_scores": "one-pass", "lr": 1e-4}
 # --paper: MS MARCO passage's shape (8,841,823 docs x 768-d, the 6,980 dev.small queries, >= 100k train queries,
 # 32 B codes, IVF10000 by two-level lists and the flat-index PQ assignment, all as configs/msmarco.toml, so that its
 # --dry-run is checked against this run's stages) on the structured synthetic generator, at three sizes for the growth
@@ -477,6 +487,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--teacher-scores", choices=("per-step", "one-pass"), default="per-step",
                     help="distill-vq's teacher_scores: the candidates' doc vectors gathered each step, or one read of "
                          "the corpus in row order (a memory-mapped corpus larger than RAM)")
+    ap.add_argument("--lr", default=None, help="the lr param of the methods that declare one (jpq-ivf's codebook and "
+                    "centroid lr): a number or 'reference' (JPQ's rule for M); default: each method's")
+    ap.add_argument("--pool-refresh", type=int, default=0,
+                    help="jpq-ivf's pool_refresh: its negative pool re-mined from the current index every this many "
+                         "steps (0 = mined once from the init index)")
     ap.add_argument("--teacher", choices=("exact", "ivf"), default="exact",
                     help="how the teacher's top-K is mined: exact scan, or the IVF-SQ8 teacher (recall recorded)")
     ap.add_argument("--mine-nprobe", type=int, default=None,

@@ -40,10 +40,16 @@ import numpy as np
 GPU_FLOPS = 25e12        # fp32 matrix products on one H100, half of its peak
 GPU_SCAN = 200e9         # bytes of PQ codes scanned per second on a GPU (ADC lookups)
 GPU_PQ_FLOPS = GPU_FLOPS / 8   # sub-quantizer k-means and encoding on a GPU: small products (assumed, not measured)
-# a training step's fixed cost (candidate gathers, reconstruction, optimiser, Python): measured here, distill-vq on
-# debian-desc, 438 steps of 256 queries in ~55 s on 2 idle cores, jpq-ivf 1,751 steps of 32 in ~250 s
-STEP_SECONDS = 0.13
-GPU_STEP_SECONDS = 0.01
+# a training step's fixed cost (Python, small kernels) beside its counted work (the candidates' scores, the PQ lookup
+# tables, the IVF score table, the optimiser's updates): distill-vq-flat's 64-query steps on debian-desc took 5.5 ms
+# (2 cores, committed records), ~1.5 ms of it counted work
+STEP_SECONDS = 0.004
+GPU_STEP_SECONDS = 0.004
+GPU_UPDATES = 5e10       # trainable parameters updated per second by Adam(W) on a GPU (assumed: memory-bound)
+# a step scores each query against every IVF centroid (benchmark.vq.torch_vq.TorchVQ.scores, Distill-VQ's IVF term):
+# JPQ ranks its pool with it, scores the candidates with it and back-propagates into the centroids (3 passes),
+# Distill-VQ scores twice with gradients (4): counted as 4 passes of (queries x nlist x d) products
+IVF_TABLE_PASSES = 4
 KMEANS_ITERS = 25        # faiss's default k-means iterations
 IVF_KMEANS_ITERS = 10    # faiss IndexIVF's coarse k-means iterations
 # the ivf teacher's nprobe is calibrated on the data (benchmark.vq.mining): its cost is estimated at nlist / this
@@ -77,15 +83,18 @@ class Machine:
     pq_train: float      # measured faiss k-means rate on 16-d points (flop/s as fit_stages counts), all cores
     pq_encode: float     # measured faiss PQ encoding rate at 16-d sub-vectors (flop/s as counted), all cores
     sq8_scan: float      # measured bytes of 8-bit scalar-quantized vectors scanned per second, all cores
+    updates: float       # measured trainable parameters updated per second by torch's AdamW, torch's threads
 
     def rates(self) -> "Rates":
-        return Rates(self.flops, self.scan, self.pq_train, self.pq_encode, self.scan / self.cores, self.sq8_scan)
+        return Rates(self.flops, self.scan, self.pq_train, self.pq_encode, self.scan / self.cores, self.sq8_scan,
+                     self.updates)
 
 
 class Rates(NamedTuple):
     """What a :class:`Stage`'s work is divided by: flop/s of large products, code bytes/s scanned on all cores,
     flop/s of sub-quantizer k-means and of PQ encoding, code bytes/s scanned by one thread (single-query timing),
-    bytes/s of 8-bit scalar-quantized vectors scanned on all cores (the ivf teacher's lists)."""
+    bytes/s of 8-bit scalar-quantized vectors scanned on all cores (the ivf teacher's lists), trainable parameters
+    updated per second by the optimiser (a training step's AdamW over every trained tensor)."""
 
     flops: float
     scan: float
@@ -93,6 +102,7 @@ class Rates(NamedTuple):
     pq_encode: float
     scan_single: float
     sq8_scan: float
+    updates: float
 
 
 def _count_lines(path: Path) -> int:
@@ -177,13 +187,29 @@ def measure_machine(cache: Path) -> Machine:
     sq8_scan = 8 * sq.ntotal * 256 / (time.perf_counter() - t0) * cores
     faiss.omp_set_num_threads(before)
     pq_train, pq_encode = _subquantizer_rates()
+    updates = _update_rate()
     try:
         import torch
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     except ImportError:
         gpu = "none visible"
     return Machine(cores, ram, float(shutil.disk_usage(probe).free), flops, scan, gpu, pq_train, pq_encode,
-                   sq8_scan)
+                   sq8_scan, updates)
+
+
+def _update_rate(n: int = 1 << 22, steps: int = 4) -> float:
+    """Parameters per second that torch's AdamW updates (one tensor of ``n``, gradients given), at torch's threads:
+    a training step's optimiser work, memory-bound (~60 ms for the 7.7M parameters of 10,000 x 768 centroids on one
+    busy core here). About 0.1 s."""
+    import torch
+    p = torch.nn.Parameter(torch.zeros(n))
+    p.grad = torch.ones(n)
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    opt.step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.step()
+    return n * steps / (time.perf_counter() - t0)
 
 
 def _subquantizer_rates(n: int = 65536, dsub: int = 16, m: int = 16) -> tuple[float, float]:
@@ -215,6 +241,7 @@ class Stage:
     ram: float = 0.0        # anonymous bytes held at this stage's peak
     disk: float = 0.0       # bytes written to disk (caches, indexes)
     steps: float = 0.0      # training steps (each with a fixed cost)
+    updates: float = 0.0    # trainable parameters updated, summed over the steps (the optimiser's work)
     pq_train: float = 0.0   # float work in sub-quantizer k-means (PQ training, OPQ's alternations)
     pq_encode: float = 0.0  # float work in PQ encoding (faiss's compute_codes)
     scan_single: float = 0.0  # bytes of codes scanned by single-query searches on 1 thread (the timing protocol)
@@ -225,7 +252,7 @@ class Stage:
     def seconds(self, rates: Rates, step_seconds: float) -> float:
         return (self.flops / rates.flops + self.scan / rates.scan + self.pq_train / rates.pq_train
                 + self.pq_encode / rates.pq_encode + self.scan_single / rates.scan_single
-                + self.sq8_scan / rates.sq8_scan + self.steps * step_seconds)
+                + self.sq8_scan / rates.sq8_scan + self.updates / rates.updates + self.steps * step_seconds)
 
 
 def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False,
@@ -292,12 +319,25 @@ def fit_stages(method: Any, f: Facts, sweep: list[int], save_index: bool = False
         share = min(1.0, probe / nlist) if probe and nlist and negatives != "dynamic" else 1.0
         scans = q * n * code * share * (epochs if negatives == "dynamic" else 1.0)
         what = f"{probe} of {nlist} lists probed" if share < 1.0 else "PQ scans of every doc"
-        stages.append(Stage(f"negatives ({negatives or 'init index'}: {what})", scan=scans, ram=q * pool * 4))
+        refresh = int(cfg.get("pool_refresh") or 0) if negatives == "pool" else 0
+        kind = f"pool re-mined every {refresh} steps" if refresh else negatives or "init index"
+        # a re-mined pool: each query once per epoch, from the current index (one index build per block: small)
+        scans *= epochs if refresh else 1.0
+        stages.append(Stage(f"negatives ({kind}: {what})", scan=scans, ram=q * pool * 4))
     if epochs:
         batch = int(cfg.get("batch_size") or 32)
-        per_query = (int(cfg.get("topk") or 0) + batch + 2 + int(cfg.get("hard_negatives") or 0)) * d * 2 * 3
-        stages.append(Stage(f"training ({epochs:g} epochs, {math.ceil(epochs * q / batch):,} steps)",
-                            flops=epochs * q * per_query, steps=math.ceil(epochs * q / batch), ram=n * (code + 8)))
+        steps = math.ceil(epochs * q / batch)
+        candidates = int(cfg.get("topk") or cfg.get("top_k") or 0) + batch + 2 + int(cfg.get("hard_negatives") or 0)
+        trains_lists = bool(nlist) and cfg.get("train_ivf", True) is not False
+        trains_codebooks = bool(m) and cfg.get("train_pq", True) is not False
+        adapter = bool(cfg.get("query_adapter"))
+        # per query: its candidates' scores and their gradients, the PQ lookup tables (256 codewords x d), the IVF
+        # score table (every centroid), the query adapter (d x d); per step: Adam(W) over the trained tensors
+        per_query = (candidates * d * 2 * 3 + (256 * d * 2 * 3 if m else 0)
+                     + nlist * d * 2 * IVF_TABLE_PASSES * bool(nlist) + d * d * 2 * 3 * adapter)
+        trained = 256 * d * trains_codebooks + nlist * d * trains_lists + d * d * adapter
+        stages.append(Stage(f"training ({epochs:g} epochs, {steps:,} steps)", flops=epochs * q * per_query,
+                            steps=steps, updates=steps * trained, ram=n * (code + 8)))
     mode = method.writeback_mode()      # codes: written as trained; preassigned: encoded into the trained lists
     rotate_assign = {"codes": 0, "preassigned": d * d * 2, "reencode": d * d * 2 + nlist * d * 2}
     stages.append(Stage(f"index build ({'the trained codes' if mode == 'codes' else 'encode every doc'})",
@@ -346,12 +386,13 @@ def dry_run(plan: Any, out: Path, save_index: bool = False) -> str:
              f"this machine: {machine.cores} cores, {_fmt_b(machine.ram)} RAM, {_fmt_b(machine.disk_free)} free "
              f"for the caches; measured now{busy}: sgemm {machine.flops / 1e9:,.0f} GFLOP/s, PQ scan "
              f"{machine.scan / 1e9:,.1f} GB/s, sub-quantizer k-means {machine.pq_train / 1e9:,.0f} and PQ encoding "
-             f"{machine.pq_encode / 1e9:,.1f} GFLOP/s; GPU: {machine.gpu} (the GPU column assumes one H100: "
+             f"{machine.pq_encode / 1e9:,.1f} GFLOP/s, optimiser {machine.updates / 1e6:,.0f}M parameter updates/s; "
+             f"GPU: {machine.gpu} (the GPU column assumes one H100: "
              f"{GPU_FLOPS / 1e12:g} TFLOP/s fp32 matrix work, {GPU_PQ_FLOPS / 1e12:g} sub-quantizer work, "
-             f"{GPU_SCAN / 1e9:g} GB/s code scans)"]
+             f"{GPU_SCAN / 1e9:g} GB/s code scans, {GPU_UPDATES / 1e9:g}G parameter updates/s)"]
     here = machine.rates()   # on a GPU machine the evaluation and its timing still run on faiss's CPU index
     # the ivf teacher searches faiss's CPU index on a GPU machine too (an exact teacher is what runs on the GPU)
-    gpu_rates = Rates(GPU_FLOPS, GPU_SCAN, GPU_PQ_FLOPS, GPU_PQ_FLOPS, here.scan_single, here.sq8_scan)
+    gpu_rates = Rates(GPU_FLOPS, GPU_SCAN, GPU_PQ_FLOPS, GPU_PQ_FLOPS, here.scan_single, here.sq8_scan, GPU_UPDATES)
     totals = {"cpu": 0.0, "gpu": 0.0, "disk": 0.0, "ram": 0.0}
     done_fits, seen = 0, set()   # recorded fits; the cached stages already counted, by (dataset, key, seed)
     for alias, (loader, options) in plan.datasets.items():
