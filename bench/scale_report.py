@@ -250,9 +250,13 @@ def dry_run_check(config: Path, size_dir: Path, measured: dict[str, dict], out: 
                 s = r["stages"].get(name)
                 if s is None or name not in est or s.get("cached") and name in SHARED_STAGES:
                     continue
-                ratio = s["seconds"] / est[name] if est[name] > 1 else None
-                lines.append(f"| {job.method} | {STAGE_TEXT[name]} | {est[name]:,.1f} | {s['seconds']:,.1f} | "
-                             f"{_f(ratio, '.2f')} |")
+                what, value = STAGE_TEXT[name], est[name]
+                planned, ran = float(method.config.get("epochs") or 1), float(r["train_info"].get("epochs") or 1)
+                if name == "train" and planned != ran:   # the config's epochs vs the measured run's: per epoch
+                    what, value = f"{what}, the estimate's {planned:g} epochs scaled to the run's {ran:g}", \
+                        value * ran / planned
+                ratio = s["seconds"] / value if value > 1 else None
+                lines.append(f"| {job.method} | {what} | {value:,.1f} | {s['seconds']:,.1f} | {_f(ratio, '.2f')} |")
     return lines + [""]
 
 
