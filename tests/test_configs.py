@@ -15,7 +15,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.toml"))
 # changes + 3 labeled + 3 JPQ = 15.
 # four-collections: 7 datasets x (flat + (6 baselines + 8 learned) x M in {16, 32} x 3 seeds) = 595.
 # tune-debian-desc: 8 studies (one planned fit each: the tuner asks for the trials).
-# msmarco-jpq-dev: faiss-ivfopq + jpq-ivf x (lr 1e-3, reference, 1e-4, 3e-4; pool_refresh 100 at 1e-3 and reference) = 7.
+# msmarco-jpq-dev: faiss-ivfopq + jpq-ivf x (lr 1e-3, reference, 1e-4, 3e-4; pool_refresh 100 at 1e-3, reference) = 7.
 EXPECTED_FITS = {"debian-desc.toml": 187, "debian-desc-dev.toml": 18, "real-text.toml": 326,
                  "debian-desc-distill-ablations.toml": 23, "wordnet-rd-dev.toml": 15, "four-collections.toml": 595,
                  "tune-debian-desc.toml": 8, "latency-check.toml": 5,
