@@ -251,10 +251,11 @@ def dry_run_check(config: Path, size_dir: Path, measured: dict[str, dict], out: 
                 if s is None or name not in est or s.get("cached") and name in SHARED_STAGES:
                     continue
                 what, value = STAGE_TEXT[name], est[name]
-                planned, ran = float(method.config.get("epochs") or 1), float(r["train_info"].get("epochs") or 1)
-                if name == "train" and planned != ran:   # the config's epochs vs the measured run's: per epoch
-                    what, value = f"{what}, the estimate's {planned:g} epochs scaled to the run's {ran:g}", \
-                        value * ran / planned
+                if name == "train":   # the config's epochs against the measured run's: compared per epoch
+                    planned, ran = float(method.config.get("epochs") or 1), float(r["train_info"].get("epochs") or 1)
+                    if planned != ran:
+                        what, value = f"{what}, the estimate's {planned:g} epochs scaled to the run's {ran:g}", \
+                            value * ran / planned
                 ratio = s["seconds"] / value if value > 1 else None
                 lines.append(f"| {job.method} | {what} | {value:,.1f} | {s['seconds']:,.1f} | {_f(ratio, '.2f')} |")
     return lines + [""]

@@ -188,11 +188,8 @@ def measure_machine(cache: Path) -> Machine:
     faiss.omp_set_num_threads(before)
     pq_train, pq_encode = _subquantizer_rates()
     updates = _update_rate()
-    try:
-        import torch
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
-    except ImportError:
-        gpu = "none visible"
+    import torch     # a dependency: _update_rate above already needs it
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     return Machine(cores, ram, float(shutil.disk_usage(probe).free), flops, scan, gpu, pq_train, pq_encode,
                    sq8_scan, updates)
 

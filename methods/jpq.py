@@ -185,11 +185,10 @@ class PoolMiner:
         if step.index % self.every:
             return
         rows = np.unique(np.concatenate(batches[step.index:step.index + self.every]))
-        queries = self.labels.query_emb[torch.from_numpy(rows).to(self.labels.query_emb.device)]
-        pool, self.last = index_topk(self.vq.to_params(), self.doc_emb, queries.cpu().numpy(),
+        idx = torch.from_numpy(rows).to(self.labels.pool.device)     # the labels live on the trainer's device
+        pool, self.last = index_topk(self.vq.to_params(), self.doc_emb, self.labels.query_emb[idx].cpu().numpy(),
                                      self.labels.pool.shape[1], None, self.nprobe)
-        self.labels.pool[torch.from_numpy(rows).to(self.labels.pool.device)] = torch.from_numpy(pool).to(
-            self.labels.pool.device)
+        self.labels.pool[idx] = torch.from_numpy(pool).to(idx.device)
         self.blocks, self.mined = self.blocks + 1, self.mined + len(rows)
         self.refilled += self.last["refilled"]
 
